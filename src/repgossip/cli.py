@@ -1,0 +1,167 @@
+"""`repgossip run | sweep | plot | topology`: thin wrappers over the library.
+
+Bad input of any kind ends in one line on stderr and exit code 2; divergence in exit code 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from repgossip.config import build_config, coerce, parse_assignments, read_yaml
+from repgossip.errors import UsageError
+
+EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but its errors are one line (no usage dump) and go through UsageError."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE.yaml", help="base config (YAML mapping)")
+    parser.add_argument(
+        "--set", dest="assignments", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+        help="override config keys; repeatable, later values win",
+    )  # fmt: skip
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resume", action="store_true", help="continue the run(s) in the folder")
+    parser.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="repgossip", description="Personalized decentralized learning (DePRL).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run_p = sub.add_parser("run", help="run one experiment")
+    _add_config_options(run_p)
+    run_p.add_argument(
+        "--out", metavar="DIR", help="output folder (default runs/ALGO-DATASET-TIME)"
+    )
+    _add_output_options(run_p)
+
+    sweep_p = sub.add_parser("sweep", help="run the product of a grid of configs")
+    sweep_p.add_argument(
+        "--grid", metavar="KEY=V1,V2", action="append", default=[], required=True,
+        help="a key and its values; repeat for more keys",
+    )  # fmt: skip
+    _add_config_options(sweep_p)
+    sweep_p.add_argument("--out", metavar="DIR", required=True)
+    _add_output_options(sweep_p)
+
+    plot_p = sub.add_parser("plot", help="draw metric-vs-round curves of a run or sweep folder")
+    plot_p.add_argument("folder")
+    plot_p.add_argument("--metrics", nargs="+", help="metrics to draw (default by task)")
+    plot_p.add_argument("--out", metavar="FILE.png", help="default FOLDER/curves.png")
+
+    topo_p = sub.add_parser("topology", help="describe a graph and its mixing matrix as JSON")
+    topo_p.add_argument(
+        "name", help="ring, torus, erdos_renyi, complete, exponential, star or a file"
+    )
+    topo_p.add_argument("--workers", type=int, required=True)
+    topo_p.add_argument(
+        "--set", dest="assignments", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+        help="edge_prob, mixing, seed",
+    )  # fmt: skip
+    return parser
+
+
+def _config_from(args: argparse.Namespace, resume_dir: Path | None = None):
+    base: dict[str, Any] = {}
+    if resume_dir is not None and (resume_dir / "config.yaml").is_file():
+        base.update(read_yaml(resume_dir / "config.yaml"))  # resume: the saved run is the base
+    if args.config:
+        base.update(read_yaml(args.config))
+    return base, parse_assignments(args.assignments)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from repgossip.run import run
+
+    out = Path(args.out) if args.out else None
+    if args.resume and out is None:
+        raise UsageError("--resume needs --out DIR, the folder of the run to continue")
+    base, overrides = _config_from(args, out if args.resume else None)
+    cfg = build_config(base, overrides)
+    if out is None:
+        out = Path("runs") / f"{cfg.algorithm}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    summary = run(
+        cfg, out, resume=args.resume, force=args.force, progress=None if not args.quiet else False
+    )
+    keys = ("test_acc_mean", "test_acc_pooled", "subspace_dist", "train_loss", "wall_s")
+    shown = "  ".join(f"{k}={summary[k]:.4g}" for k in keys if k in summary)
+    print(f"{cfg.algorithm} on {cfg.dataset}, {summary['rounds']} rounds: {shown}")
+    print(f"results in {out}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from repgossip.sweep import RESULT_COLUMNS, markdown_table, parse_grid, sweep
+
+    grid = parse_grid(args.grid)
+    base, overrides = _config_from(args)
+    rows = sweep(grid, {**base, **overrides}, args.out, resume=args.resume, force=args.force,
+                 progress=None if not args.quiet else False)  # fmt: skip
+    shown = list(grid) + [c for c in RESULT_COLUMNS if c in rows[0] and c != "rounds"]
+    print(markdown_table(rows, shown), end="")
+    print(f"tables in {Path(args.out) / 'summary.csv'} and summary.md")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from repgossip.plots import plot_runs
+
+    path = plot_runs(args.folder, tuple(args.metrics) if args.metrics else None, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_topology(args: argparse.Namespace) -> int:
+    from repgossip.topology import describe
+
+    settings = {"edge_prob": 0.3, "mixing": "metropolis", "seed": 0}
+    for key, value in parse_assignments(args.assignments).items():
+        if key not in settings:
+            raise UsageError(f"topology takes --set {', '.join(settings)}, not '{key}'")
+        settings[key] = coerce(key, value)
+    build_config({"mixing": settings["mixing"], "edge_prob": settings["edge_prob"]})  # validate
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    info = describe(args.name, args.workers, **settings)
+    print(json.dumps(info))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "plot": cmd_plot, "topology": cmd_topology}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from repgossip.run import DivergenceError
+
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UsageError as err:
+        print(f"repgossip: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except DivergenceError as err:
+        print(f"repgossip: error: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except KeyboardInterrupt:
+        print("repgossip: interrupted; continue with --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""Every knob of an experiment: one flat, typed, validated, frozen record.
+
+A run is fully described by its `Config`; the resolved config (defaults and derived choices filled in)
+is what `config.yaml` records, so a run folder says exactly what produced it. Bad input raises
+`UsageError` with one line that names the bad value and the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from repgossip.errors import UsageError
+
+ALGORITHM_NAMES = ("deprl", "dpsgd", "local", "dfedavgm", "fedper", "fedrep", "fedavg")
+DATASETS = ("fmnist", "synthetic")
+MODELS = ("cnn", "mlp", "linear")
+PARTITION_NAMES = ("dirichlet", "shards", "iid")
+MIXING_NAMES = ("metropolis", "max_degree")
+ENGINES = ("sim",)
+DEVICES = ("auto", "cpu", "cuda")
+
+DEFAULT_MODEL = {"fmnist": "cnn", "synthetic": "linear"}
+DEFAULT_LR = {"fmnist": 0.05, "synthetic": 0.01}
+COMPATIBLE_MODELS = {"fmnist": ("cnn", "mlp"), "synthetic": ("linear",)}
+
+# Local work per round comes in pairs: steps or epochs, one of each pair. When the user gives neither,
+# the epoch default applies (the authors' setting: several head epochs, one body epoch).
+BUDGET_PAIRS = {"head": ("head_steps", "head_epochs"), "body": ("body_steps", "body_epochs")}
+DEFAULT_EPOCHS = {"head": 2, "body": 1}
+
+
+@dataclass(frozen=True)
+class Config:
+    """One experiment. Field order is the order of `config.yaml`."""
+
+    algorithm: str = "deprl"
+    dataset: str = "fmnist"
+    data_dir: str | None = None
+    model: str | None = None
+    workers: int = 16
+    partition: str = "shards"
+    alpha: float = 0.5
+    classes_per_worker: int = 2
+    samples_per_worker: int | None = 200
+    topology: str = "ring"
+    edge_prob: float = 0.3
+    mixing: str = "metropolis"
+    link_failure_prob: float = 0.0
+    rounds: int = 30
+    head_steps: int | None = None
+    body_steps: int | None = None
+    head_epochs: int | None = None
+    body_epochs: int | None = None
+    batch_size: int = 16
+    lr: float | None = None
+    lr_head: float | None = None
+    lr_body: float | None = None
+    momentum: float | None = None
+    weight_decay: float = 0.0
+    lr_decay: float = 1.0
+    seed: int = 0
+    eval_every: int = 1
+    engine: str = "sim"
+    device: str = "auto"
+    checkpoint_every: int = 10
+    dim: int = 20
+    rank: int = 2
+    noise: float = 0.1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+KEYS = tuple(f.name for f in fields(Config))
+_FIELD_TYPES = typing.get_type_hints(Config)
+_NONE_WORDS = ("none", "null", "~", "")
+
+
+def _base_type(annotation: Any) -> tuple[type, bool]:
+    """(scalar type, whether None is allowed) of a field annotation such as `int | None`."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        scalar = next(a for a in args if a is not type(None))
+        return scalar, type(None) in args
+    return annotation, False
+
+
+def suggest_key(key: str) -> str:
+    """The one-line error for an unknown key, with the closest valid key when there is one."""
+    close = difflib.get_close_matches(key, KEYS, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(KEYS)}"
+    return f"unknown config key '{key}'{hint}"
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Turn a YAML value or a `--set` string into the field's type, or raise a one-line UsageError."""
+    if key not in _FIELD_TYPES:
+        raise UsageError(suggest_key(key))
+    scalar, optional = _base_type(_FIELD_TYPES[key])
+    if isinstance(value, str) and value.strip().lower() in _NONE_WORDS:
+        if optional:
+            return None
+        raise UsageError(f"{key} cannot be empty; it needs a {scalar.__name__}")
+    if value is None:
+        if optional:
+            return None
+        raise UsageError(f"{key} cannot be empty; it needs a {scalar.__name__}")
+    if scalar is str:
+        return str(value)
+    if isinstance(value, bool):
+        raise UsageError(f"{key} must be a {scalar.__name__}, got '{value}'")
+    try:
+        number = scalar(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{key} must be a {scalar.__name__}, got '{value}'") from None
+    if scalar is int and isinstance(value, float) and number != value:
+        raise UsageError(f"{key} must be an integer, got '{value}'")
+    return number
+
+
+def parse_assignments(pairs: Iterable[str]) -> dict[str, Any]:
+    """`["a=1", "b=x"]` -> raw strings by key, later pairs winning. Values are coerced later."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--set takes key=value, got '{pair}'")
+        if key not in KEYS:
+            raise UsageError(suggest_key(key))
+        result[key] = value.strip()
+    return result
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file's mapping. Safe YAML only; every failure is one line naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UsageError(f"config file '{path}' not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"cannot read config file '{path}': {err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise UsageError(f"config file '{path}' is not valid YAML{line}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(
+            f"config file '{path}' must hold a mapping of key: value, not a list or scalar"
+        )
+    return data
+
+
+def build_config(
+    base: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Config:
+    """Merge a config-file mapping with `--set` overrides, coerce, resolve derived keys, validate."""
+    given: dict[str, Any] = {}
+    for source in (base or {}, overrides or {}):
+        for key, value in source.items():
+            given[str(key)] = coerce(str(key), value)
+    given = _resolve(given)
+    cfg = Config(**given)
+    validate(cfg)
+    return cfg
+
+
+def _resolve(given: dict[str, Any]) -> dict[str, Any]:
+    """Fill in choices that depend on other keys, so `config.yaml` states what really ran."""
+    resolved = dict(given)
+    dataset = resolved.get("dataset", Config.dataset)
+    if resolved.get("model") is None and dataset in DEFAULT_MODEL:
+        resolved["model"] = DEFAULT_MODEL[dataset]
+    if resolved.get("lr") is None:
+        resolved["lr"] = DEFAULT_LR.get(dataset, 0.05)
+    for part, (steps_key, epochs_key) in BUDGET_PAIRS.items():
+        steps, epochs = resolved.get(steps_key), resolved.get(epochs_key)
+        if steps is not None and epochs is not None:
+            raise UsageError(
+                f"give {steps_key} or {epochs_key}, not both (got {steps} and {epochs})"
+            )
+        if steps is None and epochs is None:
+            resolved[epochs_key] = DEFAULT_EPOCHS[part]
+    if resolved.get("momentum") is None:
+        from repgossip.algorithms import get_algorithm  # local import: algorithms imports config
+
+        algorithm = resolved.get("algorithm", Config.algorithm)
+        if algorithm in ALGORITHM_NAMES:
+            resolved["momentum"] = get_algorithm(algorithm).default_momentum
+    if resolved.get("algorithm") in ("fedavg", "fedrep"):
+        topology = resolved.get("topology", "complete")
+        if topology != "complete":
+            raise UsageError(
+                f"{resolved['algorithm']} averages exactly over all workers, so topology must be "
+                f"'complete', got '{topology}' (use deprl or dpsgd for a sparse graph)"
+            )
+        resolved["topology"] = "complete"
+    return resolved
+
+
+def _choice(key: str, value: str, valid: Iterable[str]) -> None:
+    valid = tuple(valid)
+    if value not in valid:
+        raise UsageError(f"unknown {key} '{value}'; valid: {', '.join(valid)}")
+
+
+def _at_least(cfg: Config, key: str, low: float, strict: bool = False) -> None:
+    value = getattr(cfg, key)
+    if value is None:
+        return
+    if value < low or (strict and value == low):
+        bound = f"> {low}" if strict else f">= {low}"
+        raise UsageError(f"{key} must be {bound}, got {value}")
+
+
+def _within(cfg: Config, key: str, low: float, high: float, *, high_open: bool = False) -> None:
+    value = getattr(cfg, key)
+    if value is None:
+        return
+    if not (low <= value <= high) or (high_open and value == high):
+        bracket = ")" if high_open else "]"
+        raise UsageError(f"{key} must be in [{low}, {high}{bracket}, got {value}")
+
+
+def validate(cfg: Config) -> None:
+    """Names against their choices, numbers against their ranges, keys against each other."""
+    _choice("algorithm", cfg.algorithm, ALGORITHM_NAMES)
+    _choice("dataset", cfg.dataset, DATASETS)
+    _choice("model", cfg.model or "", MODELS)
+    _choice("partition", cfg.partition, PARTITION_NAMES)
+    _choice("mixing", cfg.mixing, MIXING_NAMES)
+    _choice("engine", cfg.engine, ENGINES)
+    _choice("device", cfg.device, DEVICES)
+    if cfg.model not in COMPATIBLE_MODELS[cfg.dataset]:
+        valid = ", ".join(COMPATIBLE_MODELS[cfg.dataset])
+        raise UsageError(
+            f"model '{cfg.model}' does not fit dataset '{cfg.dataset}'; valid: {valid}"
+        )
+    for key in (
+        "workers",
+        "rounds",
+        "batch_size",
+        "eval_every",
+        "checkpoint_every",
+        "classes_per_worker",
+        "samples_per_worker",
+        "dim",
+        "rank",
+        "head_steps",
+        "body_steps",
+        "head_epochs",
+        "body_epochs",
+    ):
+        _at_least(cfg, key, 1)
+    for key in ("lr", "lr_head", "lr_body", "alpha"):
+        _at_least(cfg, key, 0, strict=True)
+    _at_least(cfg, "weight_decay", 0)
+    _at_least(cfg, "noise", 0)
+    _within(cfg, "momentum", 0.0, 1.0, high_open=True)
+    _within(cfg, "edge_prob", 0.0, 1.0)
+    _at_least(cfg, "edge_prob", 0, strict=True)
+    _within(cfg, "link_failure_prob", 0.0, 1.0, high_open=True)
+    _within(cfg, "lr_decay", 0.0, 1.0)
+    _at_least(cfg, "lr_decay", 0, strict=True)
+    if cfg.rank > cfg.dim:
+        raise UsageError(f"rank must be <= dim, got rank={cfg.rank} dim={cfg.dim}")
+
+
+# Keys that may differ between a checkpointed run and its resumption without changing its numbers.
+RESUMABLE_KEYS = ("rounds", "eval_every", "checkpoint_every", "data_dir")
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """Keys whose change would make a resumed run differ from an uninterrupted one."""
+    return [k for k in KEYS if k not in RESUMABLE_KEYS and getattr(old, k) != getattr(new, k)]
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def load_resolved(path: str | Path) -> Config:
+    """A `config.yaml` written by a run, read back as a Config."""
+    return build_config(read_yaml(path))

@@ -1,0 +1,236 @@
+"""Split a centralized labelled dataset over workers, and give each worker a matching test split.
+
+Every scheme gives all workers the same number of samples, so that per-worker accuracies are
+comparable and no worker dominates a gossip average. Returned index arrays are int64 and SORTED
+ascending: the order carries no information (each worker shuffles its own batches from its own
+random stream), and sorted output makes results easy to compare and hash.
+
+The `natural` partition (real users, e.g. HAPT) is not a label-based split; the caller handles it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from repgossip.errors import UsageError
+
+PARTITIONS = ("dirichlet", "shards", "iid")
+
+
+def partition(
+    labels: np.ndarray,
+    workers: int,
+    scheme: str,
+    *,
+    alpha: float = 0.5,
+    classes_per_worker: int = 2,
+    samples_per_worker: int | None = None,
+    seed: int = 0,
+) -> list[np.ndarray]:
+    """Indices into `labels` for each worker: sorted int64 arrays, all of equal length.
+
+    No index is used twice, no worker is empty, and the result is a pure function of the arguments
+    (the seed fixes all randomness), so a run can be reproduced and resumed.
+    """
+    labels = _check_labels(labels)
+    if scheme not in PARTITIONS:
+        raise UsageError(
+            f"unknown partition {scheme!r}; valid here: {', '.join(PARTITIONS)} "
+            "('natural' needs a dataset with natural users, such as hapt)"
+        )
+    n = _equal_size(len(labels), workers, samples_per_worker)
+    if scheme == "dirichlet" and not (np.isfinite(alpha) and alpha > 0):
+        raise UsageError(
+            f"alpha must be a finite number > 0 for the dirichlet partition, got {alpha}"
+        )
+    rng = np.random.default_rng(seed)
+    if scheme == "iid":
+        return _iid(len(labels), workers, n, rng)
+    classes, inverse = np.unique(labels, return_inverse=True)
+    pools = _class_pools(inverse, len(classes), rng)
+    if scheme == "dirichlet":
+        counts = _dirichlet_counts(np.array([len(p) for p in pools]), workers, n, alpha, rng)
+    else:
+        counts = _shard_counts(pools, workers, n, classes_per_worker, classes, rng)
+    return _take_from_pools(pools, counts)
+
+
+def _check_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels must be a 1-D array; anything else is almost surely a caller mix-up (e.g. images)."""
+    arr = np.asarray(labels)
+    if arr.ndim != 1:
+        raise UsageError(f"labels must be a 1-D array, got shape {arr.shape}")
+    return arr
+
+
+def _equal_size(total: int, workers: int, samples_per_worker: int | None) -> int:
+    """Per-worker sample count: floor(total / workers), capped by samples_per_worker."""
+    if not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise UsageError(f"workers must be an integer >= 1, got {workers!r}")
+    if workers > total:
+        raise UsageError(f"workers={workers} is more than the {total} samples; use <= {total}")
+    n = total // workers
+    if samples_per_worker is not None:
+        if samples_per_worker < 1:
+            raise UsageError(f"samples_per_worker must be >= 1 or unset, got {samples_per_worker}")
+        n = min(n, int(samples_per_worker))
+    return n
+
+
+def _class_pools(inverse: np.ndarray, num_classes: int, rng: np.random.Generator) -> list:
+    """Shuffled sample indices of each class; workers take consecutive chunks, so no reuse."""
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.cumsum(np.bincount(inverse, minlength=num_classes))[:-1]
+    return [rng.permutation(chunk).astype(np.int64) for chunk in np.split(order, bounds)]
+
+
+def _iid(total: int, workers: int, n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Equal chunks of one random permutation: every worker sees the global label distribution."""
+    perm = rng.permutation(total).astype(np.int64)
+    return [np.sort(perm[i * n : (i + 1) * n]) for i in range(workers)]
+
+
+def _dirichlet_counts(
+    capacity: np.ndarray, workers: int, n: int, alpha: float, rng: np.random.Generator
+) -> np.ndarray:
+    """(workers, C) class counts: each row sums to n, each column fits its class's capacity.
+
+    An exact sampler without rejection: workers are visited in a random order (so no worker is
+    systematically left with the leftovers), and each one's Dirichlet draw is restricted to the
+    classes that still have samples.
+    """
+    counts = np.zeros((workers, len(capacity)), dtype=np.int64)
+    remaining = capacity.astype(np.int64).copy()
+    for i in rng.permutation(workers):
+        q = rng.dirichlet(np.full(len(capacity), alpha))
+        counts[i] = _fill_worker(q, remaining, n, rng)
+        remaining -= counts[i]
+    return counts
+
+
+def _fill_worker(
+    q: np.ndarray, remaining: np.ndarray, n: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Draw n samples over classes from proportions q, never exceeding `remaining`.
+
+    Each pass either places everything or exhausts at least one class, so it ends in <= C passes.
+    """
+    alloc = np.zeros_like(remaining)
+    need = n
+    while need > 0:
+        room = remaining - alloc
+        open_ = room > 0
+        weights = np.where(open_, q, 0.0)
+        if not np.isfinite(weights.sum()) or weights.sum() <= 1e-300:
+            weights = room.astype(np.float64)  # q has ~no mass left: follow what is available
+        draw = rng.multinomial(need, weights / weights.sum())
+        take = np.minimum(draw, room)
+        alloc += take
+        need -= int(take.sum())
+    return alloc
+
+
+def _shard_counts(
+    pools: list,
+    workers: int,
+    n: int,
+    k: int,
+    classes: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """(workers, C) counts: worker i holds k distinct classes, each with the same share.
+
+    Classes are dealt round-robin over a random permutation, so every class is used by either
+    floor or ceil of workers*k/C workers, and the share is the largest one all classes can afford.
+    """
+    num = len(pools)
+    if not isinstance(k, (int, np.integer)) or k < 1 or k > num:
+        raise UsageError(
+            f"classes_per_worker must be between 1 and the {num} classes present, got {k!r}"
+        )
+    perm = rng.permutation(num)
+    assign = perm[(np.arange(workers)[:, None] * k + np.arange(k)[None, :]) % num]
+    holders = np.bincount(assign.ravel(), minlength=num)
+    used = np.flatnonzero(holders)
+    afford = np.array([len(pools[c]) for c in used]) // holders[used]
+    share = min(n // k, int(afford.min()))
+    if share < 1:
+        worst = used[int(afford.argmin())]
+        raise UsageError(
+            f"shards: class {classes[worst].item()!r} has {len(pools[worst])} samples for "
+            f"{holders[worst]} workers (and {n} samples per worker for {k} classes), leaving "
+            "workers empty; use fewer workers or a smaller classes_per_worker"
+        )
+    counts = np.zeros((workers, num), dtype=np.int64)
+    np.put_along_axis(counts, assign, share, axis=1)
+    return counts
+
+
+def _take_from_pools(pools: list, counts: np.ndarray) -> list[np.ndarray]:
+    """Hand out consecutive chunks of each class pool, so no index is used twice."""
+    starts = np.vstack([np.zeros(counts.shape[1], np.int64), np.cumsum(counts, axis=0)])
+    out = []
+    for i in range(counts.shape[0]):
+        parts = [pools[c][starts[i, c] : starts[i + 1, c]] for c in np.flatnonzero(counts[i])]
+        out.append(np.sort(np.concatenate(parts)).astype(np.int64))
+    return out
+
+
+def test_split(
+    train_labels: list[np.ndarray], test_labels: np.ndarray, ratio: float, seed: int = 0
+) -> list[np.ndarray]:
+    """Each worker's test indices (sorted int64) into the global test set.
+
+    A worker is evaluated on the label mix it trains on (personalized accuracy is meaningless
+    otherwise): for class c with n_ic train samples it gets round-half-up(ratio * n_ic) test
+    samples of c, capped at the number of test samples of c, and at least 1 sample in total.
+    Per class, workers take consecutive chunks of one shuffled pool in turn, so test sets are
+    disjoint whenever the pool is large enough; only when it is not does it wrap around, re-using
+    samples across workers but never within one worker.
+    """
+    if not (np.isfinite(ratio) and ratio > 0):
+        raise UsageError(f"test ratio must be a finite number > 0, got {ratio}")
+    test_labels = _check_labels(test_labels)
+    rng = np.random.default_rng(seed)
+    classes, inverse = np.unique(test_labels, return_inverse=True)
+    pools = _class_pools(inverse, len(classes), rng)
+    sizes = np.array([len(p) for p in pools], dtype=np.int64)
+    demand = np.stack(
+        [_test_demand(y, classes, sizes, ratio, i) for i, y in enumerate(train_labels)]
+    )
+    return _deal_wrapping(pools, demand)
+
+
+test_split.__test__ = False  # a library function, not a pytest test, wherever it is imported
+
+
+def _test_demand(
+    train_y: np.ndarray, classes: np.ndarray, sizes: np.ndarray, ratio: float, worker: int
+) -> np.ndarray:
+    """Per-class test counts for one worker, following its train label counts."""
+    train_y = np.asarray(train_y)
+    n_ic = np.array([np.count_nonzero(train_y == c) for c in classes], dtype=np.int64)
+    want = np.minimum(np.floor(ratio * n_ic + 0.5).astype(np.int64), sizes)
+    if want.sum() == 0:
+        avail = np.where(sizes > 0, n_ic, 0)
+        if avail.max(initial=0) == 0:
+            raise UsageError(
+                f"worker {worker}: none of its train classes {np.unique(train_y).tolist()} "
+                f"appear in the test set (classes {classes.tolist()})"
+            )
+        want[int(avail.argmax())] = 1  # its most frequent class that the test set has
+    return want
+
+
+def _deal_wrapping(pools: list, demand: np.ndarray) -> list[np.ndarray]:
+    """Workers take consecutive chunks of each pool in turn, wrapping modulo the pool size."""
+    pos = np.zeros(len(pools), dtype=np.int64)
+    out = []
+    for row in demand:
+        parts = []
+        for c in np.flatnonzero(row):
+            size = len(pools[c])
+            parts.append(pools[c][(pos[c] + np.arange(row[c])) % size])
+            pos[c] = (pos[c] + row[c]) % size
+        out.append(np.sort(np.concatenate(parts)).astype(np.int64))
+    return out

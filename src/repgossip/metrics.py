@@ -1,0 +1,44 @@
+"""What a run reports, computed from per-worker statistics and the workers' parameters.
+
+Personalized accuracy is each worker's own model on its own test split; `test_acc_mean` averages
+those accuracies over workers, `test_acc_pooled` divides all correct predictions by all test samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+BYTES_PER_FLOAT = 4  # parameters travel as float32
+
+
+def accuracy_summary(correct: np.ndarray, count: np.ndarray) -> dict[str, float]:
+    acc = correct / np.maximum(count, 1)
+    return {
+        "test_acc_mean": float(acc.mean()),
+        "test_acc_pooled": float(correct.sum() / max(count.sum(), 1)),
+        "test_acc_p10": float(np.percentile(acc, 10)),
+        "test_acc_min": float(acc.min()),
+    }
+
+
+def consensus_distance(shared: torch.Tensor) -> float:
+    """Mean over workers of ||x_i - mean_j x_j||^2 for rows x_i of the shared parameters."""
+    centred = shared.double() - shared.double().mean(0, keepdim=True)
+    return float((centred**2).sum(1).mean())
+
+
+def subspace_distance(b_star: np.ndarray, body_weight: np.ndarray) -> float:
+    """||(I - Q Q^T) B*||_2 with Q an orthonormal basis of the column space of `body_weight`^T.
+
+    `body_weight` is the linear body's (k, d) weight, i.e. B^T; 0 means the learned representation
+    spans the true one, 1 that some true direction is orthogonal to it.
+    """
+    q, _ = np.linalg.qr(body_weight.T.astype(np.float64))
+    residual = b_star - q @ (q.T @ b_star)
+    return float(np.linalg.norm(residual, 2))
+
+
+def bytes_per_round(adjacency: np.ndarray, shared_params: int) -> int:
+    """Every worker sends its shared float32 parameters to each neighbour once per round."""
+    return int(adjacency.sum()) * shared_params * BYTES_PER_FLOAT

@@ -1,0 +1,411 @@
+"""Tests for repgossip.topology: graphs, mixing matrices, spectral gap, link-failure schedule."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from repgossip.errors import UsageError
+from repgossip.topology import (
+    MIXING_RULES,
+    TOPOLOGIES,
+    build_graph,
+    describe,
+    drop_links,
+    is_connected,
+    is_doubly_stochastic,
+    mixing_matrix,
+    round_adjacency,
+    spectral_gap,
+)
+
+
+def _degrees(adj: np.ndarray) -> np.ndarray:
+    return adj.sum(axis=1)
+
+
+def _assert_valid_adjacency(adj: np.ndarray, n: int) -> None:
+    assert adj.shape == (n, n)
+    assert adj.dtype == bool
+    assert np.array_equal(adj, adj.T)
+    assert not adj.diagonal().any()
+
+
+@st.composite
+def symmetric_graphs(draw: st.DrawFn) -> np.ndarray:
+    n = draw(st.integers(min_value=1, max_value=40))
+    pairs = n * (n - 1) // 2
+    bits = draw(st.lists(st.booleans(), min_size=pairs, max_size=pairs))
+    adj = np.zeros((n, n), dtype=bool)
+    adj[np.triu_indices(n, k=1)] = bits
+    return adj | adj.T
+
+
+# ---------------------------------------------------------------- mixing matrices, property-based
+
+
+@settings(max_examples=150, deadline=None)
+@given(adj=symmetric_graphs(), rule=st.sampled_from(MIXING_RULES))
+def test_mixing_is_symmetric_doubly_stochastic(adj: np.ndarray, rule: str) -> None:
+    W = mixing_matrix(adj, rule)
+    assert W.dtype == np.float64
+    assert is_doubly_stochastic(W)
+    assert np.array_equal(W, W.T)
+    assert (W >= 0).all()
+    assert (W.diagonal() > 0).all()
+    off = ~np.eye(len(W), dtype=bool)
+    assert np.array_equal(W[off] > 0, adj[off])  # weights only on edges
+    gap = spectral_gap(W)
+    assert 0.0 <= gap <= 1.0
+    if is_connected(adj):
+        assert gap > 0.0
+    else:
+        assert gap == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("n", range(3, 51))
+def test_ring_metropolis_spectral_gap_closed_form(n: int) -> None:
+    # Ring with N >= 3 is 2-regular, so W = circulant(1/3, 1/3, 1/3) with eigenvalues
+    # 1/3 + 2/3 cos(2 pi k / N). The SLEM is k=1 for every N >= 3 (for even N the most negative one,
+    # k = N/2, is -1/3, never larger in modulus). N = 2 is one edge with W = 11^T/2: not covered.
+    W = mixing_matrix(build_graph("ring", n))
+    expected = 1.0 - (1.0 / 3.0 + 2.0 / 3.0 * math.cos(2.0 * math.pi / n))
+    assert spectral_gap(W) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 16, 33])
+def test_complete_metropolis_is_exact_averaging(n: int) -> None:
+    W = mixing_matrix(build_graph("complete", n), "metropolis")
+    np.testing.assert_allclose(W, np.full((n, n), 1.0 / n), rtol=0, atol=1e-15)
+    assert spectral_gap(W) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_max_degree_rule_uses_global_max_degree() -> None:
+    adj = build_graph("star", 5)
+    W = mixing_matrix(adj, "max_degree")
+    assert W[1, 0] == pytest.approx(1.0 / 5.0)
+    assert W[1, 1] == pytest.approx(4.0 / 5.0)
+    assert W[0, 0] == pytest.approx(1.0 / 5.0)
+    assert is_doubly_stochastic(W)
+
+
+def test_single_worker_and_empty_graph() -> None:
+    adj = build_graph("ring", 1)
+    assert adj.shape == (1, 1) and not adj.any()
+    for rule in MIXING_RULES:
+        assert np.array_equal(mixing_matrix(adj, rule), np.ones((1, 1)))
+    assert spectral_gap(np.ones((1, 1))) == 1.0
+    assert np.array_equal(mixing_matrix(np.zeros((3, 3), dtype=bool)), np.eye(3))
+
+
+def test_unknown_mixing_rule() -> None:
+    with pytest.raises(UsageError, match=r"'uniform'.*metropolis, max_degree"):
+        mixing_matrix(build_graph("ring", 4), "uniform")
+
+
+def test_mixing_rejects_asymmetric_adjacency() -> None:
+    adj = np.zeros((3, 3), dtype=bool)
+    adj[0, 1] = True
+    with pytest.raises(UsageError, match="symmetric"):
+        mixing_matrix(adj)
+
+
+def test_is_doubly_stochastic_rejects() -> None:
+    assert is_doubly_stochastic(np.full((3, 3), 1 / 3))
+    assert not is_doubly_stochastic(np.array([[0.5, 0.5], [0.2, 0.8]]))  # row- not col-stochastic
+    assert not is_doubly_stochastic(np.array([[1.5, -0.5], [-0.5, 1.5]]))  # negative entries
+    assert not is_doubly_stochastic(np.ones((2, 3)) / 3)
+    assert not is_doubly_stochastic(np.array([[np.nan, 1.0], [1.0, 0.0]]))
+
+
+# ---------------------------------------------------------------- named topologies
+
+
+@pytest.mark.parametrize("name", TOPOLOGIES)
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 8, 9, 12, 16, 25, 30])
+def test_named_topologies_are_valid_and_connected(name: str, n: int) -> None:
+    adj = build_graph(name, n)
+    _assert_valid_adjacency(adj, n)
+    assert is_connected(adj)
+    for rule in MIXING_RULES:
+        assert is_doubly_stochastic(mixing_matrix(adj, rule))
+
+
+@pytest.mark.parametrize("n", [3, 5, 10, 37])
+def test_ring_degree(n: int) -> None:
+    adj = build_graph("ring", n)
+    assert (_degrees(adj) == 2).all()
+    assert adj[0, 1] and adj[0, n - 1]
+    assert build_graph("ring", 2).sum() == 2  # N = 2: one edge
+
+
+@pytest.mark.parametrize(("n", "shape"), [(9, (3, 3)), (12, (3, 4)), (16, (4, 4)), (20, (4, 5))])
+def test_torus_is_four_regular_when_both_sides_at_least_three(n: int, shape: tuple) -> None:
+    adj = build_graph("torus", n)
+    assert (_degrees(adj) == 4).all()
+    r, c = shape
+    assert int(adj.sum()) // 2 == 2 * r * c
+    # node (0, 0) is linked to (0, 1), (0, c-1), (1, 0), (r-1, 0)
+    assert set(np.flatnonzero(adj[0])) == {1, c - 1, c, (r - 1) * c}
+
+
+def test_torus_small_sides_dedupe() -> None:
+    assert (_degrees(build_graph("torus", 4)) == 2).all()  # 2x2: a 4-cycle
+    assert (
+        _degrees(build_graph("torus", 8)) == 3
+    ).all()  # 2x4: wrap in the 2-row dimension dedupes
+
+
+@pytest.mark.parametrize(("n", "suggest"), [(5, "4 or 6"), (13, "12 or 14"), (23, "22 or 24")])
+def test_torus_prime_error(n: int, suggest: str) -> None:
+    with pytest.raises(UsageError, match=rf"{n} is prime; try {suggest}") as exc:
+        build_graph("torus", n)
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("n", [2, 5, 8, 10, 16, 31])
+def test_exponential_neighbours(n: int) -> None:
+    adj = build_graph("exponential", n)
+    offsets = {2**j for j in range(n) if 2**j < n}
+    for i in range(n):
+        expected = {(i + o) % n for o in offsets} | {(i - o) % n for o in offsets}
+        assert set(np.flatnonzero(adj[i])) == expected - {i}
+    if n == 8:
+        assert (_degrees(adj) == 5).all()  # offsets 1, 2, 4 and -1, -2 (-4 == +4 mod 8)
+
+
+def test_star_degrees() -> None:
+    deg = _degrees(build_graph("star", 7))
+    assert deg[0] == 6
+    assert (deg[1:] == 1).all()
+
+
+def test_complete_degrees() -> None:
+    assert (_degrees(build_graph("complete", 6)) == 5).all()
+
+
+# ---------------------------------------------------------------- erdos_renyi
+
+
+def test_erdos_renyi_deterministic_per_seed() -> None:
+    a = build_graph("erdos_renyi", 30, edge_prob=0.2, seed=7)
+    b = build_graph("erdos_renyi", 30, edge_prob=0.2, seed=7)
+    c = build_graph("erdos_renyi", 30, edge_prob=0.2, seed=8)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+    _assert_valid_adjacency(a, 30)
+    assert is_connected(a)
+
+
+def test_erdos_renyi_edge_prob_one_is_complete() -> None:
+    assert np.array_equal(build_graph("erdos_renyi", 6, edge_prob=1.0), build_graph("complete", 6))
+
+
+def test_erdos_renyi_too_sparse_raises() -> None:
+    with pytest.raises(UsageError, match=r"edge_prob=0\.001 is too low for 40 workers") as exc:
+        build_graph("erdos_renyi", 40, edge_prob=0.001)
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("p", [0.0, -0.1, 1.5, float("nan")])
+def test_erdos_renyi_bad_edge_prob(p: float) -> None:
+    with pytest.raises(UsageError, match=r"edge_prob"):
+        build_graph("erdos_renyi", 10, edge_prob=p)
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+@pytest.mark.parametrize("workers", [0, -3, 2.5, True])
+def test_bad_workers(workers: object) -> None:
+    with pytest.raises(UsageError, match="workers"):
+        build_graph("ring", workers)  # type: ignore[arg-type]
+
+
+def test_unknown_topology_lists_valid_names(tmp_path) -> None:
+    with pytest.raises(UsageError) as exc:
+        build_graph("rng", 4)
+    msg = str(exc.value)
+    assert "'rng'" in msg and "no such file" in msg and "edge-list file" in msg
+    assert all(name in msg for name in TOPOLOGIES)
+    assert "\n" not in msg
+    with pytest.raises(UsageError, match="no such file"):
+        build_graph(str(tmp_path / "missing.txt"), 4)
+    with pytest.raises(UsageError, match="no such file"):
+        build_graph(str(tmp_path), 4)  # a directory is not an edge-list file
+
+
+# ---------------------------------------------------------------- edge-list files
+
+
+def _write(tmp_path, text: str) -> str:
+    path = tmp_path / "graph.txt"
+    path.write_text(text)
+    return str(path)
+
+
+def test_edge_list_good_file(tmp_path) -> None:
+    path = _write(
+        tmp_path,
+        "# a path 0-1-2-3 plus a chord\n\n0 1\n1,2\n  2 ,  3\n3\t0  # inline comment\n1 0\n",
+    )
+    adj = build_graph(path, 4)
+    _assert_valid_adjacency(adj, 4)
+    expected = build_graph("ring", 4)
+    assert np.array_equal(adj, expected)
+    assert describe(path, 4)["edges"] == 4
+
+
+@pytest.mark.parametrize(
+    ("text", "lineno", "what"),
+    [
+        ("0 1\n1 x\n", 2, "two integer node ids"),
+        ("0 1\n1 2 3\n", 2, "two integer node ids"),
+        ("0 1\n\n# c\n2\n", 4, "two integer node ids"),
+        ("0 1\n1.0 2\n", 2, "two integer node ids"),
+        ("0 1\n1 -2\n", 2, ">= 0"),
+        ("0 1\n1 1\n1 2\n", 2, "self-loop"),
+    ],
+)
+def test_edge_list_bad_lines(tmp_path, text: str, lineno: int, what: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(UsageError, match=what) as exc:
+        build_graph(path, 3)
+    msg = str(exc.value)
+    assert path in msg and f"line {lineno}" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize(("workers", "nodes"), [(4, 3), (2, 3)])
+def test_edge_list_wrong_node_count(tmp_path, workers: int, nodes: int) -> None:
+    path = _write(tmp_path, "0 1\n1 2\n")
+    with pytest.raises(UsageError, match=rf"has {nodes} nodes but workers={workers}"):
+        build_graph(path, workers)
+
+
+def test_edge_list_empty_file(tmp_path) -> None:
+    path = _write(tmp_path, "# nothing\n")
+    with pytest.raises(UsageError, match=r"has 0 nodes but workers=3"):
+        build_graph(path, 3)
+
+
+def test_edge_list_disconnected(tmp_path) -> None:
+    path = _write(tmp_path, "0 1\n2 3\n")
+    with pytest.raises(UsageError, match="disconnected"):
+        build_graph(path, 4)
+
+
+# ---------------------------------------------------------------- connectivity
+
+
+def test_is_connected() -> None:
+    assert is_connected(np.zeros((1, 1), dtype=bool))
+    assert not is_connected(np.zeros((2, 2), dtype=bool))
+    path = np.zeros((50, 50), dtype=bool)
+    idx = np.arange(49)
+    path[idx, idx + 1] = path[idx + 1, idx] = True
+    assert is_connected(path)
+    path[24, 25] = path[25, 24] = False
+    assert not is_connected(path)
+
+
+# ---------------------------------------------------------------- link failures
+
+
+def test_drop_links_probability_zero_and_one() -> None:
+    adj = build_graph("torus", 16)
+    rng = np.random.default_rng(0)
+    assert np.array_equal(drop_links(adj, 0.0, rng), adj)
+    assert not drop_links(adj, 1.0, rng).any()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    adj=symmetric_graphs(),
+    prob=st.floats(min_value=0.0, max_value=1.0),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_drop_links_symmetric_subgraph_still_doubly_stochastic(
+    adj: np.ndarray, prob: float, seed: int
+) -> None:
+    dropped = drop_links(adj, prob, np.random.default_rng(seed))
+    _assert_valid_adjacency(dropped, len(adj))
+    assert not (dropped & ~adj).any()  # only removes edges
+    for rule in MIXING_RULES:
+        assert is_doubly_stochastic(mixing_matrix(dropped, rule))
+
+
+@pytest.mark.parametrize("prob", [-0.1, 1.1, float("nan")])
+def test_bad_link_failure_prob(prob: float) -> None:
+    adj = build_graph("ring", 5)
+    with pytest.raises(UsageError, match="link_failure_prob"):
+        drop_links(adj, prob, np.random.default_rng(0))
+    with pytest.raises(UsageError, match="link_failure_prob"):
+        round_adjacency(adj, prob, seed=0, round_index=0)
+
+
+def test_round_adjacency_prob_zero_is_base_graph() -> None:
+    adj = build_graph("exponential", 12)
+    for r in range(5):
+        assert np.array_equal(round_adjacency(adj, 0.0, seed=3, round_index=r), adj)
+
+
+def test_round_adjacency_deterministic_and_varies_by_round() -> None:
+    adj = build_graph("complete", 20)
+    a = round_adjacency(adj, 0.3, seed=11, round_index=4)
+    b = round_adjacency(adj.copy(), 0.3, seed=11, round_index=4)
+    assert np.array_equal(a, b)
+    _assert_valid_adjacency(a, 20)
+    assert not np.array_equal(a, round_adjacency(adj, 0.3, seed=11, round_index=5))
+    assert not np.array_equal(a, round_adjacency(adj, 0.3, seed=12, round_index=4))
+
+
+def test_round_adjacency_failure_rate() -> None:
+    adj = build_graph("complete", 20)  # 190 edges
+    base_edges = int(np.triu(adj, k=1).sum())
+    rounds = 200
+    kept = sum(
+        int(np.triu(round_adjacency(adj, 0.3, seed=5, round_index=r), k=1).sum())
+        for r in range(rounds)
+    )
+    down_rate = 1.0 - kept / (base_edges * rounds)
+    # 38,000 Bernoulli(0.3) trials: std ~ 0.0024, so +-0.02 is > 8 sigma.
+    assert abs(down_rate - 0.3) < 0.02
+
+
+def test_round_adjacency_bad_seed_or_round() -> None:
+    adj = build_graph("ring", 5)
+    with pytest.raises(UsageError, match="seed"):
+        round_adjacency(adj, 0.1, seed=-1, round_index=0)
+    with pytest.raises(UsageError, match="round_index"):
+        round_adjacency(adj, 0.1, seed=0, round_index=-1)
+
+
+# ---------------------------------------------------------------- describe
+
+
+def test_describe_ring_8() -> None:
+    info = describe("ring", 8)
+    expected_gap = 1.0 - (1.0 / 3.0 + 2.0 / 3.0 * math.cos(2.0 * math.pi / 8))
+    assert info["topology"] == "ring"
+    assert info["workers"] == 8
+    assert info["edges"] == 8
+    assert info["connected"] is True
+    assert info["doubly_stochastic"] is True
+    assert info["spectral_gap"] == pytest.approx(expected_gap, abs=1e-12)
+    assert info["min_degree"] == 2
+    assert info["max_degree"] == 2
+    assert info["mixing"] == "metropolis"
+    assert json.loads(json.dumps(info)) == info
+
+
+def test_describe_max_degree_and_errors() -> None:
+    info = describe("star", 5, mixing="max_degree")
+    assert info["mixing"] == "max_degree"
+    assert (info["min_degree"], info["max_degree"], info["edges"]) == (1, 4, 4)
+    with pytest.raises(UsageError):
+        describe("star", 5, mixing="nope")
