@@ -23,7 +23,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but its errors are one line (no usage dump) and go through UsageError."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        command = self.prog.removeprefix("repgossip").strip()
+        raise UsageError(f"{command}: {message}" if command else message)
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:

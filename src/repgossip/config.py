@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -116,14 +117,25 @@ def coerce(key: str, value: Any) -> Any:
         raise UsageError(f"{key} cannot be empty; it needs a {scalar.__name__}")
     if scalar is str:
         return str(value)
+    kind = "an integer" if scalar is int else "a number"
     if isinstance(value, bool):
-        raise UsageError(f"{key} must be a {scalar.__name__}, got '{value}'")
+        raise UsageError(f"{key} must be {kind}, got '{value}'")
+    if (
+        scalar is int
+        and isinstance(value, (int, str))
+        and str(value).strip().lstrip("+-").isdigit()
+    ):
+        return int(value)  # exact, also for integers beyond float precision
     try:
-        number = scalar(value)
+        number = float(value)
     except (TypeError, ValueError):
-        raise UsageError(f"{key} must be a {scalar.__name__}, got '{value}'") from None
-    if scalar is int and isinstance(value, float) and number != value:
-        raise UsageError(f"{key} must be an integer, got '{value}'")
+        raise UsageError(f"{key} must be {kind}, got '{value}'") from None
+    if not math.isfinite(number):
+        raise UsageError(f"{key} must be a finite number, got '{value}'")
+    if scalar is int:
+        if number != int(number):
+            raise UsageError(f"{key} must be an integer, got '{value}'")
+        return int(number)
     return number
 
 

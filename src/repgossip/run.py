@@ -139,29 +139,26 @@ def evaluate(exp: Experiment) -> tuple[dict[str, float], dict[str, list[float]]]
 # ---------------------------------------------------------------- output folder and checkpoints
 
 
-def claim_output(out: Path, *, keep: bool, force: bool) -> None:
-    """Make `out` ours: a non-empty folder is kept (`keep`, for resuming), cleared (`force`), or refused."""
+def check_output(out: Path, *, keep: bool, force: bool) -> None:
+    """Refuse a non-empty `out` unless it is kept (`keep`, for resuming) or may be cleared (`force`)."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"output path '{out}' exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not keep:
-        if not force:
-            raise UsageError(
-                f"output folder '{out}' is not empty; pass --resume to continue it or --force to overwrite it"
-            )
+    if out.is_dir() and any(out.iterdir()) and not (keep or force):
+        raise UsageError(
+            f"output folder '{out}' is not empty; pass --resume to continue it or --force to overwrite it"
+        )
+
+
+def claim_output(out: Path, *, keep: bool, force: bool) -> None:
+    """Make `out` ours, clearing it if `force` and not `keep`. Call once nothing can fail any more."""
+    check_output(out, keep=keep, force=force)
+    if force and not keep and out.is_dir():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
 
-def prepare_output(out: Path, cfg: Config, resume: bool, force: bool) -> Config:
-    """Claim `out` for a run of `cfg`; on resume, check the saved config allows `cfg`."""
-    claim_output(out, keep=resume, force=force)
-    if resume:
-        return _resumable_config(out, cfg)
-    atomic_write(out / CONFIG_FILE, dump_yaml(cfg).encode())
-    return cfg
-
-
-def _resumable_config(out: Path, cfg: Config) -> Config:
+def resumable_config(out: Path, cfg: Config) -> None:
+    """Refuse to resume `out` with a config whose results would differ from the saved run's."""
     if not (out / CHECKPOINT_FILE).is_file() or not (out / CONFIG_FILE).is_file():
         raise UsageError(f"cannot resume: '{out}' holds no {CHECKPOINT_FILE} and {CONFIG_FILE}")
     saved = build_config(read_yaml(out / CONFIG_FILE))
@@ -172,8 +169,6 @@ def _resumable_config(out: Path, cfg: Config) -> Config:
             f"cannot resume with a changed '{key}' ({getattr(saved, key)!r} -> {getattr(cfg, key)!r}); "
             "only rounds, eval_every, checkpoint_every and data_dir may change"
         )
-    atomic_write(out / CONFIG_FILE, dump_yaml(cfg).encode())
-    return cfg
 
 
 def atomic_write(path: Path, payload: bytes) -> None:
@@ -245,15 +240,19 @@ def run(
 ) -> dict[str, Any]:
     """Run (or continue) the experiment `cfg` into folder `out`; returns the summary."""
     out = Path(out)
-    cfg = prepare_output(out, cfg, resume, force)
-    exp = build_experiment(cfg)
-    start, wall_before, sent = 0, 0.0, 0
+    check_output(out, keep=resume, force=force)
     if resume:
-        start, wall_before, sent = load_checkpoint(out, exp)
-        kept = read_metrics(out / METRICS_FILE, up_to_round=start)
-        atomic_write(out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept).encode())
-    else:
-        (out / METRICS_FILE).unlink(missing_ok=True)
+        resumable_config(out, cfg)
+    exp = build_experiment(cfg)  # every input error surfaces here, before anything is written
+    start, wall_before, sent = load_checkpoint(out, exp) if resume else (0, 0.0, 0)
+    if start > cfg.rounds:
+        raise UsageError(
+            f"cannot resume with rounds={cfg.rounds}: the run already has {start} rounds"
+        )
+    claim_output(out, keep=resume, force=force)
+    atomic_write(out / CONFIG_FILE, dump_yaml(cfg).encode())
+    kept = read_metrics(out / METRICS_FILE, up_to_round=start) if resume else []
+    atomic_write(out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept).encode())
     bar = _progress_bar(cfg.rounds, start, progress)
     began = time.perf_counter()
 

@@ -58,7 +58,7 @@ def sweep(
     out = Path(out)
     points = grid_points(grid)
     configs = [build_config(base, point) for point in points]
-    claim_output(out, keep=resume, force=force)
+    claim_output(out, keep=resume, force=force)  # configs are valid: safe to clear
     rows = []
     for point, cfg in zip(points, configs, strict=True):
         folder = out / run_name(point)
