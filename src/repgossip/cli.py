@@ -54,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep_p = sub.add_parser("sweep", help="run the product of a grid of configs")
     sweep_p.add_argument(
-        "--grid", metavar="KEY=V1,V2", action="append", default=[], required=True,
-        help="a key and its values; repeat for more keys",
+        "--grid", metavar="KEY=V1,V2", nargs="+", action="extend", default=[], required=True,
+        help="keys and their values; repeatable",
     )  # fmt: skip
     _add_config_options(sweep_p)
     sweep_p.add_argument("--out", metavar="DIR", required=True)

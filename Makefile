@@ -1,0 +1,34 @@
+# The two entry points of README.md: `make demo` (main job) and `make test` (suite + lint).
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+DEMO_DIR ?= runs/demo
+
+.PHONY: install install-test data demo test lint
+
+install:
+	$(PIP) install -q -e .
+
+install-test:
+	$(PIP) install -q -e '.[test]'
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist package; elsewhere put the IDX files in data_dir.
+data:
+	@if [ -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] || [ -f $(FMNIST_DIR)/train-images-idx3-ubyte ]; then \
+		echo "Fashion-MNIST found in $(FMNIST_DIR)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else \
+		echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist', or put the four IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; .gz is fine) in a folder and pass --set data_dir=FOLDER"; \
+	fi
+
+demo: install data
+	repgossip sweep --grid algorithm=deprl,local,dpsgd --out $(DEMO_DIR) --resume
+	repgossip plot $(DEMO_DIR)
+
+lint:
+	ruff check .
+	ruff format --check .
+
+test: install-test data lint
+	$(PYTHON) -m pytest
