@@ -317,7 +317,7 @@ def test_run_config_yaml_is_fully_resolved(finished_run):
     assert saved["model"] == "linear"
     assert saved["lr"] == pytest.approx(0.01)
     assert saved["momentum"] == 0.0
-    assert (saved["head_epochs"], saved["body_epochs"]) == (2, 1)
+    assert (saved["head_epochs"], saved["body_epochs"]) == (3, 1)
 
 
 def test_run_metrics_has_every_round_with_contract_keys(finished_run):

@@ -43,7 +43,7 @@ def test_defaults_build_and_validate():
     assert cfg.model == "cnn"
     assert cfg.lr == pytest.approx(0.05)
     assert cfg.momentum == 0.0
-    assert (cfg.head_epochs, cfg.body_epochs) == (2, 1)
+    assert (cfg.head_epochs, cfg.body_epochs) == (3, 1)
     assert (cfg.head_steps, cfg.body_steps) == (None, None)
     assert set(cfg.to_dict()) == set(KEYS)
 
@@ -162,7 +162,7 @@ def test_epoch_defaults_fill_only_a_pair_left_empty():
     assert (cfg.head_steps, cfg.head_epochs) == (5, None)
     assert (cfg.body_steps, cfg.body_epochs) == (None, 1)
     cfg = _from_set("body_epochs=3")
-    assert (cfg.head_steps, cfg.head_epochs) == (None, 2)
+    assert (cfg.head_steps, cfg.head_epochs) == (None, 3)
     assert (cfg.body_steps, cfg.body_epochs) == (None, 3)
 
 

@@ -36,7 +36,7 @@ COMPATIBLE_MODELS = {"fmnist": ("cnn", "mlp"), "synthetic": ("linear",)}
 # Local work per round comes in pairs: steps or epochs, one of each pair. When the user gives neither,
 # the epoch default applies (the authors' setting: several head epochs, one body epoch).
 BUDGET_PAIRS = {"head": ("head_steps", "head_epochs"), "body": ("body_steps", "body_epochs")}
-DEFAULT_EPOCHS = {"head": 2, "body": 1}
+DEFAULT_EPOCHS = {"head": 3, "body": 1}
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class Config:
     partition: str = "shards"
     alpha: float = 0.5
     classes_per_worker: int = 2
-    samples_per_worker: int | None = 200
+    samples_per_worker: int | None = 100
     topology: str = "ring"
     edge_prob: float = 0.3
     mixing: str = "metropolis"

@@ -24,12 +24,13 @@ import torch
 from repgossip.algorithms import Algorithm, get_algorithm
 from repgossip.config import Config, build_config, changed_keys, dump_yaml, read_yaml
 from repgossip.data.federation import Federation, build_federation
-from repgossip.engines.sim import Gossip, SimEngine
+from repgossip.engines.sim import SimEngine
 from repgossip.errors import UsageError
+from repgossip.gossip import GossipSchedule
 from repgossip.metrics import accuracy_summary, consensus_distance, subspace_distance
 from repgossip.models import build_model
 from repgossip.population import Budget, Population, StepRule
-from repgossip.topology import build_graph, spectral_gap
+from repgossip.topology import build_graph, mixing_matrix, spectral_gap
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE = (
     "config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt"
@@ -63,7 +64,7 @@ def build_experiment(cfg: Config) -> Experiment:
     algorithm = get_algorithm(cfg.algorithm)
     federation = build_federation(cfg)
     adjacency = build_graph(cfg.topology, cfg.workers, edge_prob=cfg.edge_prob, seed=cfg.seed)
-    schedule = Gossip(adjacency, cfg.mixing, cfg.link_failure_prob, cfg.seed)
+    schedule = GossipSchedule(adjacency, cfg.mixing, cfg.link_failure_prob, cfg.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = build_model(
@@ -79,7 +80,7 @@ def build_experiment(cfg: Config) -> Experiment:
         seed=cfg.seed,
         device=resolve_device(cfg.device),
     )
-    gap = spectral_gap(schedule.round_graph(0)[1])
+    gap = spectral_gap(mixing_matrix(adjacency, cfg.mixing))  # of the graph without failures
     return Experiment(cfg, algorithm, federation, population, SimEngine(schedule), gap)
 
 

@@ -1,0 +1,66 @@
+"""Gossip as padded neighbour slots: equal to W @ X, and bit-identical however rows are split."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from repgossip.gossip import GossipSchedule, Slots, mix_rows
+from repgossip.topology import mixing_matrix
+
+
+@st.composite
+def graphs(draw):
+    n = draw(st.integers(1, 12))
+    upper = draw(st.lists(st.booleans(), min_size=n * n, max_size=n * n))
+    adj = np.triu(np.array(upper, dtype=bool).reshape(n, n), 1)
+    return adj | adj.T
+
+
+def mixed(w: np.ndarray, x: torch.Tensor, row_blocks: list[np.ndarray]) -> torch.Tensor:
+    slots, out = Slots.from_matrix(w), torch.empty_like(x)
+    for rows in row_blocks:
+        part = torch.empty(len(rows), x.shape[1])
+        mix_rows(rows, slots, lambda ids: x[torch.from_numpy(ids)], part)
+        out[torch.from_numpy(rows)] = part
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    graphs(),
+    st.integers(1, 40),
+    st.integers(0, 2**31 - 1),
+    st.sampled_from(["metropolis", "max_degree"]),
+)
+def test_slots_mixing_equals_w_times_x_and_ignores_the_row_split(adj, cols, seed, rule):
+    w = mixing_matrix(adj, rule)
+    x = torch.randn(len(adj), cols, generator=torch.Generator().manual_seed(seed))
+    whole = mixed(w, x, [np.arange(len(adj))])
+    torch.testing.assert_close(
+        whole.double(), torch.from_numpy(w) @ x.double(), rtol=1e-5, atol=1e-6
+    )
+    rng = np.random.default_rng(seed)
+    split = np.sort(rng.choice(len(adj), size=rng.integers(0, len(adj) + 1), replace=False))
+    blocks = [split, np.setdiff1d(np.arange(len(adj)), split)]
+    assert torch.equal(
+        mixed(w, x, blocks), whole
+    )  # bitwise: the layout over processes is invisible
+
+
+def test_slots_are_sorted_and_padded_with_self_at_zero_weight():
+    adj = np.zeros((4, 4), dtype=bool)
+    adj[0, 1:] = adj[1:, 0] = True  # a star: worker 0 has 3 neighbours, the others 1
+    slots = Slots.from_matrix(mixing_matrix(adj))
+    assert slots.index.shape == (4, 4)
+    assert slots.index[0].tolist() == [0, 1, 2, 3]
+    assert slots.index[2].tolist() == [0, 2, 2, 2] and slots.weight[2, 2:].tolist() == [0.0, 0.0]
+
+
+def test_schedule_is_static_without_failures_and_seeded_with_them():
+    adj = ~np.eye(6, dtype=bool)
+    assert GossipSchedule(adj, "metropolis", 0.0, 1).round_graph(3)[0] is adj
+    a, b = GossipSchedule(adj, "metropolis", 0.5, 1), GossipSchedule(adj, "metropolis", 0.5, 1)
+    assert np.array_equal(a.round_graph(7)[0], b.round_graph(7)[0])
