@@ -14,7 +14,7 @@ holds it or on whether the run was resumed.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -160,10 +160,19 @@ class Population:
         )
 
     def train(
-        self, part: str, budget: Budget, rule: StepRule, round_index: int, phase: int
+        self,
+        part: str,
+        budget: Budget,
+        rule: StepRule,
+        round_index: int,
+        phase: int,
+        active: Collection[int] | None = None,
     ) -> None:
-        """Run one local phase on every worker: SGD on `part`, the other parameters frozen."""
+        """Run one local phase on every worker (or those in `active`, by global id): SGD on `part`,
+        the other parameters frozen."""
         for local, worker in enumerate(self.worker_ids):
+            if active is not None and worker not in active:
+                continue
             gen = worker_generator(self.seed, worker, round_index, phase)
             batches = batch_schedule(len(self.train_y[local]), self.batch_size, budget, gen)
             self._train_worker(local, part, batches, rule)
