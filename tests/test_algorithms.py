@@ -53,7 +53,8 @@ def test_gossip_moves_bodies_only_and_heads_never_count_as_bytes(topology):
     body1, head1 = blocks(exp)
     assert torch.equal(head1, head0)
     assert not torch.equal(body1, body0)
-    adj, w, _ = exp.engine.schedule.round_graph(0)
+    plan = exp.engine.schedule.round_plan(0)
+    adj, w = plan.adjacency, plan.weights
     assert (
         sent
         == int(adj.sum()) * pop.layout.body_size * 4
@@ -97,7 +98,7 @@ def test_local_never_communicates_and_dpsgd_shares_everything():
     local, dpsgd = experiment(algorithm="local"), experiment(algorithm="dpsgd")
     assert train_round(local, 0) == 0
     sent = train_round(dpsgd, 0)
-    adj, _, _ = dpsgd.engine.schedule.round_graph(0)
+    adj = dpsgd.engine.schedule.round_plan(0).adjacency
     assert sent == int(adj.sum()) * dpsgd.population.layout.size * 4
 
 
@@ -110,11 +111,11 @@ def test_every_algorithm_runs_a_round():
 
 def test_link_failures_keep_gossip_doubly_stochastic_and_vary_by_round():
     exp = experiment(link_failure_prob=0.3, workers=12, topology="erdos_renyi", edge_prob=0.6)
-    graphs = [exp.engine.schedule.round_graph(r) for r in range(5)]
-    for _adj, w, _slots in graphs:
-        np.testing.assert_allclose(w.sum(0), 1, atol=1e-12)
-        np.testing.assert_allclose(w, w.T, atol=0)
-    assert len({a.tobytes() for a, _, _ in graphs}) > 1
+    plans = [exp.engine.schedule.round_plan(r) for r in range(5)]
+    for plan in plans:
+        np.testing.assert_allclose(plan.weights.sum(0), 1, atol=1e-12)
+        np.testing.assert_allclose(plan.weights, plan.weights.T, atol=0)
+    assert len({p.adjacency.tobytes() for p in plans}) > 1
 
 
 # ------------------------------------------------------------------ fast path == plain reference

@@ -61,6 +61,20 @@ def test_slots_are_sorted_and_padded_with_self_at_zero_weight():
 
 def test_schedule_is_static_without_failures_and_seeded_with_them():
     adj = ~np.eye(6, dtype=bool)
-    assert GossipSchedule(adj, "metropolis", 0.0, 1).round_graph(3)[0] is adj
-    a, b = GossipSchedule(adj, "metropolis", 0.5, 1), GossipSchedule(adj, "metropolis", 0.5, 1)
-    assert np.array_equal(a.round_graph(7)[0], b.round_graph(7)[0])
+    static = GossipSchedule(adj, "metropolis", seed=1)
+    assert static.round_plan(3) is static.round_plan(4) and static.round_plan(3).active.all()
+    a, b = (GossipSchedule(adj, "metropolis", 0.5, seed=1) for _ in range(2))
+    assert np.array_equal(a.round_plan(7).adjacency, b.round_plan(7).adjacency)
+
+
+def test_dropped_workers_keep_their_block_and_lose_their_links():
+    adj = ~np.eye(20, dtype=bool)
+    schedule = GossipSchedule(adj, "metropolis", worker_dropout_prob=0.3, seed=2)
+    plans = [schedule.round_plan(r) for r in range(30)]
+    share_out = np.mean([1 - p.active.mean() for p in plans])
+    assert 0.15 < share_out < 0.45
+    for plan in plans:
+        out = ~plan.active
+        assert not plan.adjacency[out].any() and not plan.adjacency[:, out].any()
+        np.testing.assert_array_equal(np.diag(plan.weights)[out], 1.0)
+        np.testing.assert_allclose(plan.weights.sum(1), 1, atol=1e-12)

@@ -56,6 +56,7 @@ class Config:
     edge_prob: float = 0.3
     mixing: str = "metropolis"
     link_failure_prob: float = 0.0
+    worker_dropout_prob: float = 0.0
     rounds: int = 30
     head_steps: int | None = None
     body_steps: int | None = None
@@ -286,6 +287,7 @@ def validate(cfg: Config) -> None:
     _within(cfg, "edge_prob", 0.0, 1.0)
     _at_least(cfg, "edge_prob", 0, strict=True)
     _within(cfg, "link_failure_prob", 0.0, 1.0, high_open=True)
+    _within(cfg, "worker_dropout_prob", 0.0, 1.0, high_open=True)
     _within(cfg, "lr_decay", 0.0, 1.0)
     _at_least(cfg, "lr_decay", 0, strict=True)
     if cfg.rank > cfg.dim:

@@ -43,28 +43,59 @@ class Slots:
         return cls(index, weight)
 
 
+@dataclass(frozen=True)
+class RoundPlan:
+    """Who takes part in a round and how they mix: the same in every process, derived from the seed."""
+
+    adjacency: np.ndarray  # (N, N) bool: links that are up between workers that are in
+    weights: np.ndarray  # (N, N) mixing matrix on that graph (absent workers keep their block)
+    slots: Slots
+    active: np.ndarray  # (N,) bool: workers that train and gossip this round
+
+
+_DROPOUT_TAG = 0xD809  # separates the dropout stream from the link-failure stream of the same round
+
+
 class GossipSchedule:
-    """The graph and mixing matrix of each round (with link failures), the same in every process."""
+    """Each round's graph, mixing matrix and active workers, with link failures and dropouts.
+
+    Stateless in the round index, so a resumed run or another process sees the same rounds.
+    """
 
     def __init__(
-        self, base_adjacency: np.ndarray, mixing: str, link_failure_prob: float, seed: int
-    ):
+        self,
+        base_adjacency: np.ndarray,
+        mixing: str,
+        link_failure_prob: float = 0.0,
+        worker_dropout_prob: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         self.base_adjacency = base_adjacency
         self.mixing = mixing
         self.link_failure_prob = link_failure_prob
+        self.worker_dropout_prob = worker_dropout_prob
         self.seed = seed
-        self._static: tuple[np.ndarray, np.ndarray, Slots] | None = None
-        if link_failure_prob == 0:
-            w = mixing_matrix(base_adjacency, mixing)
-            self._static = (base_adjacency, w, Slots.from_matrix(w))
+        self._static = None if self.varies else self._plan(base_adjacency, None)
 
-    def round_graph(self, round_index: int) -> tuple[np.ndarray, np.ndarray, Slots]:
-        """(adjacency, W, W as slots) used in round `round_index`."""
+    @property
+    def varies(self) -> bool:
+        return self.link_failure_prob > 0 or self.worker_dropout_prob > 0
+
+    def round_plan(self, round_index: int) -> RoundPlan:
         if self._static is not None:
             return self._static
         adj = round_adjacency(self.base_adjacency, self.link_failure_prob, self.seed, round_index)
+        active = None
+        if self.worker_dropout_prob > 0:
+            rng = np.random.default_rng([self.seed, round_index, _DROPOUT_TAG])
+            active = rng.random(len(adj)) >= self.worker_dropout_prob
+            adj = adj & active[:, None] & active[None, :]
+        return self._plan(adj, active)
+
+    def _plan(self, adj: np.ndarray, active: np.ndarray | None) -> RoundPlan:
         w = mixing_matrix(adj, self.mixing)
-        return adj, w, Slots.from_matrix(w)
+        everyone = np.ones(len(adj), dtype=bool)
+        return RoundPlan(adj, w, Slots.from_matrix(w), everyone if active is None else active)
 
 
 def mix_rows(

@@ -8,11 +8,13 @@ only parameters, optimizer state and counters for a resumed run to match an unin
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from repgossip.config import Config, build_config, changed_keys, dump_yaml, read
 from repgossip.data.federation import Federation, build_federation
 from repgossip.engines.sim import SimEngine
 from repgossip.errors import UsageError
+from repgossip.faults import maybe_crash_midwrite
 from repgossip.gossip import GossipSchedule
 from repgossip.metrics import accuracy_summary, consensus_distance, subspace_distance
 from repgossip.models import build_model
@@ -64,7 +67,9 @@ def build_experiment(cfg: Config) -> Experiment:
     algorithm = get_algorithm(cfg.algorithm)
     federation = build_federation(cfg)
     adjacency = build_graph(cfg.topology, cfg.workers, edge_prob=cfg.edge_prob, seed=cfg.seed)
-    schedule = GossipSchedule(adjacency, cfg.mixing, cfg.link_failure_prob, cfg.seed)
+    schedule = GossipSchedule(
+        adjacency, cfg.mixing, cfg.link_failure_prob, cfg.worker_dropout_prob, cfg.seed
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = build_model(
@@ -97,9 +102,11 @@ def step_rule(cfg: Config, part: str, round_index: int) -> StepRule:
 def train_round(exp: Experiment, round_index: int) -> int:
     """One round of the algorithm on every worker; returns the bytes gossiped."""
     pop, cfg = exp.population, exp.cfg
+    plan = exp.engine.schedule.round_plan(round_index)
+    active = None if plan.active.all() else set(np.flatnonzero(plan.active).tolist())
     for phase_index, phase in enumerate(exp.algorithm.phases):
         rule = step_rule(cfg, phase.part, round_index)
-        pop.train(phase.part, budget(cfg, phase.budget), rule, round_index, phase_index)
+        pop.train(phase.part, budget(cfg, phase.budget), rule, round_index, phase_index, active)
     if exp.algorithm.shared is None:
         return 0
     return exp.engine.gossip(pop, exp.algorithm.shared, round_index)
@@ -111,7 +118,7 @@ def check_finite(exp: Experiment, round_index: int) -> None:
         worker = exp.population.worker_ids[int((~finite).nonzero()[0])]
         raise DivergenceError(
             f"training diverged in round {round_index + 1}: worker {worker} has NaN or inf "
-            f"parameters (lower lr; the last good checkpoint is kept)"
+            "parameters; lower lr (the last checkpoint, from before this round, is kept)"
         )
 
 
@@ -173,16 +180,25 @@ def resumable_config(out: Path, cfg: Config) -> None:
 
 
 def atomic_write(path: Path, payload: bytes) -> None:
-    """Write to a temporary file, fsync, rename: a crash leaves the old file or the new, never half."""
+    """Write to a temporary file, fsync, rename, fsync the folder: a crash at any moment leaves the
+    old file or the new one, never a torn one."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as handle:
+        maybe_crash_midwrite(path, handle, payload)
         handle.write(payload)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 def save_checkpoint(out: Path, exp: Experiment, round_done: int, wall_s: float, sent: int) -> None:
+    """Everything a run's future depends on. Randomness is stateless in (seed, worker, round), so
+    parameters, optimizer state and counters are all of it."""
     state = {
         "round": round_done,
         "params": exp.population.params.cpu(),
@@ -190,23 +206,33 @@ def save_checkpoint(out: Path, exp: Experiment, round_done: int, wall_s: float, 
         "wall_s": wall_s,
         "bytes_sent": sent,
     }
-    tmp = out / (CHECKPOINT_FILE + ".tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, out / CHECKPOINT_FILE)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(out / CHECKPOINT_FILE, buffer.getvalue())
+
+
+CHECKPOINT_KEYS = ("round", "params", "momentum", "wall_s", "bytes_sent")
 
 
 def load_checkpoint(out: Path, exp: Experiment) -> tuple[int, float, int]:
-    """Restore parameters and optimizer state; returns (rounds done, wall seconds, bytes sent)."""
+    """Restore parameters and optimizer state; returns (rounds done, wall seconds, bytes sent).
+
+    `weights_only=True`: a checkpoint is data; a file that asks to run code is refused unread."""
+    path = out / CHECKPOINT_FILE
     try:
-        state = torch.load(out / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: say so in one line
-        raise UsageError(f"cannot read checkpoint '{out / CHECKPOINT_FILE}': {err}") from None
+        with warnings.catch_warnings():  # torch warns about foreign pickles before refusing them
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, foreign or malicious: one line, no traceback
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UsageError(f"cannot read checkpoint '{path}': {reason}") from None
+    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
+        raise UsageError(
+            f"'{path}' is not a repgossip checkpoint (needs {', '.join(CHECKPOINT_KEYS)})"
+        )
     pop = exp.population
     if tuple(state["params"].shape) != tuple(pop.params.shape):
-        raise UsageError(f"checkpoint in '{out}' does not match this config's model or workers")
+        raise UsageError(f"checkpoint '{path}' does not match this config's model or workers")
     pop.params.copy_(state["params"])
     pop.momentum.copy_(state["momentum"])
     return int(state["round"]), float(state["wall_s"]), int(state["bytes_sent"])

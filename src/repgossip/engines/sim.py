@@ -18,12 +18,12 @@ class SimEngine:
 
     def gossip(self, pop: Population, part: str, round_index: int) -> int:
         """Mix the `part` block of every worker with its neighbours'; return the bytes sent."""
-        adj, _, slots = self.schedule.round_graph(round_index)
+        plan = self.schedule.round_plan(round_index)
         cols = pop.layout.part(part)
         block = pop.params[:, cols]
         before = block.clone()  # every worker mixes the blocks as they were before this gossip
-        mix_rows(np.arange(len(pop)), slots, lambda ids: before[torch.from_numpy(ids)], block)
-        return bytes_per_round(adj, cols.stop - cols.start)
+        mix_rows(np.arange(len(pop)), plan.slots, lambda ids: before[torch.from_numpy(ids)], block)
+        return bytes_per_round(plan.adjacency, cols.stop - cols.start)
 
     def shared_block(self, pop: Population, part: str) -> torch.Tensor:
         """Every worker's `part` parameters (all workers live here)."""
