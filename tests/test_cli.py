@@ -117,6 +117,17 @@ BAD_INPUTS = [
     pytest.param(_run("weight_decay=nan"), id="weight-decay-nan"),
     pytest.param(_run("topology={tmp}/missing_edges.txt"), id="edge-list-missing"),
     pytest.param(_run("topology={tmp}/edges3.txt"), id="edge-list-wrong-nodes"),
+    pytest.param(_run("topology={tmp}/split4.txt"), id="edge-list-disconnected"),
+    pytest.param(_run("topology={tmp}/garbled.txt"), id="edge-list-malformed"),
+    pytest.param(_run("worker_dropout_prob=1"), id="dropout-1"),
+    pytest.param(
+        _run("topology=erdos_renyi", "edge_prob=0.001", "workers=40"), id="graph-never-connected"
+    ),
+    pytest.param(
+        Bad(("run", "--quiet", "--set", "workers=70000", "rounds=1", "samples_per_worker=none")),
+        id="more-workers-than-samples",
+        marks=no_fmnist,
+    ),
     pytest.param(
         Bad(
             (
@@ -208,10 +219,17 @@ NEEDLES = {
     "weight-decay-nan": ("weight_decay", "nan"),
     "edge-list-missing": ("missing_edges.txt",),
     "edge-list-wrong-nodes": ("edges3.txt", "3", "4"),
+    "edge-list-disconnected": ("disconnected",),
+    "edge-list-malformed": ("garbled.txt", "line 2"),
+    "dropout-1": ("worker_dropout_prob", "1"),
+    "graph-never-connected": ("edge_prob", "0.001"),
+    "more-workers-than-samples": ("70000",),
 }
 
 SETUP_FILES = {
     "edges3.txt": "0 1\n1 2\n2 0\n",
+    "split4.txt": "0 1\n2 3\n",
+    "garbled.txt": "0 1\n1 two\n",
     "broken.yaml": "workers: [1, 2\nlr: 0.1\n",
     "list.yaml": "- workers\n- lr\n",
 }
@@ -511,3 +529,22 @@ def test_console_topology_succeeds(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     assert json.loads(proc.stdout)["edges"] == 8
+
+
+def test_missing_fmnist_files_say_how_to_get_them(tmp_path, capsys, monkeypatch):
+    from repgossip.data import sources
+
+    monkeypatch.setattr(sources, "FMNIST_DIRS", (str(tmp_path / "nowhere"),))
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    argv = [
+        "run",
+        "--quiet",
+        "--set",
+        "rounds=1",
+        f"data_dir={tmp_path / 'empty'}",
+        "--out",
+        str(out),
+    ]
+    assert_one_line_error(main(argv), capsys.readouterr().err, "dataset-fashion-mnist", "data_dir")
+    assert not out.exists()
