@@ -21,7 +21,8 @@ from repgossip.config import build_config
 from repgossip.faults import FAULT_ENV
 from repgossip.gossip import GossipSchedule, mix_rows
 from repgossip.metrics import consensus_distance
-from repgossip.run import CHECKPOINT_FILE, run
+from repgossip.run import run
+from repgossip.runfolder import CHECKPOINT_FILE
 from repgossip.topology import build_graph
 
 # Slow enough (about 0.2 s a round) to be killed mid-way, small enough for CI.

@@ -1,12 +1,14 @@
 """`repgossip run | sweep | plot | topology`: thin wrappers over the library.
 
-Bad input of any kind ends in one line on stderr and exit code 2; divergence in exit code 3.
+Bad input of any kind ends in one line on stderr and exit code 2; divergence in exit code 3; a lost
+or hung peer of the distributed engine in exit code 4.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -14,9 +16,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from repgossip.config import build_config, coerce, parse_assignments, read_yaml
-from repgossip.errors import UsageError
+from repgossip.errors import DistributedError, UsageError
 
-EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_USAGE, EXIT_DIVERGED, EXIT_DISTRIBUTED, EXIT_INTERRUPTED = 2, 3, 4, 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,12 +89,18 @@ def _config_from(args: argparse.Namespace, resume_dir: Path | None = None):
     return base, parse_assignments(args.assignments)
 
 
+def restarted_by_torchrun() -> bool:
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from repgossip.run import run
 
     out = Path(args.out) if args.out else None
     if args.resume and out is None:
         raise UsageError("--resume needs --out DIR, the folder of the run to continue")
+    if restarted_by_torchrun() and out is not None and (out / "checkpoint.pt").is_file():
+        args.resume = True  # torchrun --max-restarts relaunched us: continue from the checkpoint
     base, overrides = _config_from(args, out if args.resume else None)
     cfg = build_config(base, overrides)
     if out is None:
@@ -102,8 +110,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     keys = ("test_acc_mean", "test_acc_pooled", "subspace_dist", "train_loss", "wall_s")
     shown = "  ".join(f"{k}={summary[k]:.4g}" for k in keys if k in summary)
-    print(f"{cfg.algorithm} on {cfg.dataset}, {summary['rounds']} rounds: {shown}")
-    print(f"results in {out}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+        print(f"{cfg.algorithm} on {cfg.dataset}, {summary['rounds']} rounds: {shown}")
+        print(f"results in {out}")
     return 0
 
 
@@ -159,6 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DivergenceError as err:
         print(f"repgossip: error: {err}", file=sys.stderr)
         return EXIT_DIVERGED
+    except DistributedError as err:
+        print(f"repgossip: error: {err}", file=sys.stderr)
+        return EXIT_DISTRIBUTED
     except KeyboardInterrupt:
         print("repgossip: interrupted; continue with --resume", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -26,7 +26,7 @@ DATASETS = ("fmnist", "synthetic")
 MODELS = ("cnn", "mlp", "linear")
 PARTITION_NAMES = ("dirichlet", "shards", "iid")
 MIXING_NAMES = ("metropolis", "max_degree")
-ENGINES = ("sim",)
+ENGINES = ("sim", "dist")
 DEVICES = ("auto", "cpu", "cuda")
 
 DEFAULT_MODEL = {"fmnist": "cnn", "synthetic": "linear"}
@@ -72,6 +72,7 @@ class Config:
     seed: int = 0
     eval_every: int = 1
     engine: str = "sim"
+    dist_timeout_s: float = 300.0
     device: str = "auto"
     checkpoint_every: int = 10
     dim: int = 20
@@ -282,6 +283,7 @@ def validate(cfg: Config) -> None:
     for key in ("lr", "lr_head", "lr_body", "alpha"):
         _at_least(cfg, key, 0, strict=True)
     _at_least(cfg, "weight_decay", 0)
+    _at_least(cfg, "dist_timeout_s", 0, strict=True)
     _at_least(cfg, "noise", 0)
     _within(cfg, "momentum", 0.0, 1.0, high_open=True)
     _within(cfg, "edge_prob", 0.0, 1.0)
@@ -295,7 +297,9 @@ def validate(cfg: Config) -> None:
 
 
 # Keys that may differ between a checkpointed run and its resumption without changing its numbers.
-RESUMABLE_KEYS = ("rounds", "eval_every", "checkpoint_every", "data_dir")
+RESUMABLE_KEYS = (
+    "rounds", "eval_every", "checkpoint_every", "data_dir", "engine", "dist_timeout_s"
+)  # fmt: skip
 
 
 def changed_keys(old: Config, new: Config) -> list[str]:

@@ -1,20 +1,16 @@
 """One experiment: build it from a Config, train round by round, evaluate, log, checkpoint, resume.
 
-Output folder contract (DESIGN.md section 4): `config.yaml`, `metrics.jsonl`, `summary.json` and
-`checkpoint.pt`. A folder that holds anything is never overwritten unless asked (`resume` continues
-it, `force` clears it). Randomness is a function of (seed, worker, round), so the checkpoint needs
-only parameters, optimizer state and counters for a resumed run to match an uninterrupted one.
+The same loop runs in one process (`engine=sim`) and on every rank of a torch.distributed group
+(`engine=dist`); the engine provides the few collective steps, and rank 0 alone writes the run
+folder. Randomness is a function of (seed, worker, round), so a checkpoint needs only parameters,
+optimizer state and counters for a resumed run to match an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import shutil
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,22 +18,41 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from repgossip.algorithms import Algorithm, get_algorithm
-from repgossip.config import Config, build_config, changed_keys, dump_yaml, read_yaml
+from repgossip.config import Config, build_config, dump_yaml
 from repgossip.data.federation import Federation, build_federation
-from repgossip.engines.sim import SimEngine
+from repgossip.engines import Engine, make_engine
 from repgossip.errors import UsageError
-from repgossip.faults import maybe_crash_midwrite
 from repgossip.gossip import GossipSchedule
-from repgossip.metrics import accuracy_summary, consensus_distance, subspace_distance
+from repgossip.metrics import accuracy_summary, subspace_distance
 from repgossip.models import build_model
 from repgossip.population import Budget, Population, StepRule
+from repgossip.runfolder import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    append_metrics,
+    atomic_write,
+    check_output,
+    checkpoint_bytes,
+    claim_output,
+    read_checkpoint,
+    read_metrics,
+    resumable_config,
+)
 from repgossip.topology import build_graph, mixing_matrix, spectral_gap
 
-CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE = (
-    "config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt"
-)  # fmt: skip
+__all__ = [
+    "CHECKPOINT_FILE",
+    "SUMMARY_FILE",
+    "DivergenceError",
+    "build_experiment",
+    "run",
+    "train_round",
+]
 
 
 class DivergenceError(RuntimeError):
@@ -50,7 +65,8 @@ class Experiment:
     algorithm: Algorithm
     federation: Federation
     population: Population
-    engine: SimEngine
+    schedule: GossipSchedule
+    engine: Engine
     spectral_gap: float
 
 
@@ -62,8 +78,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_experiment(cfg: Config) -> Experiment:
-    """Data, model, graph and population for `cfg`; all workers start from one initialisation."""
+def build_engine(cfg: Config) -> Engine:
+    return make_engine(cfg.engine, cfg.workers, resolve_device(cfg.device), cfg.dist_timeout_s)
+
+
+def build_experiment(cfg: Config, engine: Engine | None = None) -> Experiment:
+    """Data, model, graph and this process's workers; all workers start from one initialisation."""
+    engine = engine or Engine(cfg.workers)
     algorithm = get_algorithm(cfg.algorithm)
     federation = build_federation(cfg)
     adjacency = build_graph(cfg.topology, cfg.workers, edge_prob=cfg.edge_prob, seed=cfg.seed)
@@ -75,18 +96,19 @@ def build_experiment(cfg: Config) -> Experiment:
         model = build_model(
             cfg.model or "", federation.input_shape, federation.num_classes, cfg.rank
         )
+    mine = engine.local_workers().tolist()
     population = Population(
         model,
-        range(cfg.workers),
-        (federation.train_x, federation.train_y),
-        (federation.test_x, federation.test_y),
+        mine,
+        ([federation.train_x[i] for i in mine], [federation.train_y[i] for i in mine]),
+        ([federation.test_x[i] for i in mine], [federation.test_y[i] for i in mine]),
         regression=federation.regression,
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         device=resolve_device(cfg.device),
     )
     gap = spectral_gap(mixing_matrix(adjacency, cfg.mixing))  # of the graph without failures
-    return Experiment(cfg, algorithm, federation, population, SimEngine(schedule), gap)
+    return Experiment(cfg, algorithm, federation, population, schedule, engine, gap)
 
 
 def budget(cfg: Config, which: str) -> Budget:
@@ -100,41 +122,61 @@ def step_rule(cfg: Config, part: str, round_index: int) -> StepRule:
 
 
 def train_round(exp: Experiment, round_index: int) -> int:
-    """One round of the algorithm on every worker; returns the bytes gossiped."""
+    """One round of the algorithm on this process's workers; returns the bytes gossiped by all."""
     pop, cfg = exp.population, exp.cfg
-    plan = exp.engine.schedule.round_plan(round_index)
+    plan = exp.schedule.round_plan(round_index)
     active = None if plan.active.all() else set(np.flatnonzero(plan.active).tolist())
     for phase_index, phase in enumerate(exp.algorithm.phases):
         rule = step_rule(cfg, phase.part, round_index)
         pop.train(phase.part, budget(cfg, phase.budget), rule, round_index, phase_index, active)
     if exp.algorithm.shared is None:
         return 0
-    return exp.engine.gossip(pop, exp.algorithm.shared, round_index)
+    return exp.engine.gossip(pop, exp.algorithm.shared, plan)
 
 
 def check_finite(exp: Experiment, round_index: int) -> None:
+    """Stop every process if any worker's parameters became NaN or infinite."""
     finite = torch.isfinite(exp.population.params).all(dim=1)
-    if not bool(finite.all()):
-        worker = exp.population.worker_ids[int((~finite).nonzero()[0])]
+    bad = (
+        exp.population.worker_ids[int((~finite).nonzero()[0])]
+        if not bool(finite.all())
+        else exp.cfg.workers
+    )
+    worker = exp.engine.all_min(bad)
+    if worker < exp.cfg.workers:
         raise DivergenceError(
             f"training diverged in round {round_index + 1}: worker {worker} has NaN or inf "
             "parameters; lower lr (the last checkpoint, from before this round, is kept)"
         )
 
 
+def shared_mean(exp: Experiment, part: str) -> torch.Tensor:
+    """The average over all workers of the `part` block, in float64."""
+    rows = exp.population.params[:, exp.population.layout.part(part)].double()
+    return exp.engine.all_sum(rows.sum(0)) / exp.cfg.workers
+
+
+def consensus(exp: Experiment, part: str) -> float:
+    """Mean over all workers of ||x_i - x_bar||^2 of the `part` block."""
+    rows = exp.population.params[:, exp.population.layout.part(part)].double()
+    deviation = ((rows - shared_mean(exp, part)) ** 2).sum().reshape(1)
+    return float(exp.engine.all_sum(deviation)) / exp.cfg.workers
+
+
 def evaluate(exp: Experiment) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """(the metrics.jsonl record's metric keys, per-worker lists for summary.json)."""
-    stats = exp.population.evaluate()
-    shared_part = exp.algorithm.shared or "all"
+    """(the metrics.jsonl record's metric keys, per-worker lists for summary.json), on every rank."""
+    local = exp.population.evaluate()
+    names = [k for k in ("test_loss", "train_loss", "correct", "count") if len(local[k])]
+    table = exp.engine.assemble(torch.from_numpy(np.stack([local[k] for k in names], axis=1)))
+    stats = {k: table[:, i].numpy() for i, k in enumerate(names)}
     record = {
         "train_loss": float(stats["train_loss"].mean()),
         "test_loss_mean": float(stats["test_loss"].mean()),
-        "consensus_dist": consensus_distance(exp.engine.shared_block(exp.population, shared_part)),
+        "consensus_dist": consensus(exp, exp.algorithm.shared or "all"),
     }
     per_worker = {"per_worker_test_loss": stats["test_loss"].tolist()}
     if exp.federation.regression:
-        body = exp.engine.shared_block(exp.population, "body").double().mean(0)
-        weight = body.view(exp.cfg.rank, exp.cfg.dim).cpu().numpy()
+        weight = shared_mean(exp, "body").view(exp.cfg.rank, exp.cfg.dim).cpu().numpy()
         record["subspace_dist"] = subspace_distance(exp.federation.b_star, weight)
     else:
         record.update(accuracy_summary(stats["correct"], stats["count"]))
@@ -144,117 +186,62 @@ def evaluate(exp: Experiment) -> tuple[dict[str, float], dict[str, list[float]]]
     return record, per_worker
 
 
-# ---------------------------------------------------------------- output folder and checkpoints
-
-
-def check_output(out: Path, *, keep: bool, force: bool) -> None:
-    """Refuse a non-empty `out` unless it is kept (`keep`, for resuming) or may be cleared (`force`)."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output path '{out}' exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (keep or force):
-        raise UsageError(
-            f"output folder '{out}' is not empty; pass --resume to continue it or --force to overwrite it"
-        )
-
-
-def claim_output(out: Path, *, keep: bool, force: bool) -> None:
-    """Make `out` ours, clearing it if `force` and not `keep`. Call once nothing can fail any more."""
-    check_output(out, keep=keep, force=force)
-    if force and not keep and out.is_dir():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def resumable_config(out: Path, cfg: Config) -> None:
-    """Refuse to resume `out` with a config whose results would differ from the saved run's."""
-    if not (out / CHECKPOINT_FILE).is_file() or not (out / CONFIG_FILE).is_file():
-        raise UsageError(f"cannot resume: '{out}' holds no {CHECKPOINT_FILE} and {CONFIG_FILE}")
-    saved = build_config(read_yaml(out / CONFIG_FILE))
-    changed = changed_keys(saved, cfg)
-    if changed:
-        key = changed[0]
-        raise UsageError(
-            f"cannot resume with a changed '{key}' ({getattr(saved, key)!r} -> {getattr(cfg, key)!r}); "
-            "only rounds, eval_every, checkpoint_every and data_dir may change"
-        )
-
-
-def atomic_write(path: Path, payload: bytes) -> None:
-    """Write to a temporary file, fsync, rename, fsync the folder: a crash at any moment leaves the
-    old file or the new one, never a torn one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        maybe_crash_midwrite(path, handle, payload)
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+# ---------------------------------------------------------------- checkpoints across processes
 
 
 def save_checkpoint(out: Path, exp: Experiment, round_done: int, wall_s: float, sent: int) -> None:
-    """Everything a run's future depends on. Randomness is stateless in (seed, worker, round), so
-    parameters, optimizer state and counters are all of it."""
-    state = {
-        "round": round_done,
-        "params": exp.population.params.cpu(),
-        "momentum": exp.population.momentum.cpu(),
-        "wall_s": wall_s,
-        "bytes_sent": sent,
-    }
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write(out / CHECKPOINT_FILE, buffer.getvalue())
+    """Every worker's parameters and optimizer state, gathered on rank 0, in one rank-agnostic file
+    (so a run resumes on any number of ranks, or in one process)."""
+    params = exp.engine.gather_rows(exp.population.params)
+    momentum = exp.engine.gather_rows(exp.population.momentum)
+    if exp.engine.is_writer:
+        state = {"round": round_done, "params": params.cpu(), "momentum": momentum.cpu(),
+                 "wall_s": wall_s, "bytes_sent": sent}  # fmt: skip
+        atomic_write(out / CHECKPOINT_FILE, checkpoint_bytes(state))
 
 
-CHECKPOINT_KEYS = ("round", "params", "momentum", "wall_s", "bytes_sent")
+def restore_checkpoint(out: Path, exp: Experiment) -> tuple[int, float, int]:
+    """Load the checkpoint on rank 0 and hand every process its workers' rows."""
+    state: dict[str, Any] = {}
 
+    def load() -> None:
+        state.update(read_checkpoint(out))
+        expected = (exp.cfg.workers, exp.population.layout.size)
+        if tuple(state["params"].shape) != expected:
+            raise UsageError(f"checkpoint in '{out}' does not match this config's model or workers")
 
-def load_checkpoint(out: Path, exp: Experiment) -> tuple[int, float, int]:
-    """Restore parameters and optimizer state; returns (rounds done, wall seconds, bytes sent).
-
-    `weights_only=True`: a checkpoint is data; a file that asks to run code is refused unread."""
-    path = out / CHECKPOINT_FILE
-    try:
-        with warnings.catch_warnings():  # torch warns about foreign pickles before refusing them
-            warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, foreign or malicious: one line, no traceback
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UsageError(f"cannot read checkpoint '{path}': {reason}") from None
-    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
-        raise UsageError(
-            f"'{path}' is not a repgossip checkpoint (needs {', '.join(CHECKPOINT_KEYS)})"
-        )
+    on_writer(exp.engine, load)
     pop = exp.population
-    if tuple(state["params"].shape) != tuple(pop.params.shape):
-        raise UsageError(f"checkpoint '{path}' does not match this config's model or workers")
-    pop.params.copy_(state["params"])
-    pop.momentum.copy_(state["momentum"])
-    return int(state["round"]), float(state["wall_s"]), int(state["bytes_sent"])
+    exp.engine.scatter_rows(state.get("params"), pop.params)
+    exp.engine.scatter_rows(state.get("momentum"), pop.momentum)
+    # the counters live on rank 0 only (zeros elsewhere): a sum hands them to every rank
+    counters = torch.tensor([state.get("round", 0), state.get("bytes_sent", 0)], dtype=torch.int64)
+    done, sent = (int(v) for v in exp.engine.all_sum(counters))
+    wall = float(exp.engine.all_sum(torch.tensor([float(state.get("wall_s", 0.0))])))
+    return done, wall, sent
 
 
-def read_metrics(path: Path, up_to_round: int | None = None) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if up_to_round is None or r["round"] <= up_to_round]
+def on_writer(engine: Engine, action: Callable[[], None]) -> None:
+    """Run `action` on rank 0; if it refuses (UsageError), every rank stops with that reason."""
+    error: UsageError | None = None
+    if engine.is_writer:
+        try:
+            action()
+        except UsageError as err:
+            error = err
+    if not engine.agree(error is None):
+        raise error or UsageError("rank 0 refused this run (its message says why)")
 
 
-def append_metrics(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+def same_config_everywhere(engine: Engine, cfg: Config) -> Config:
+    """Every rank runs rank 0's resolved config (a resumed run's base lives on rank 0's disk)."""
+    if engine.world == 1:
+        return cfg
+    text = engine.broadcast_bytes(dump_yaml(cfg).encode())
+    return build_config(yaml.safe_load(text.decode()))
 
 
 # ---------------------------------------------------------------- the loop
-
-Progress = Callable[[int, dict[str, float]], None]
 
 
 def run(
@@ -266,21 +253,32 @@ def run(
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """Run (or continue) the experiment `cfg` into folder `out`; returns the summary."""
-    out = Path(out)
-    check_output(out, keep=resume, force=force)
-    if resume:
-        resumable_config(out, cfg)
-    exp = build_experiment(cfg)  # every input error surfaces here, before anything is written
-    start, wall_before, sent = load_checkpoint(out, exp) if resume else (0, 0.0, 0)
+    engine = build_engine(cfg)
+    try:
+        return _run(engine, same_config_everywhere(engine, cfg), Path(out), resume, force, progress)
+    finally:
+        engine.close()
+
+
+def _run(
+    engine: Engine, cfg: Config, out: Path, resume: bool, force: bool, progress: bool | None
+) -> dict:
+    def check() -> None:
+        check_output(out, keep=resume, force=force)
+        if resume:
+            resumable_config(out, cfg)
+
+    on_writer(engine, check)
+    exp = build_experiment(
+        cfg, engine
+    )  # every input error surfaces here, before anything is written
+    start, wall_before, sent = restore_checkpoint(out, exp) if resume else (0, 0.0, 0)
     if start > cfg.rounds:
         raise UsageError(
             f"cannot resume with rounds={cfg.rounds}: the run already has {start} rounds"
         )
-    claim_output(out, keep=resume, force=force)
-    atomic_write(out / CONFIG_FILE, dump_yaml(cfg).encode())
-    kept = read_metrics(out / METRICS_FILE, up_to_round=start) if resume else []
-    atomic_write(out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept).encode())
-    bar = _progress_bar(cfg.rounds, start, progress)
+    on_writer(engine, lambda: _open_folder(out, cfg, resume, force, start))
+    bar = _progress_bar(cfg.rounds, start, progress, engine.is_writer)
     began = time.perf_counter()
 
     def elapsed() -> float:
@@ -305,14 +303,24 @@ def run(
         record, per_worker = evaluate(exp)
         record = {"round": start, "wall_s": elapsed(), **record, "bytes_sent": sent}
     summary = _summary(exp, record, per_worker)
-    atomic_write(out / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
+    if engine.is_writer:
+        atomic_write(out / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
     return summary
+
+
+def _open_folder(out: Path, cfg: Config, resume: bool, force: bool, start: int) -> None:
+    """Claim the folder, record the config, and drop evaluations past the checkpoint."""
+    claim_output(out, keep=resume, force=force)
+    atomic_write(out / CONFIG_FILE, dump_yaml(cfg).encode())
+    kept = read_metrics(out / METRICS_FILE, up_to_round=start) if resume else []
+    atomic_write(out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
 
 def _log(out: Path, exp: Experiment, done: int, wall_s: float, sent: int):
     metrics, per_worker = evaluate(exp)
     record = {"round": done, "wall_s": round(wall_s, 4), **metrics, "bytes_sent": sent}
-    append_metrics(out / METRICS_FILE, record)
+    if exp.engine.is_writer:
+        append_metrics(out / METRICS_FILE, record)
     return record, per_worker
 
 
@@ -324,22 +332,21 @@ def _short(record: dict[str, Any]) -> str:
 
 def _summary(exp: Experiment, record: dict[str, Any], per_worker: dict[str, list[float]]) -> dict:
     layout = exp.population.layout
-    shared = layout.part(exp.algorithm.shared).stop if exp.algorithm.shared else 0
-    if exp.algorithm.shared == "head":  # not used by any algorithm today, but keep the count right
-        shared = layout.head_size
+    shared = exp.algorithm.shared
+    shared_params = 0 if shared is None else layout.part(shared).stop - layout.part(shared).start
     return {
         **record,
         **per_worker,
         "spectral_gap": exp.spectral_gap,
         "rounds": record["round"],
-        "params_shared": shared,
-        "params_private": layout.size - shared,
+        "params_shared": shared_params,
+        "params_private": layout.size - shared_params,
     }
 
 
-def _progress_bar(total: int, initial: int, enabled: bool | None):
+def _progress_bar(total: int, initial: int, wanted: bool | None, writer: bool):
+    """On rank 0 only; by default only when stderr is a terminal."""
     from tqdm import tqdm
 
-    if enabled is None:
-        enabled = sys.stderr.isatty()
+    enabled = writer and (sys.stderr.isatty() if wanted is None else wanted)
     return tqdm(total=total, initial=initial, disable=not enabled, unit="round", dynamic_ncols=True)

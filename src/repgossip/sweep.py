@@ -13,7 +13,8 @@ from typing import Any
 
 from repgossip.config import KEYS, build_config, suggest_key
 from repgossip.errors import UsageError
-from repgossip.run import CHECKPOINT_FILE, SUMMARY_FILE, claim_output, run
+from repgossip.run import run
+from repgossip.runfolder import CHECKPOINT_FILE, SUMMARY_FILE, claim_output
 
 RESULT_COLUMNS = (
     "test_acc_mean", "test_acc_pooled", "test_acc_p10", "test_acc_min", "subspace_dist",

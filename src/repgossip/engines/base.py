@@ -1,0 +1,80 @@
+"""The engine interface: where workers live and how their blocks meet.
+
+An engine owns a contiguous block of workers (all of them in one process) and provides gossip plus
+the few collective operations the run loop needs. The one-process engine implements them as
+identities; the distributed engine over torch.distributed. Algorithms never see the difference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from repgossip.gossip import RoundPlan, mix_rows
+from repgossip.metrics import bytes_per_round
+from repgossip.population import Population
+
+
+class Engine:
+    """All workers in this one process: every neighbour's block is a row away."""
+
+    name = "sim"
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self.rank, self.world = 0, 1
+        self.blocks = [np.arange(workers)]
+        self.wire_bytes = 0  # bytes that really crossed between processes
+
+    @property
+    def is_writer(self) -> bool:
+        """Whether this process writes the run folder (rank 0)."""
+        return self.rank == 0
+
+    def local_workers(self) -> np.ndarray:
+        return self.blocks[self.rank]
+
+    def gossip(self, pop: Population, part: str, plan: RoundPlan) -> int:
+        """Mix every local worker's `part` block with its neighbours'; return the bytes that all
+        workers sent to their neighbours this round (the `bytes_sent` metric)."""
+        cols = pop.layout.part(part)
+        block = pop.params[:, cols]
+        before = block.clone()  # every worker mixes the blocks as they were before this gossip
+        fetch = self._fetcher(before, plan)
+        mix_rows(self.local_workers(), plan.slots, fetch, block)
+        return bytes_per_round(plan.adjacency, cols.stop - cols.start)
+
+    def _fetcher(self, before: torch.Tensor, plan: RoundPlan):
+        return lambda ids: before[torch.from_numpy(ids)]
+
+    # collectives: identities in one process
+    def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def all_min(self, value: int) -> int:
+        return value
+
+    def broadcast_bytes(self, payload: bytes) -> bytes:
+        return payload
+
+    def gather_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
+        """Every worker's rows on the writer (None elsewhere), in worker order."""
+        return rows
+
+    def scatter_rows(self, full: torch.Tensor | None, local: torch.Tensor) -> None:
+        """Copy this process's workers' rows of the writer's `full` into `local`."""
+        assert full is not None
+        local.copy_(full)
+
+    def assemble(self, local: torch.Tensor) -> torch.Tensor:
+        """Per-worker rows (n_local, ...) of every process, as (workers, ...) on every process."""
+        full = torch.zeros((self.workers, *local.shape[1:]), dtype=local.dtype)
+        full[torch.from_numpy(self.local_workers())] = local.cpu()
+        return self.all_sum(full)
+
+    def agree(self, ok: bool) -> bool:
+        """True on every process if `ok` is true on every process."""
+        return bool(self.all_min(int(ok)))
+
+    def close(self) -> None:
+        pass
