@@ -77,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", dest="assignments", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
         help="edge_prob, mixing, seed",
     )  # fmt: skip
+    bench_p = sub.add_parser("bench", help="time a training round against its compute bound (JSON)")
+    _add_config_options(bench_p)
+    bench_p.add_argument(
+        "--rounds-measured", type=int, default=5, metavar="N",
+        help="rounds timed after one warm-up round; the median is reported (default 5)",
+    )  # fmt: skip
+    bench_p.add_argument(
+        "--reference", action="store_true",
+        help="also time the straightforward per-worker simulator and report the speedup",
+    )  # fmt: skip
+    bench_p.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads")
     return parser
 
 
@@ -153,7 +164,22 @@ def cmd_topology(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "plot": cmd_plot, "topology": cmd_topology}
+def cmd_bench(args: argparse.Namespace) -> int:
+    from repgossip.bench import measure
+
+    base, overrides = _config_from(args)
+    cfg = build_config(base, overrides)
+    print(json.dumps(measure(cfg, args.rounds_measured, args.reference, args.threads)))
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "sweep": cmd_sweep,
+    "plot": cmd_plot,
+    "topology": cmd_topology,
+    "bench": cmd_bench,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

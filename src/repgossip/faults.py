@@ -1,15 +1,18 @@
-"""Fault injection for the crash tests: kill this process halfway through writing a file.
+"""Fault injection for the crash tests. Unset (always, outside tests), each hook costs one
+environment lookup.
 
-Set `REPGOSSIP_FAULT=NAME:K` (e.g. `checkpoint.pt:2`) and the K-th atomic write of a file called
-NAME in this process writes half its bytes to the temporary file, then sends SIGKILL to itself, the
-same as a power cut or an OOM kill at the worst moment. Unset (always, outside tests), it costs one
-dictionary lookup per write.
+- `REPGOSSIP_FAULT=NAME:K` (e.g. `checkpoint.pt:2`): the K-th atomic write of a file called NAME in
+  this process writes half its bytes to the temporary file, then SIGKILLs the process, as a power
+  cut or an OOM kill would at the worst moment.
+- `REPGOSSIP_RANK_FAULT=R:K:kill` or `R:K:hang`: the process of rank R dies (SIGKILL) or stops
+  answering when it starts round K, in its first launch only (not after a torchrun restart).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 from typing import BinaryIO
@@ -31,3 +34,18 @@ def maybe_crash_midwrite(path: Path, handle: BinaryIO, payload: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+RANK_FAULT_ENV = "REPGOSSIP_RANK_FAULT"
+
+
+def maybe_fail_rank(rank: int, round_index: int) -> None:
+    spec = os.environ.get(RANK_FAULT_ENV)
+    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") not in ("", "0"):
+        return
+    target, at, how = spec.split(":")
+    if int(target) != rank or int(at) != round_index:
+        return
+    if how == "hang":
+        time.sleep(3600)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -25,6 +25,7 @@ from repgossip.config import Config, build_config, dump_yaml
 from repgossip.data.federation import Federation, build_federation
 from repgossip.engines import Engine, make_engine
 from repgossip.errors import UsageError
+from repgossip.faults import maybe_fail_rank
 from repgossip.gossip import GossipSchedule
 from repgossip.metrics import accuracy_summary, subspace_distance
 from repgossip.models import build_model
@@ -289,6 +290,7 @@ def _run(
     if start == 0:
         record, per_worker = _log(out, exp, 0, elapsed(), sent)
     for round_index in range(start, cfg.rounds):
+        maybe_fail_rank(engine.rank, round_index)
         sent += train_round(exp, round_index)
         check_finite(exp, round_index)
         done = round_index + 1
@@ -341,6 +343,7 @@ def _summary(exp: Experiment, record: dict[str, Any], per_worker: dict[str, list
         "rounds": record["round"],
         "params_shared": shared_params,
         "params_private": layout.size - shared_params,
+        "wire_bytes": int(exp.engine.all_sum(torch.tensor([exp.engine.wire_bytes]))),
     }
 
 

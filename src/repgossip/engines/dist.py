@@ -52,7 +52,14 @@ class DistEngine(Engine):
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         try:
-            dist.init_process_group(backend, timeout=timeout)
+            store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
+            # After a torchrun restart the agent's store still holds the dead attempt's addresses;
+            # a per-attempt prefix keeps the new group from dialling them.
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            store = dist.PrefixStore(f"repgossip/attempt-{attempt}", store)
+            dist.init_process_group(
+                backend, store=store, rank=rank, world_size=world, timeout=timeout
+            )
         except Exception as err:
             raise DistributedError(f"cannot form the process group: {_one_line(err)}") from None
 

@@ -1,0 +1,149 @@
+"""The distributed engine under real torchrun launches on loopback (gloo): the same numbers as the
+one-process engine for 1, 2 and 4 ranks and for two "nodes", bytes on the wire as counted, clean
+failure when a rank dies or hangs, and resumption on fewer ranks or by torchrun's own restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from repgossip.config import build_config
+from repgossip.faults import RANK_FAULT_ENV
+from repgossip.run import run
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+SYNTHETIC = ["dataset=synthetic", "workers=8", "samples_per_worker=40", "rounds=4", "topology=torus",
+             "checkpoint_every=1"]  # fmt: skip
+FMNIST_SMALL = ["workers=5", "samples_per_worker=40", "rounds=2", "topology=ring"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def torchrun(nproc: int, out: Path, *sets: str, launch=(), env=None, timeout=240, resume=False):
+    argv = [sys.executable, "-m", "torch.distributed.run", *(launch or ["--standalone"]),
+            "--nproc-per-node", str(nproc), "-m", "repgossip", "run", "--quiet",
+            "--set", "engine=dist", *sets, "--out", str(out)] + (["--resume"] if resume else [])  # fmt: skip
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env or ENV)
+
+
+def summary(out: Path) -> dict:
+    data = json.loads((out / "summary.json").read_text())
+    data.pop("wall_s")
+    data.pop("wire_bytes")
+    return data
+
+
+def sim_summary(tmp_path: Path, sets: list[str], name: str = "sim") -> dict:
+    cfg = build_config(dict(s.split("=", 1) for s in sets))
+    run(cfg, tmp_path / name, progress=False)
+    return summary(tmp_path / name)
+
+
+def assert_same_numbers(dist_summary: dict, sim: dict) -> None:
+    """Per-worker accuracies identical, losses equal to float rounding (in practice: bitwise)."""
+    assert dist_summary.get("per_worker_acc") == sim.get("per_worker_acc")
+    assert dist_summary["per_worker_test_loss"] == pytest.approx(
+        sim["per_worker_test_loss"], rel=1e-6
+    )
+    for key, value in sim.items():
+        if isinstance(value, float):
+            assert dist_summary[key] == pytest.approx(value, rel=1e-6, abs=1e-12), key
+        elif not isinstance(value, list):
+            assert dist_summary[key] == value, key
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 4])
+def test_ranks_give_the_numbers_of_one_process_on_synthetic(tmp_path, ranks):
+    done = torchrun(ranks, tmp_path / "dist", *SYNTHETIC)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_numbers(summary(tmp_path / "dist"), sim_summary(tmp_path, SYNTHETIC))
+    metrics = (tmp_path / "dist" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["round"] for x in metrics] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST not installed (make data)")
+def test_two_ranks_give_the_numbers_of_one_process_on_fmnist(tmp_path):
+    done = torchrun(2, tmp_path / "dist", *FMNIST_SMALL)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_numbers(summary(tmp_path / "dist"), sim_summary(tmp_path, FMNIST_SMALL))
+
+
+def test_wire_bytes_match_bytes_sent_with_one_worker_per_rank(tmp_path):
+    """With one worker per rank every worker-to-neighbour message crosses processes exactly once."""
+    sets = ["dataset=synthetic", "workers=3", "samples_per_worker=20", "rounds=3", "topology=ring"]
+    done = torchrun(3, tmp_path / "dist", *sets)
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads((tmp_path / "dist" / "summary.json").read_text())
+    assert data["wire_bytes"] == data["bytes_sent"] > 0
+
+
+def test_wire_bytes_are_fewer_when_neighbours_share_a_rank(tmp_path):
+    sets = ["dataset=synthetic", "workers=8", "samples_per_worker=20", "rounds=2", "topology=ring"]
+    done = torchrun(2, tmp_path / "dist", *sets)
+    assert done.returncode == 0, done.stderr[-2000:]
+    data = json.loads((tmp_path / "dist" / "summary.json").read_text())
+    # a ring cut into two blocks: only the two boundary pairs talk across ranks
+    per_message = data["bytes_sent"] // (2 * 8 * 2)
+    assert data["wire_bytes"] == 2 * 2 * 2 * per_message
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_nodes_on_loopback_give_the_numbers_of_one_process(tmp_path):
+    endpoint = f"127.0.0.1:{free_port()}"
+    launches = []
+    for node in (0, 1):
+        launch = ["--nnodes", "2", "--node-rank", str(node), "--rdzv-backend", "c10d",
+                  "--rdzv-endpoint", endpoint, "--rdzv-id", "loopback"]  # fmt: skip
+        argv = [sys.executable, "-m", "torch.distributed.run", *launch, "--nproc-per-node", "1",
+                "-m", "repgossip", "run", "--quiet", "--set", "engine=dist", *SYNTHETIC,
+                "--out", str(tmp_path / "dist")]  # fmt: skip
+        launches.append(
+            subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+        )
+    outputs = [p.communicate(timeout=240) for p in launches]
+    assert [p.returncode for p in launches] == [0, 0], outputs[0][1][-2000:]
+    assert_same_numbers(summary(tmp_path / "dist"), sim_summary(tmp_path, SYNTHETIC))
+
+
+def test_a_dead_rank_stops_the_run_and_fewer_ranks_resume_it_exactly(tmp_path):
+    out = tmp_path / "dist"
+    began = time.monotonic()
+    crashed = torchrun(
+        4, out, *SYNTHETIC, "dist_timeout_s=30", env={**ENV, RANK_FAULT_ENV: "1:2:kill"}
+    )
+    assert crashed.returncode != 0
+    assert time.monotonic() - began < 90
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["round"] == 2
+    resumed = torchrun(2, out, *SYNTHETIC, resume=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_numbers(summary(out), sim_summary(tmp_path, SYNTHETIC))
+    rounds = [json.loads(x)["round"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == [0, 1, 2, 3, 4]
+
+
+def test_a_hung_rank_ends_the_run_with_a_clear_error_within_the_timeout(tmp_path):
+    began = time.monotonic()
+    hung = torchrun(2, tmp_path / "dist", *SYNTHETIC, "dist_timeout_s=8",
+                    env={**ENV, RANK_FAULT_ENV: "1:2:hang"})  # fmt: skip
+    assert hung.returncode != 0
+    assert time.monotonic() - began < 90
+    assert "repgossip: error: rank 0:" in hung.stderr
+
+
+def test_torchrun_restarts_resume_from_the_last_checkpoint(tmp_path):
+    out = tmp_path / "dist"
+    done = torchrun(2, out, *SYNTHETIC, launch=["--standalone", "--max-restarts", "1"],
+                    env={**ENV, RANK_FAULT_ENV: "1:3:kill"})  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_numbers(summary(out), sim_summary(tmp_path, SYNTHETIC))
