@@ -25,6 +25,7 @@ class Engine:
         self.rank, self.world = 0, 1
         self.blocks = [np.arange(workers)]
         self.wire_bytes = 0  # bytes that really crossed between processes
+        self.comm_s = 0.0  # seconds spent waiting for gossip messages between processes
 
     @property
     def is_writer(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 
 import numpy as np
 import torch
@@ -111,11 +112,13 @@ class DistEngine(Engine):
     def _wait(self, ops: list, what: str) -> None:
         if not ops:
             return
+        began = time.perf_counter()
         try:
             for request in dist.batch_isend_irecv(ops):
                 request.wait()
         except Exception as err:
             raise DistributedError(f"rank {self.rank}: {what} failed: {_one_line(err)}") from None
+        self.comm_s += time.perf_counter() - began
 
     # ------------------------------------------------------------------ collectives
 
