@@ -2,9 +2,17 @@
 
 Every worker's parameters are one row of a flat tensor `params` (workers x P), laid out body first,
 then head, so "the body" of all workers is one contiguous column block. Gossip is then a matrix
-product on that block, and a worker's SGD update is a handful of vector operations on its row. One
-module template computes every worker's forward pass through `torch.func.functional_call` with views
-of that worker's row: no per-worker module copies, no state_dict shuffling.
+product on that block, and a worker's SGD update is a handful of vector operations on its row.
+
+Local training (docs/performance.md has the measurements behind each choice):
+- a worker trains on a private module copy whose parameters are views of its row (`_Scratch`), so a
+  step is a plain forward and backward with no per-step re-binding or gradient concatenation;
+- on CPU, workers run side by side on the available threads, each with single-threaded kernels:
+  a batch of 16 is too small to split across cores, a worker is not;
+- a linear head trains on features its frozen body computes once per round, all workers' steps as
+  one batched matrix product.
+Every worker's numbers are computed by the same single-threaded kernels on its own data, so they do
+not depend on the thread count or on which other workers this process holds.
 
 Randomness is per worker and stateless: the batch order of worker w in phase p of round r comes from
 a generator seeded by (seed, w, r, p). A worker's numbers therefore do not depend on which process
@@ -13,18 +21,26 @@ holds it or on whether the run was resumed.
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Collection, Sequence
+import queue
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call
 
 from repgossip.models import SplitModel
 
 PARTS = ("body", "head", "all")
+FORWARD_CHUNK = 256  # samples per gradient-free forward pass: bounded activation memory
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -116,6 +132,36 @@ def batch_schedule(
     return list(stream[:needed].split(batch_size))
 
 
+class _Scratch:
+    """A private copy of the model whose parameters are pointed at one worker's row at a time.
+
+    Why: `functional_call` re-binds every parameter on every call, and `autograd.grad` hands back
+    per-tensor gradients to concatenate. Here the parameters are views of the worker's row and
+    their `.grad` views of one flat buffer, bound once per worker and phase: a step is a plain
+    forward and backward whose gradient lands in flat layout, and the update writes the row.
+    """
+
+    def __init__(self, model: nn.Module, layout: ParamLayout, device: torch.device) -> None:
+        self.module = copy.deepcopy(model)
+        self.params = list(self.module.parameters())
+        self.entries = layout.entries
+        self.grad = torch.zeros(layout.size, device=device)
+
+    def bind(self, row: torch.Tensor, trainable: slice) -> None:
+        """Point the parameters at `row`; those inside `trainable` columns get gradients."""
+        for param, entry in zip(self.params, self.entries, strict=True):
+            learns = trainable.start <= entry.start and entry.stop <= trainable.stop
+            param.data = row[entry.start : entry.stop].view(entry.shape)
+            param.requires_grad_(learns)
+            param.grad = self.grad[entry.start : entry.stop].view(entry.shape) if learns else None
+
+    @torch.no_grad()
+    def outputs(self, row: torch.Tensor, inputs: torch.Tensor, stage: str = "full") -> torch.Tensor:
+        """The worker's model (or one stage of it) on all `inputs`, FORWARD_CHUNK at a time."""
+        self.bind(row, slice(0, 0))
+        return torch.cat([self.module(x, stage=stage) for x in inputs.split(FORWARD_CHUNK)])
+
+
 class Population:
     """The block of workers held by this process (all of them for the `sim` engine)."""
 
@@ -142,6 +188,21 @@ class Population:
         init = self.layout.flatten(model).to(device)
         self.params = init.repeat(len(self.worker_ids), 1)
         self.momentum = torch.zeros_like(self.params)
+        self._scratches: list[_Scratch] = []
+        self._find_linear_head()
+
+    def _find_linear_head(self) -> None:
+        """Columns of a single nn.Linear head, which the head phase batches over workers."""
+        head = getattr(self.model, "head", None)
+        self._linear_head = isinstance(self.model, SplitModel) and type(head) is nn.Linear
+        if not self._linear_head:
+            return
+        entries = {e.name: e for e in self.layout.entries_of("head")}
+        base = self.layout.body_size
+        weight, bias = entries["head.weight"], entries.get("head.bias")
+        self._head_weight = slice(weight.start - base, weight.stop - base)
+        self._head_weight_shape = weight.shape
+        self._head_bias = None if bias is None else slice(bias.start - base, bias.stop - base)
 
     def __len__(self) -> int:
         return len(self.worker_ids)
@@ -170,33 +231,151 @@ class Population:
     ) -> None:
         """Run one local phase on every worker (or those in `active`, by global id): SGD on `part`,
         the other parameters frozen."""
-        for local, worker in enumerate(self.worker_ids):
-            if active is not None and worker not in active:
-                continue
-            gen = worker_generator(self.seed, worker, round_index, phase)
-            batches = batch_schedule(len(self.train_y[local]), self.batch_size, budget, gen)
-            self._train_worker(local, part, batches, rule)
+        chosen = [
+            local
+            for local, worker in enumerate(self.worker_ids)
+            if active is None or worker in active
+        ]
+        batches = {local: self._schedule(local, budget, round_index, phase) for local in chosen}
+        with self._one_thread_per_worker() as threads:
+            if part == "head" and self._linear_head:
+                self._train_heads(chosen, batches, rule, threads)
+            else:
+                self._each(
+                    chosen,
+                    lambda scratch, local: self._train_worker(
+                        scratch, local, part, batches[local], rule
+                    ),
+                    threads,
+                )
+
+    def _schedule(
+        self, local: int, budget: Budget, round_index: int, phase: int
+    ) -> list[torch.Tensor]:
+        gen = worker_generator(self.seed, self.worker_ids[local], round_index, phase)
+        return batch_schedule(len(self.train_y[local]), self.batch_size, budget, gen)
+
+    # ------------------------------------------------------------------ worker-level parallelism
+
+    @contextmanager
+    def _one_thread_per_worker(self) -> Iterator[int]:
+        """Spread workers over the intra-op threads instead of splitting each small kernel.
+
+        Why: a batch of 16 is too small for two OpenMP threads to share (and on a busy machine their
+        barriers cost many times the work), while whole workers are independent. Inside, every
+        kernel runs single-threaded, so a worker's numbers are bitwise the same for any thread count
+        and any placement of workers over processes. Yields how many workers run at once.
+        """
+        if self.device.type != "cpu":
+            yield 1
+            return
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield threads
+        finally:
+            torch.set_num_threads(threads)
+
+    def _each(self, chosen: list[int], fn: Callable[[_Scratch, int], T], threads: int) -> list[T]:
+        """`fn(scratch, local)` for every chosen worker, up to `threads` at a time, in order."""
+        threads = max(1, min(threads, len(chosen)))
+        while len(self._scratches) < threads:
+            self._scratches.append(_Scratch(self.model, self.layout, self.params.device))
+        if threads == 1:
+            return [fn(self._scratches[0], local) for local in chosen]
+        free: queue.SimpleQueue[_Scratch] = queue.SimpleQueue()
+        for scratch in self._scratches[:threads]:
+            free.put(scratch)
+
+        def task(local: int) -> T:
+            scratch = free.get()  # never blocks: as many scratch models as threads
+            try:
+                return fn(scratch, local)
+            finally:
+                free.put(scratch)
+
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(task, chosen))
+
+    # ------------------------------------------------------------------ local SGD
 
     def _train_worker(
-        self, local: int, part: str, batches: list[torch.Tensor], rule: StepRule
+        self, scratch: _Scratch, local: int, part: str, batches: list[torch.Tensor], rule: StepRule
     ) -> None:
         row, cols = self.params[local], self.layout.part(part)
         inputs, targets = self.train_x[local], self.train_y[local]
         stage = "full"
         if part == "head":  # the body is frozen: its features are the same at every step
-            with torch.no_grad():
-                inputs = self.forward(row, inputs, "body")
-            stage = "head"
-        params = self.layout.views(row, "all" if stage == "full" else "head")
-        trainable = [e.name for e in self.layout.entries_of(part)]
-        leaves = [params[name].detach().requires_grad_() for name in trainable]
-        params.update(zip(trainable, leaves, strict=True))
-        segment, velocity = row[cols], self.momentum[local, cols]
+            inputs, stage = scratch.outputs(row, inputs, "body"), "head"
+        scratch.bind(row, cols)
+        segment, velocity, grad = row[cols], self.momentum[local, cols], scratch.grad[cols]
         for idx in batches:
-            out = functional_call(self.model, params, (inputs[idx],), {"stage": stage})
-            grads = torch.autograd.grad(self.loss(out, targets[idx]), leaves)
+            grad.zero_()
+            self.loss(scratch.module(inputs[idx], stage=stage), targets[idx]).backward()
             with torch.no_grad():
-                self._apply(segment, velocity, torch.cat([g.reshape(-1) for g in grads]), rule)
+                self._apply(segment, velocity, grad, rule)
+
+    def _train_heads(
+        self,
+        chosen: list[int],
+        batches: dict[int, list[torch.Tensor]],
+        rule: StepRule,
+        threads: int,
+    ) -> None:
+        """The head phase of a linear head: body features once per worker, then every step of all
+        workers with as many samples as one batched matrix product.
+
+        Why: a head step is a (16 x 128) by (128 x 10) product; done worker by worker, Python and
+        autograd overhead is most of its cost. Workers with the same number of samples have batches
+        of the same sizes, so each group steps together.
+        """
+        features = self._each(
+            chosen,
+            lambda scratch, local: scratch.outputs(self.params[local], self.train_x[local], "body"),
+            threads,
+        )  # fmt: skip
+        groups: dict[int, list[int]] = {}
+        for position, local in enumerate(chosen):
+            groups.setdefault(len(self.train_y[local]), []).append(position)
+        for positions in groups.values():
+            members = [chosen[p] for p in positions]
+            self._train_head_group(
+                members, [features[p] for p in positions], [batches[m] for m in members], rule
+            )
+
+    def _train_head_group(
+        self,
+        members: list[int],
+        features: list[torch.Tensor],
+        batches: list[list[torch.Tensor]],
+        rule: StepRule,
+    ) -> None:
+        """SGD on the heads of `members` (equal sample counts), each with its own batch order."""
+        rows = torch.tensor(members, device=self.params.device)
+        cols = self.layout.part("head")
+        order = torch.stack([torch.cat(b) for b in batches]).to(self.params.device)
+        every = torch.arange(len(members), device=order.device)[:, None]
+        inputs = torch.stack(features)[every, order]  # (G, samples of the phase, features)
+        targets = torch.stack([self.train_y[m] for m in members])[every, order]
+        head = self.params[rows, cols].requires_grad_()  # a copy: a leaf updated in place
+        velocity = self.momentum[rows, cols]
+        sizes = [len(b) for b in batches[0]]
+        for x, y in zip(inputs.split(sizes, 1), targets.split(sizes, 1), strict=True):
+            out = self._linear_heads(head, x)
+            losses = self.loss(out.flatten(0, 1), y.flatten(), reduction="none")
+            (grad,) = torch.autograd.grad(losses.view(len(members), -1).mean(1).sum(), head)
+            with torch.no_grad():
+                self._apply(head, velocity, grad, rule)
+        self.params[rows, cols] = head.detach()
+        self.momentum[rows, cols] = velocity
+
+    def _linear_heads(self, head: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Each worker's linear head (rows of `head`) on its features x (G, batch, features)."""
+        weight = head[:, self._head_weight].view(len(head), *self._head_weight_shape)
+        out = torch.bmm(x, weight.transpose(1, 2))
+        if self._head_bias is not None:
+            out = out + head[:, self._head_bias].unsqueeze(1)
+        return out.squeeze(-1) if self.model.squeeze_output else out
 
     @staticmethod
     def _apply(
@@ -212,19 +391,22 @@ class Population:
     @torch.no_grad()
     def evaluate(self) -> dict[str, np.ndarray]:
         """Per-worker statistics of each worker's own model on its own train and test splits."""
-        stats: dict[str, list[float]] = {
-            "test_loss": [],
-            "train_loss": [],
-            "correct": [],
-            "count": [],
-        }
-        for local in range(len(self)):
-            row = self.params[local]
-            test_out = self.forward(row, self.test_x[local])
-            train_out = self.forward(row, self.train_x[local])
-            stats["test_loss"].append(self.loss(test_out, self.test_y[local]).item())
-            stats["train_loss"].append(self.loss(train_out, self.train_y[local]).item())
-            stats["count"].append(len(self.test_y[local]))
-            if not self.regression:
-                stats["correct"].append((test_out.argmax(1) == self.test_y[local]).sum().item())
+        with self._one_thread_per_worker() as threads:
+            rows = self._each(list(range(len(self))), self._evaluate_worker, threads)
+        keys = ("test_loss", "train_loss", "correct", "count")
+        stats = {k: [r[i] for r in rows] for i, k in enumerate(keys)}
+        if self.regression:
+            stats["correct"] = []
         return {k: np.asarray(v, dtype=np.float64) for k, v in stats.items()}
+
+    def _evaluate_worker(self, scratch: _Scratch, local: int) -> tuple[float, float, int, int]:
+        row = self.params[local]
+        test_out = scratch.outputs(row, self.test_x[local])
+        train_out = scratch.outputs(row, self.train_x[local])
+        correct = 0 if self.regression else int((test_out.argmax(1) == self.test_y[local]).sum())
+        return (
+            self.loss(test_out, self.test_y[local]).item(),
+            self.loss(train_out, self.train_y[local]).item(),
+            correct,
+            len(self.test_y[local]),
+        )

@@ -1,0 +1,208 @@
+"""`repgossip bench`: what a training round costs, against what its arithmetic costs on this machine.
+
+- `s_per_round`: the median over measured rounds of `train_round` (local phases and gossip), after
+  one warm-up round; no set-up, no evaluation.
+- `bound_s`: the compute bound of the same round: one model of the same architecture pushed with
+  big batches through the same samples. One forward and backward pass over the samples of every
+  phase that trains the body (or everything), one forward pass over every worker's samples for a
+  head phase (the body is frozen there, so its features need computing once). Every candidate
+  batch size, with one intra-op thread and with all of them, is timed at every measured round; the
+  bound is the fastest candidate's median, so it is as tight as we can make it.
+- `ratio` = s_per_round / bound_s: 1.0 means a round costs exactly its arithmetic.
+
+Rounds, bound passes and reference rounds are measured interleaved, so that load from other
+processes on a shared machine falls on all of them alike; medians drop the disturbed samples.
+"""
+
+from __future__ import annotations
+
+import copy
+import resource
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from repgossip.config import Config
+from repgossip.errors import UsageError
+from repgossip.run import Experiment, build_experiment, step_rule, train_round
+
+BOUND_BATCHES = (128, 512)  # "big": 8x and 32x the usual local batch
+
+
+@dataclass(frozen=True)
+class BoundSetting:
+    batch: int
+    threads: int
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    """Wall seconds of `fn()`, GPU work included."""
+    sync = torch.cuda.synchronize if torch.cuda.is_initialized() else lambda: None
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+@contextmanager
+def intra_op_threads(threads: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- work of a round
+
+
+def phase_samples(exp: Experiment, which: str) -> int:
+    """Samples all workers push through local SGD in a phase whose budget keys are `which`."""
+    epochs, steps = getattr(exp.cfg, f"{which}_epochs"), getattr(exp.cfg, f"{which}_steps")
+    if epochs is not None:
+        return epochs * sum(len(y) for y in exp.federation.train_y)
+    return (steps or 0) * exp.cfg.batch_size * exp.cfg.workers
+
+
+def samples_per_round(exp: Experiment) -> int:
+    return sum(phase_samples(exp, p.budget) for p in exp.algorithm.phases)
+
+
+class Bound:
+    """One model of the experiment's architecture and all its training samples, in big batches."""
+
+    def __init__(self, exp: Experiment) -> None:
+        pop = exp.population
+        self.exp = exp
+        self.model = copy.deepcopy(pop.model)
+        self.x, self.y = torch.cat(pop.train_x), torch.cat(pop.train_y)
+        self.loss = nn.MSELoss() if pop.regression else nn.CrossEntropyLoss()
+        self.lr = step_rule(exp.cfg, "body", 0).lr
+
+    def round(self, setting: BoundSetting) -> None:
+        with intra_op_threads(setting.threads):
+            for phase in self.exp.algorithm.phases:
+                if phase.part == "head":
+                    self.forward_features(setting.batch)
+                else:
+                    self.train(phase_samples(self.exp, phase.budget), setting.batch)
+
+    @torch.no_grad()
+    def forward_features(self, batch: int) -> None:
+        for x in self.x.split(batch):
+            self.model(x, stage="body")
+
+    def train(self, samples: int, batch: int) -> None:
+        """Forward, backward and an SGD update over `samples` samples (cycling through the data)."""
+        params = list(self.model.parameters())
+        for start in range(0, samples, batch):
+            idx = torch.arange(start, min(start + batch, samples), device=self.y.device)
+            idx %= len(self.y)
+            grads = torch.autograd.grad(self.loss(self.model(self.x[idx]), self.y[idx]), params)
+            with torch.no_grad():
+                torch._foreach_add_(params, grads, alpha=-self.lr)
+
+    @staticmethod
+    def settings() -> list[BoundSetting]:
+        """Candidate batch sizes, each with one intra-op thread and with all of them."""
+        threads = sorted({1, torch.get_num_threads()})
+        return [BoundSetting(b, t) for t in threads for b in BOUND_BATCHES]
+
+
+# ---------------------------------------------------------------- the measurement
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def measure(
+    cfg: Config, rounds_measured: int = 5, reference: bool = False, threads: int | None = None
+) -> dict[str, Any]:
+    """Build `cfg`'s experiment and time its rounds, its compute bound and (optionally) the
+    straightforward reference, interleaved; see the module docstring for the keys. `threads` sets
+    torch's intra-op threads for the whole measurement (default: torch's own choice)."""
+    if rounds_measured < 1:
+        raise UsageError(f"--rounds-measured must be >= 1, got {rounds_measured}")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
+    if cfg.engine != "sim":
+        raise UsageError(f"bench measures engine 'sim' in one process, got engine '{cfg.engine}'")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    exp = build_experiment(cfg)
+    train_round(exp, 0)  # warm-up: first-call allocations, kernel selection
+    rss = peak_rss_mb()
+    rounds, bounds, refs = _interleaved(exp, rounds_measured, reference)
+    best = min(bounds, key=lambda s: statistics.median(bounds[s]))
+    return report(exp, rounds, bounds[best], refs, best, rss)
+
+
+def _interleaved(
+    exp: Experiment, rounds_measured: int, reference: bool
+) -> tuple[list[float], dict[BoundSetting, list[float]], list[float]]:
+    """Seconds of each measured round, of each bound candidate and of each reference round, taken
+    in turn so that a disturbance from outside hits them all alike."""
+    bound = Bound(exp)
+    bounds: dict[BoundSetting, list[float]] = {s: [] for s in Bound.settings()}
+    for setting in bounds:
+        bound.round(setting)  # warm-up
+    ref = _reference(exp) if reference else None
+    rounds: list[float] = []
+    refs: list[float] = []
+    for r in range(1, rounds_measured + 1):
+        rounds.append(timed(lambda r=r: train_round(exp, r)))
+        for setting, seconds in bounds.items():
+            seconds.append(timed(lambda s=setting: bound.round(s)))
+        if ref is not None:
+            refs.append(timed(lambda r=r: ref.train_round(r)))
+    return rounds, bounds, refs
+
+
+def _reference(exp: Experiment):
+    """The straightforward simulator on the same experiment, after its own warm-up round."""
+    from repgossip.reference import ReferenceSimulation
+
+    ref = ReferenceSimulation(exp)
+    ref.train_round(0)
+    return ref
+
+
+def report(
+    exp: Experiment,
+    rounds: list[float],
+    bounds: list[float],
+    refs: list[float],
+    setting: BoundSetting,
+    rss: float,
+) -> dict[str, Any]:
+    s_per_round, bound_s = statistics.median(rounds), statistics.median(bounds)
+    result: dict[str, Any] = {
+        "s_per_round": s_per_round,
+        "bound_s": bound_s,
+        "ratio": s_per_round / bound_s,
+        "samples_per_s": samples_per_round(exp) / s_per_round,
+        "peak_rss_mb": round(rss, 1),
+        "rounds_measured": len(rounds),
+        "round_s": [round(t, 4) for t in rounds],
+        "bound_round_s": [round(t, 4) for t in bounds],
+        "bound_batch": setting.batch,
+        "bound_threads": setting.threads,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": str(exp.population.device),
+    }
+    if refs:
+        result["reference_s_per_round"] = statistics.median(refs)
+        result["speedup"] = result["reference_s_per_round"] / s_per_round
+        result["reference_round_s"] = [round(t, 4) for t in refs]
+    result["config"] = exp.cfg.to_dict()
+    return result
