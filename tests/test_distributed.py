@@ -147,3 +147,15 @@ def test_torchrun_restarts_resume_from_the_last_checkpoint(tmp_path):
                     env={**ENV, RANK_FAULT_ENV: "1:3:kill"})  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert_same_numbers(summary(out), sim_summary(tmp_path, SYNTHETIC))
+
+
+def test_bench_under_torchrun_reports_from_rank_0_only(tmp_path):
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            "-m", "repgossip", "bench", "--rounds-measured", "2",
+            "--set", "engine=dist", "dataset=synthetic", "workers=4"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=240, env=ENV, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (line,) = done.stdout.strip().splitlines()
+    result = json.loads(line)
+    assert result["ranks"] == 2 and result["rounds_measured"] == 2
+    assert 0 <= result["comm_share"] <= 1 and result["s_per_round"] > 0

@@ -134,16 +134,50 @@ def measure(
         raise UsageError(f"--rounds-measured must be >= 1, got {rounds_measured}")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1, got {threads}")
-    if cfg.engine != "sim":
-        raise UsageError(f"bench measures engine 'sim' in one process, got engine '{cfg.engine}'")
     if threads is not None:
         torch.set_num_threads(threads)
+    if cfg.engine == "dist":
+        return measure_distributed(cfg, rounds_measured)
     exp = build_experiment(cfg)
     train_round(exp, 0)  # warm-up: first-call allocations, kernel selection
     rss = peak_rss_mb()
     rounds, bounds, refs = _interleaved(exp, rounds_measured, reference)
     best = min(bounds, key=lambda s: statistics.median(bounds[s]))
     return report(exp, rounds, bounds[best], refs, best, rss)
+
+
+def measure_distributed(cfg: Config, rounds_measured: int) -> dict[str, Any]:
+    """Seconds per round of `engine=dist` on this rank's group, and the share of each round that
+    ranks spend waiting for gossip messages (which includes waiting for a slower rank), averaged
+    over ranks. Rounds start and end at a barrier, so every rank times the same round."""
+    from repgossip.run import build_engine
+
+    engine = build_engine(cfg)
+    try:
+        exp = build_experiment(cfg, engine)
+        train_round(exp, 0)  # warm-up
+        rounds, shares = [], []
+        for r in range(1, rounds_measured + 1):
+            engine.all_sum(torch.zeros(1))  # barrier
+            comm_before = engine.comm_s
+            seconds = timed(lambda r=r: (train_round(exp, r), engine.all_sum(torch.zeros(1))))
+            share = torch.tensor([(engine.comm_s - comm_before) / seconds])
+            rounds.append(seconds)
+            shares.append(float(engine.all_sum(share)) / engine.world)
+        return {
+            "engine": "dist",
+            "ranks": engine.world,
+            "s_per_round": statistics.median(rounds),
+            "comm_share": statistics.median(shares),
+            "samples_per_s": samples_per_round(exp) / statistics.median(rounds),
+            "rounds_measured": rounds_measured,
+            "round_s": [round(t, 4) for t in rounds],
+            "threads": torch.get_num_threads(),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "config": cfg.to_dict(),
+        }
+    finally:
+        engine.close()
 
 
 def _interleaved(

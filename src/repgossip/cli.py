@@ -169,7 +169,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     base, overrides = _config_from(args)
     cfg = build_config(base, overrides)
-    print(json.dumps(measure(cfg, args.rounds_measured, args.reference, args.threads)))
+    result = measure(cfg, args.rounds_measured, args.reference, args.threads)
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps(result))
     return 0
 
 
