@@ -15,6 +15,7 @@ import json
 import pytest
 import torch
 
+from repgossip.bench import intra_op_threads
 from repgossip.cli import main
 from repgossip.config import build_config
 from repgossip.models import build_model
@@ -76,16 +77,6 @@ def a_round(pop: Population, r: int = 0) -> None:
     pop.train("body", Budget(steps=3), RULE, r, 1)
 
 
-@contextlib.contextmanager
-def threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def test_batched_head_phase_equals_the_worker_by_worker_loop():
     fast, plain = population(), population()
     plain._linear_head = False  # forces the per-worker loop
@@ -97,10 +88,10 @@ def test_batched_head_phase_equals_the_worker_by_worker_loop():
 
 
 def test_a_workers_numbers_do_not_depend_on_threads_or_on_the_other_workers():
-    with threads(1):
+    with intra_op_threads(1):
         alone = population()
         a_round(alone)
-    with threads(2):
+    with intra_op_threads(2):
         shared = population()
         a_round(shared)
         part = population(ids=[1, 2, 4])
