@@ -182,3 +182,14 @@ def test_worker_streams_depend_on_worker_round_and_phase_only():
         len({tuple(draw(*k)) for k in [(0, 1, 2, 0), (0, 2, 2, 0), (0, 1, 3, 0), (0, 1, 2, 1)]})
         == 4
     )
+
+
+def test_the_run_loops_consensus_is_the_metrics_definition():
+    from repgossip.metrics import consensus_distance
+    from repgossip.run import consensus
+
+    exp = experiment()
+    train_round(exp, 0)
+    body = exp.population.params[:, exp.population.layout.part("body")]
+    assert consensus(exp, "body") == pytest.approx(consensus_distance(body), rel=1e-12)
+    assert consensus(exp, "body") > 0

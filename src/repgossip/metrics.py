@@ -22,10 +22,15 @@ def accuracy_summary(correct: np.ndarray, count: np.ndarray) -> dict[str, float]
     }
 
 
+def squared_deviation(rows: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """sum_i ||x_i - mean||^2 over rows x_i, in float64: the part of the consensus distance that
+    one process's workers contribute (the distributed engine adds the parts up)."""
+    return ((rows.double() - mean) ** 2).sum()
+
+
 def consensus_distance(shared: torch.Tensor) -> float:
     """Mean over workers of ||x_i - mean_j x_j||^2 for rows x_i of the shared parameters."""
-    centred = shared.double() - shared.double().mean(0, keepdim=True)
-    return float((centred**2).sum(1).mean())
+    return float(squared_deviation(shared, shared.double().mean(0))) / len(shared)
 
 
 def subspace_distance(b_star: np.ndarray, body_weight: np.ndarray) -> float:

@@ -27,7 +27,7 @@ from repgossip.engines import Engine, make_engine
 from repgossip.errors import UsageError
 from repgossip.faults import maybe_fail_rank
 from repgossip.gossip import GossipSchedule
-from repgossip.metrics import accuracy_summary, subspace_distance
+from repgossip.metrics import accuracy_summary, squared_deviation, subspace_distance
 from repgossip.models import build_model
 from repgossip.population import Budget, Population, StepRule
 from repgossip.runfolder import (
@@ -45,15 +45,6 @@ from repgossip.runfolder import (
     resumable_config,
 )
 from repgossip.topology import build_graph, mixing_matrix, spectral_gap
-
-__all__ = [
-    "CHECKPOINT_FILE",
-    "SUMMARY_FILE",
-    "DivergenceError",
-    "build_experiment",
-    "run",
-    "train_round",
-]
 
 
 class DivergenceError(RuntimeError):
@@ -159,8 +150,8 @@ def shared_mean(exp: Experiment, part: str) -> torch.Tensor:
 
 def consensus(exp: Experiment, part: str) -> float:
     """Mean over all workers of ||x_i - x_bar||^2 of the `part` block."""
-    rows = exp.population.params[:, exp.population.layout.part(part)].double()
-    deviation = ((rows - shared_mean(exp, part)) ** 2).sum().reshape(1)
+    rows = exp.population.params[:, exp.population.layout.part(part)]
+    deviation = squared_deviation(rows, shared_mean(exp, part)).reshape(1)
     return float(exp.engine.all_sum(deviation)) / exp.cfg.workers
 
 

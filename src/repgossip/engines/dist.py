@@ -90,7 +90,7 @@ class DistEngine(Engine):
         mine = self.local_workers()
         position = np.full(self.workers, -1)
         position[mine] = np.arange(len(mine))
-        ops, received, pool = [], [], [before]
+        ops, received = [], []
         offset = len(mine)
         for q, (send, recv) in self._peers(plan).items():
             if len(send):
