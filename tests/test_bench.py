@@ -14,6 +14,7 @@ import json
 
 import pytest
 import torch
+from torch.func import functional_call
 
 from repgossip.bench import intra_op_threads
 from repgossip.cli import main
@@ -113,7 +114,7 @@ def test_evaluate_matches_the_functional_forward():
     a_round(pop)
     stats = pop.evaluate()
     for w in range(len(pop)):
-        out = pop.forward(pop.params[w], pop.test_x[w])
+        out = functional_call(pop.model, pop.layout.views(pop.params[w]), (pop.test_x[w],))
         assert stats["test_loss"][w] == pytest.approx(pop.loss(out, pop.test_y[w]).item(), 1e-5)
         assert stats["correct"][w] == int((out.argmax(1) == pop.test_y[w]).sum())
 

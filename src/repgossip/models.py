@@ -27,7 +27,7 @@ class SplitModel(nn.Module):
 
     def forward(self, x: torch.Tensor, stage: str = "full") -> torch.Tensor:
         """`stage` "full" maps inputs to outputs, "body" inputs to features, "head" features to
-        outputs: one entry point, so `torch.func.functional_call` can run any part."""
+        outputs: one entry point that runs any part of the model."""
         if stage == "body":
             return self.body(x)
         if stage == "head":

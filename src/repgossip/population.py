@@ -1,8 +1,8 @@
 """The workers one process owns: their parameters, optimizer state, data, and local training.
 
 Every worker's parameters are one row of a flat tensor `params` (workers x P), laid out body first,
-then head, so "the body" of all workers is one contiguous column block. Gossip is then a matrix
-product on that block, and a worker's SGD update is a handful of vector operations on its row.
+then head, so "the body" of all workers is one contiguous column block. Gossip mixes rows of that block
+(repgossip.gossip), and a worker's SGD update is a handful of vector operations on its row.
 
 Local training (docs/performance.md has the measurements behind each choice):
 - a worker trains on a private module copy whose parameters are views of its row (`_Scratch`), so a
@@ -34,7 +34,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from repgossip.models import SplitModel
 
@@ -213,12 +212,6 @@ class Population:
         if self.regression:
             return F.mse_loss(outputs, targets, reduction=reduction)
         return F.cross_entropy(outputs, targets, reduction=reduction)
-
-    def forward(self, row: torch.Tensor, inputs: torch.Tensor, stage: str = "full") -> torch.Tensor:
-        part = {"full": "all", "body": "body", "head": "head"}[stage]
-        return functional_call(
-            self.model, self.layout.views(row, part), (inputs,), {"stage": stage}
-        )
 
     def train(
         self,
