@@ -548,3 +548,10 @@ def test_missing_fmnist_files_say_how_to_get_them(tmp_path, capsys, monkeypatch)
     ]
     assert_one_line_error(main(argv), capsys.readouterr().err, "dataset-fashion-mnist", "data_dir")
     assert not out.exists()
+
+
+def test_an_output_folder_that_cannot_be_created_is_one_line_exit_2(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    argv = ["run", "--quiet", "--set", *TINY, "--out", str(blocker / "sub")]
+    assert_one_line_error(main(argv), capsys.readouterr().err, "sub")

@@ -40,9 +40,12 @@ def check_output(out: Path, *, keep: bool, force: bool) -> None:
 def claim_output(out: Path, *, keep: bool, force: bool) -> None:
     """Make `out` ours, clearing it if `force` and not `keep`. Call once nothing can fail any more."""
     check_output(out, keep=keep, force=force)
-    if force and not keep and out.is_dir():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        if force and not keep and out.is_dir():
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot use output folder '{out}': {err.strerror or err}") from None
 
 
 def resumable_config(out: Path, cfg: Config) -> None:
