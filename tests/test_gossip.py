@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from repgossip.gossip import GossipSchedule, Slots, mix_rows
-from repgossip.topology import mixing_matrix
+from repgossip.topology import Graph, mixing_matrix
 
 
 @st.composite
@@ -16,11 +16,11 @@ def graphs(draw):
     n = draw(st.integers(1, 12))
     upper = draw(st.lists(st.booleans(), min_size=n * n, max_size=n * n))
     adj = np.triu(np.array(upper, dtype=bool).reshape(n, n), 1)
-    return adj | adj.T
+    return Graph.from_adjacency(adj | adj.T)
 
 
-def mixed(w: np.ndarray, x: torch.Tensor, row_blocks: list[np.ndarray]) -> torch.Tensor:
-    slots, out = Slots.from_matrix(w), torch.empty_like(x)
+def mixed(slots: Slots, x: torch.Tensor, row_blocks: list[np.ndarray]) -> torch.Tensor:
+    out = torch.empty_like(x)
     for rows in row_blocks:
         part = torch.empty(len(rows), x.shape[1])
         mix_rows(rows, slots, lambda ids: x[torch.from_numpy(ids)], part)
@@ -35,46 +35,53 @@ def mixed(w: np.ndarray, x: torch.Tensor, row_blocks: list[np.ndarray]) -> torch
     st.integers(0, 2**31 - 1),
     st.sampled_from(["metropolis", "max_degree"]),
 )
-def test_slots_mixing_equals_w_times_x_and_ignores_the_row_split(adj, cols, seed, rule):
-    w = mixing_matrix(adj, rule)
-    x = torch.randn(len(adj), cols, generator=torch.Generator().manual_seed(seed))
-    whole = mixed(w, x, [np.arange(len(adj))])
+def test_slots_mixing_equals_w_times_x_and_ignores_the_row_split(graph, cols, seed, rule):
+    mixing = mixing_matrix(graph, rule)
+    slots, n = Slots.from_mixing(mixing), graph.workers
+    dense = mixing.dense()
+    for i in range(n):  # each row: its nonzeros, ascending, then padding (self, weight 0)
+        real = np.flatnonzero(dense[i])
+        assert slots.index[i, : len(real)].tolist() == real.tolist()
+        assert slots.weight[i, : len(real)].tolist() == dense[i, real].tolist()
+        assert (slots.index[i, len(real) :] == i).all() and (
+            slots.weight[i, len(real) :] == 0
+        ).all()
+    x = torch.randn(n, cols, generator=torch.Generator().manual_seed(seed))
+    whole = mixed(slots, x, [np.arange(n)])
     torch.testing.assert_close(
-        whole.double(), torch.from_numpy(w) @ x.double(), rtol=1e-5, atol=1e-6
+        whole.double(), torch.from_numpy(dense) @ x.double(), rtol=1e-5, atol=1e-6
     )
     rng = np.random.default_rng(seed)
-    split = np.sort(rng.choice(len(adj), size=rng.integers(0, len(adj) + 1), replace=False))
-    blocks = [split, np.setdiff1d(np.arange(len(adj)), split)]
-    assert torch.equal(
-        mixed(w, x, blocks), whole
-    )  # bitwise: the layout over processes is invisible
+    split = np.sort(rng.choice(n, size=rng.integers(0, n + 1), replace=False))
+    blocks = [split, np.setdiff1d(np.arange(n), split)]
+    assert torch.equal(mixed(slots, x, blocks), whole)  # bitwise: the process layout is invisible
 
 
 def test_slots_are_sorted_and_padded_with_self_at_zero_weight():
-    adj = np.zeros((4, 4), dtype=bool)
-    adj[0, 1:] = adj[1:, 0] = True  # a star: worker 0 has 3 neighbours, the others 1
-    slots = Slots.from_matrix(mixing_matrix(adj))
+    star = Graph.from_pairs(4, [(0, 1), (0, 2), (0, 3)])  # worker 0 has 3 neighbours, others 1
+    slots = Slots.from_mixing(mixing_matrix(star))
     assert slots.index.shape == (4, 4)
     assert slots.index[0].tolist() == [0, 1, 2, 3]
     assert slots.index[2].tolist() == [0, 2, 2, 2] and slots.weight[2, 2:].tolist() == [0.0, 0.0]
 
 
 def test_schedule_is_static_without_failures_and_seeded_with_them():
-    adj = ~np.eye(6, dtype=bool)
-    static = GossipSchedule(adj, "metropolis", seed=1)
+    complete = Graph.from_adjacency(~np.eye(6, dtype=bool))
+    static = GossipSchedule(complete, "metropolis", seed=1)
     assert static.round_plan(3) is static.round_plan(4) and static.round_plan(3).active.all()
-    a, b = (GossipSchedule(adj, "metropolis", 0.5, seed=1) for _ in range(2))
-    assert np.array_equal(a.round_plan(7).adjacency, b.round_plan(7).adjacency)
+    a, b = (GossipSchedule(complete, "metropolis", 0.5, seed=1) for _ in range(2))
+    assert a.round_plan(7).graph == b.round_plan(7).graph != complete
 
 
 def test_dropped_workers_keep_their_block_and_lose_their_links():
-    adj = ~np.eye(20, dtype=bool)
-    schedule = GossipSchedule(adj, "metropolis", worker_dropout_prob=0.3, seed=2)
+    complete = Graph.from_adjacency(~np.eye(20, dtype=bool))
+    schedule = GossipSchedule(complete, "metropolis", worker_dropout_prob=0.3, seed=2)
     plans = [schedule.round_plan(r) for r in range(30)]
     share_out = np.mean([1 - p.active.mean() for p in plans])
     assert 0.15 < share_out < 0.45
     for plan in plans:
         out = ~plan.active
-        assert not plan.adjacency[out].any() and not plan.adjacency[:, out].any()
-        np.testing.assert_array_equal(np.diag(plan.weights)[out], 1.0)
-        np.testing.assert_allclose(plan.weights.sum(1), 1, atol=1e-12)
+        adj, weights = plan.graph.adjacency(), plan.mixing.dense()
+        assert not adj[out].any() and not adj[:, out].any()
+        np.testing.assert_array_equal(np.diag(weights)[out], 1.0)
+        np.testing.assert_allclose(weights.sum(1), 1, atol=1e-12)

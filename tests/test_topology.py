@@ -10,49 +10,66 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import repgossip.topology as topology
 from repgossip.errors import UsageError
 from repgossip.topology import (
     MIXING_RULES,
     TOPOLOGIES,
+    Graph,
     build_graph,
     describe,
     drop_links,
     is_connected,
     is_doubly_stochastic,
     mixing_matrix,
-    round_adjacency,
+    round_graph,
     spectral_gap,
 )
 
 
-def _degrees(adj: np.ndarray) -> np.ndarray:
-    return adj.sum(axis=1)
+def _degrees(graph: Graph) -> np.ndarray:
+    return graph.adjacency().sum(axis=1)
 
 
-def _assert_valid_adjacency(adj: np.ndarray, n: int) -> None:
+def _assert_valid_graph(graph: Graph, n: int) -> None:
+    adj = graph.adjacency()
     assert adj.shape == (n, n)
-    assert adj.dtype == bool
     assert np.array_equal(adj, adj.T)
     assert not adj.diagonal().any()
+    e = graph.edges
+    assert e.dtype == np.int64 and e.shape == (graph.num_edges, 2)
+    assert (e[:, 0] < e[:, 1]).all()
+    keys = e[:, 0] * n + e[:, 1]
+    assert (np.diff(keys) > 0).all()  # sorted, each edge once
+    assert np.array_equal(graph.degrees, adj.sum(axis=1))
 
 
 @st.composite
-def symmetric_graphs(draw: st.DrawFn) -> np.ndarray:
+def symmetric_graphs(draw: st.DrawFn) -> Graph:
     n = draw(st.integers(min_value=1, max_value=40))
     pairs = n * (n - 1) // 2
     bits = draw(st.lists(st.booleans(), min_size=pairs, max_size=pairs))
     adj = np.zeros((n, n), dtype=bool)
     adj[np.triu_indices(n, k=1)] = bits
-    return adj | adj.T
+    return Graph.from_adjacency(adj | adj.T)
+
+
+def _dense_gap(graph: Graph, rule: str = "metropolis") -> float:
+    if graph.workers == 1:
+        return 1.0
+    moduli = np.sort(np.abs(np.linalg.eigvalsh(mixing_matrix(graph, rule).dense())))
+    return float(1.0 - moduli[-2])
 
 
 # ---------------------------------------------------------------- mixing matrices, property-based
 
 
 @settings(max_examples=150, deadline=None)
-@given(adj=symmetric_graphs(), rule=st.sampled_from(MIXING_RULES))
-def test_mixing_is_symmetric_doubly_stochastic(adj: np.ndarray, rule: str) -> None:
-    W = mixing_matrix(adj, rule)
+@given(graph=symmetric_graphs(), rule=st.sampled_from(MIXING_RULES))
+def test_mixing_is_symmetric_doubly_stochastic(graph: Graph, rule: str) -> None:
+    mixing = mixing_matrix(graph, rule)
+    assert is_doubly_stochastic(mixing)
+    W, adj = mixing.dense(), graph.adjacency()
     assert W.dtype == np.float64
     assert is_doubly_stochastic(W)
     assert np.array_equal(W, W.T)
@@ -60,9 +77,9 @@ def test_mixing_is_symmetric_doubly_stochastic(adj: np.ndarray, rule: str) -> No
     assert (W.diagonal() > 0).all()
     off = ~np.eye(len(W), dtype=bool)
     assert np.array_equal(W[off] > 0, adj[off])  # weights only on edges
-    gap = spectral_gap(W)
+    gap = spectral_gap(mixing)
     assert 0.0 <= gap <= 1.0
-    if is_connected(adj):
+    if is_connected(graph):
         assert gap > 0.0
     else:
         assert gap == pytest.approx(0.0, abs=1e-9)
@@ -76,18 +93,55 @@ def test_ring_metropolis_spectral_gap_closed_form(n: int) -> None:
     W = mixing_matrix(build_graph("ring", n))
     expected = 1.0 - (1.0 / 3.0 + 2.0 / 3.0 * math.cos(2.0 * math.pi / n))
     assert spectral_gap(W) == pytest.approx(expected, abs=1e-12)
+    assert _dense_gap(W.graph) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("n", [10_000, 100_003])
+def test_ring_spectral_gap_at_scale_is_exact(n: int) -> None:
+    # ~1e-7 to ~1e-9: beyond any iterative solver, exact from the ring's symmetry.
+    expected = 2.0 / 3.0 * (1.0 - math.cos(2.0 * math.pi / n))
+    assert spectral_gap(mixing_matrix(build_graph("ring", n))) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ring", "torus", "exponential", "complete"])
+@pytest.mark.parametrize("n", [2, 3, 4, 6, 8, 9, 12, 16, 20, 31, 36])
+@pytest.mark.parametrize("rule", MIXING_RULES)
+def test_symmetric_topologies_gap_from_fourier_equals_dense(name: str, n: int, rule: str) -> None:
+    if name == "torus" and n in (2, 3, 31):
+        return  # prime: no torus
+    graph = build_graph(name, n)
+    assert graph.cayley is not None
+    assert spectral_gap(mixing_matrix(graph, rule)) == pytest.approx(
+        _dense_gap(graph, rule), abs=1e-12
+    )
+
+
+@pytest.mark.parametrize("name", ["erdos_renyi", "star"])
+def test_large_irregular_graphs_gap_by_lanczos_equals_dense(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    graph = build_graph(name, 300, edge_prob=0.05, seed=1)
+    dense = _dense_gap(graph)
+    monkeypatch.setattr(topology, "DENSE_SPECTRUM_LIMIT", 100)
+    assert spectral_gap(mixing_matrix(graph)) == pytest.approx(dense, abs=1e-9)
+
+
+def test_lanczos_that_does_not_converge_reports_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a path graph of 3,000 (an edge list: no symmetry to use) has a gap of ~1e-6
+    path = Graph.from_pairs(3000, np.stack([np.arange(2999), np.arange(1, 3000)], axis=1))
+    monkeypatch.setattr(topology, "DENSE_SPECTRUM_LIMIT", 100)
+    assert spectral_gap(mixing_matrix(path)) is None
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 16, 33])
 def test_complete_metropolis_is_exact_averaging(n: int) -> None:
     W = mixing_matrix(build_graph("complete", n), "metropolis")
-    np.testing.assert_allclose(W, np.full((n, n), 1.0 / n), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(W.dense(), np.full((n, n), 1.0 / n), rtol=0, atol=1e-15)
     assert spectral_gap(W) == pytest.approx(1.0, abs=1e-12)
 
 
 def test_max_degree_rule_uses_global_max_degree() -> None:
-    adj = build_graph("star", 5)
-    W = mixing_matrix(adj, "max_degree")
+    W = mixing_matrix(build_graph("star", 5), "max_degree").dense()
     assert W[1, 0] == pytest.approx(1.0 / 5.0)
     assert W[1, 1] == pytest.approx(4.0 / 5.0)
     assert W[0, 0] == pytest.approx(1.0 / 5.0)
@@ -95,12 +149,14 @@ def test_max_degree_rule_uses_global_max_degree() -> None:
 
 
 def test_single_worker_and_empty_graph() -> None:
-    adj = build_graph("ring", 1)
-    assert adj.shape == (1, 1) and not adj.any()
+    graph = build_graph("ring", 1)
+    assert graph.workers == 1 and graph.num_edges == 0
     for rule in MIXING_RULES:
-        assert np.array_equal(mixing_matrix(adj, rule), np.ones((1, 1)))
-    assert spectral_gap(np.ones((1, 1))) == 1.0
-    assert np.array_equal(mixing_matrix(np.zeros((3, 3), dtype=bool)), np.eye(3))
+        assert np.array_equal(mixing_matrix(graph, rule).dense(), np.ones((1, 1)))
+        assert spectral_gap(mixing_matrix(graph, rule)) == 1.0
+    empty = Graph.from_adjacency(np.zeros((3, 3), dtype=bool))
+    assert np.array_equal(mixing_matrix(empty).dense(), np.eye(3))
+    assert spectral_gap(mixing_matrix(empty)) == 0.0
 
 
 def test_unknown_mixing_rule() -> None:
@@ -108,11 +164,20 @@ def test_unknown_mixing_rule() -> None:
         mixing_matrix(build_graph("ring", 4), "uniform")
 
 
-def test_mixing_rejects_asymmetric_adjacency() -> None:
+def test_graph_rejects_asymmetric_or_non_square_adjacency() -> None:
     adj = np.zeros((3, 3), dtype=bool)
     adj[0, 1] = True
     with pytest.raises(UsageError, match="symmetric"):
-        mixing_matrix(adj)
+        Graph.from_adjacency(adj)
+    with pytest.raises(UsageError, match="square"):
+        Graph.from_adjacency(np.zeros((2, 3), dtype=bool))
+
+
+def test_graph_from_pairs_normalises() -> None:
+    graph = Graph.from_pairs(4, [(2, 1), (1, 2), (3, 3), (0, 3), (0, 3)])
+    assert graph.edges.tolist() == [[0, 3], [1, 2]]
+    assert graph == Graph.from_adjacency(graph.adjacency())
+    assert graph != Graph.from_pairs(5, [(0, 3), (1, 2)])
 
 
 def test_is_doubly_stochastic_rejects() -> None:
@@ -129,27 +194,29 @@ def test_is_doubly_stochastic_rejects() -> None:
 @pytest.mark.parametrize("name", TOPOLOGIES)
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 8, 9, 12, 16, 25, 30])
 def test_named_topologies_are_valid_and_connected(name: str, n: int) -> None:
-    adj = build_graph(name, n)
-    _assert_valid_adjacency(adj, n)
-    assert is_connected(adj)
+    graph = build_graph(name, n)
+    _assert_valid_graph(graph, n)
+    assert is_connected(graph)
     for rule in MIXING_RULES:
-        assert is_doubly_stochastic(mixing_matrix(adj, rule))
+        assert is_doubly_stochastic(mixing_matrix(graph, rule))
+        assert is_doubly_stochastic(mixing_matrix(graph, rule).dense())
 
 
 @pytest.mark.parametrize("n", [3, 5, 10, 37])
 def test_ring_degree(n: int) -> None:
-    adj = build_graph("ring", n)
-    assert (_degrees(adj) == 2).all()
-    assert adj[0, 1] and adj[0, n - 1]
-    assert build_graph("ring", 2).sum() == 2  # N = 2: one edge
+    graph = build_graph("ring", n)
+    assert (_degrees(graph) == 2).all()
+    assert graph.adjacency()[0, 1] and graph.adjacency()[0, n - 1]
+    assert build_graph("ring", 2).num_edges == 1
 
 
 @pytest.mark.parametrize(("n", "shape"), [(9, (3, 3)), (12, (3, 4)), (16, (4, 4)), (20, (4, 5))])
 def test_torus_is_four_regular_when_both_sides_at_least_three(n: int, shape: tuple) -> None:
-    adj = build_graph("torus", n)
-    assert (_degrees(adj) == 4).all()
+    graph = build_graph("torus", n)
+    adj = graph.adjacency()
+    assert (_degrees(graph) == 4).all()
     r, c = shape
-    assert int(adj.sum()) // 2 == 2 * r * c
+    assert graph.num_edges == 2 * r * c
     # node (0, 0) is linked to (0, 1), (0, c-1), (1, 0), (r-1, 0)
     assert set(np.flatnonzero(adj[0])) == {1, c - 1, c, (r - 1) * c}
 
@@ -170,13 +237,13 @@ def test_torus_prime_error(n: int, suggest: str) -> None:
 
 @pytest.mark.parametrize("n", [2, 5, 8, 10, 16, 31])
 def test_exponential_neighbours(n: int) -> None:
-    adj = build_graph("exponential", n)
+    adj = build_graph("exponential", n).adjacency()
     offsets = {2**j for j in range(n) if 2**j < n}
     for i in range(n):
         expected = {(i + o) % n for o in offsets} | {(i - o) % n for o in offsets}
         assert set(np.flatnonzero(adj[i])) == expected - {i}
     if n == 8:
-        assert (_degrees(adj) == 5).all()  # offsets 1, 2, 4 and -1, -2 (-4 == +4 mod 8)
+        assert (adj.sum(axis=1) == 5).all()  # offsets 1, 2, 4 and -1, -2 (-4 == +4 mod 8)
 
 
 def test_star_degrees() -> None:
@@ -196,14 +263,21 @@ def test_erdos_renyi_deterministic_per_seed() -> None:
     a = build_graph("erdos_renyi", 30, edge_prob=0.2, seed=7)
     b = build_graph("erdos_renyi", 30, edge_prob=0.2, seed=7)
     c = build_graph("erdos_renyi", 30, edge_prob=0.2, seed=8)
-    assert np.array_equal(a, b)
-    assert not np.array_equal(a, c)
-    _assert_valid_adjacency(a, 30)
+    assert a == b
+    assert a != c
+    _assert_valid_graph(a, 30)
     assert is_connected(a)
 
 
 def test_erdos_renyi_edge_prob_one_is_complete() -> None:
-    assert np.array_equal(build_graph("erdos_renyi", 6, edge_prob=1.0), build_graph("complete", 6))
+    assert build_graph("erdos_renyi", 6, edge_prob=1.0) == build_graph("complete", 6)
+
+
+def test_erdos_renyi_draws_blockwise_as_one_uniform_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Drawing a few rows at a time (bounded memory at any N) samples the same graph.
+    whole = build_graph("erdos_renyi", 50, edge_prob=0.1, seed=3)
+    monkeypatch.setattr(topology, "_ER_DRAW_ELEMENTS", 120)
+    assert build_graph("erdos_renyi", 50, edge_prob=0.1, seed=3) == whole
 
 
 def test_erdos_renyi_too_sparse_raises() -> None:
@@ -254,10 +328,10 @@ def test_edge_list_good_file(tmp_path) -> None:
         tmp_path,
         "# a path 0-1-2-3 plus a chord\n\n0 1\n1,2\n  2 ,  3\n3\t0  # inline comment\n1 0\n",
     )
-    adj = build_graph(path, 4)
-    _assert_valid_adjacency(adj, 4)
-    expected = build_graph("ring", 4)
-    assert np.array_equal(adj, expected)
+    graph = build_graph(path, 4)
+    _assert_valid_graph(graph, 4)
+    assert graph == build_graph("ring", 4)
+    assert graph.cayley is None  # an edge list claims no symmetry
     assert describe(path, 4)["edges"] == 4
 
 
@@ -303,86 +377,81 @@ def test_edge_list_disconnected(tmp_path) -> None:
 
 
 def test_is_connected() -> None:
-    assert is_connected(np.zeros((1, 1), dtype=bool))
-    assert not is_connected(np.zeros((2, 2), dtype=bool))
-    path = np.zeros((50, 50), dtype=bool)
+    assert is_connected(Graph.from_pairs(1, []))
+    assert not is_connected(Graph.from_pairs(2, []))
     idx = np.arange(49)
-    path[idx, idx + 1] = path[idx + 1, idx] = True
+    path = Graph.from_pairs(50, np.stack([idx, idx + 1], axis=1))
     assert is_connected(path)
-    path[24, 25] = path[25, 24] = False
-    assert not is_connected(path)
+    assert not is_connected(path.keep_edges(idx != 24))
 
 
 # ---------------------------------------------------------------- link failures
 
 
 def test_drop_links_probability_zero_and_one() -> None:
-    adj = build_graph("torus", 16)
+    graph = build_graph("torus", 16)
     rng = np.random.default_rng(0)
-    assert np.array_equal(drop_links(adj, 0.0, rng), adj)
-    assert not drop_links(adj, 1.0, rng).any()
+    assert drop_links(graph, 0.0, rng) == graph
+    assert drop_links(graph, 1.0, rng).num_edges == 0
 
 
 @settings(max_examples=60, deadline=None)
 @given(
-    adj=symmetric_graphs(),
+    graph=symmetric_graphs(),
     prob=st.floats(min_value=0.0, max_value=1.0),
     seed=st.integers(min_value=0, max_value=2**32 - 1),
 )
 def test_drop_links_symmetric_subgraph_still_doubly_stochastic(
-    adj: np.ndarray, prob: float, seed: int
+    graph: Graph, prob: float, seed: int
 ) -> None:
-    dropped = drop_links(adj, prob, np.random.default_rng(seed))
-    _assert_valid_adjacency(dropped, len(adj))
-    assert not (dropped & ~adj).any()  # only removes edges
+    dropped = drop_links(graph, prob, np.random.default_rng(seed))
+    _assert_valid_graph(dropped, graph.workers)
+    assert not (dropped.adjacency() & ~graph.adjacency()).any()  # only removes edges
     for rule in MIXING_RULES:
         assert is_doubly_stochastic(mixing_matrix(dropped, rule))
 
 
 @pytest.mark.parametrize("prob", [-0.1, 1.1, float("nan")])
 def test_bad_link_failure_prob(prob: float) -> None:
-    adj = build_graph("ring", 5)
+    graph = build_graph("ring", 5)
     with pytest.raises(UsageError, match="link_failure_prob"):
-        drop_links(adj, prob, np.random.default_rng(0))
+        drop_links(graph, prob, np.random.default_rng(0))
     with pytest.raises(UsageError, match="link_failure_prob"):
-        round_adjacency(adj, prob, seed=0, round_index=0)
+        round_graph(graph, prob, seed=0, round_index=0)
 
 
-def test_round_adjacency_prob_zero_is_base_graph() -> None:
-    adj = build_graph("exponential", 12)
+def test_round_graph_prob_zero_is_base_graph() -> None:
+    graph = build_graph("exponential", 12)
     for r in range(5):
-        assert np.array_equal(round_adjacency(adj, 0.0, seed=3, round_index=r), adj)
+        assert round_graph(graph, 0.0, seed=3, round_index=r) == graph
 
 
-def test_round_adjacency_deterministic_and_varies_by_round() -> None:
-    adj = build_graph("complete", 20)
-    a = round_adjacency(adj, 0.3, seed=11, round_index=4)
-    b = round_adjacency(adj.copy(), 0.3, seed=11, round_index=4)
-    assert np.array_equal(a, b)
-    _assert_valid_adjacency(a, 20)
-    assert not np.array_equal(a, round_adjacency(adj, 0.3, seed=11, round_index=5))
-    assert not np.array_equal(a, round_adjacency(adj, 0.3, seed=12, round_index=4))
+def test_round_graph_deterministic_and_varies_by_round() -> None:
+    graph = build_graph("complete", 20)
+    a = round_graph(graph, 0.3, seed=11, round_index=4)
+    b = round_graph(build_graph("complete", 20), 0.3, seed=11, round_index=4)
+    assert a == b
+    _assert_valid_graph(a, 20)
+    assert a != round_graph(graph, 0.3, seed=11, round_index=5)
+    assert a != round_graph(graph, 0.3, seed=12, round_index=4)
 
 
-def test_round_adjacency_failure_rate() -> None:
-    adj = build_graph("complete", 20)  # 190 edges
-    base_edges = int(np.triu(adj, k=1).sum())
+def test_round_graph_failure_rate() -> None:
+    graph = build_graph("complete", 20)  # 190 edges
+    base_edges = graph.num_edges
     rounds = 200
-    kept = sum(
-        int(np.triu(round_adjacency(adj, 0.3, seed=5, round_index=r), k=1).sum())
-        for r in range(rounds)
-    )
+    kept = sum(round_graph(graph, 0.3, seed=5, round_index=r).num_edges for r in range(rounds))
     down_rate = 1.0 - kept / (base_edges * rounds)
     # 38,000 Bernoulli(0.3) trials: std ~ 0.0024, so +-0.02 is > 8 sigma.
     assert abs(down_rate - 0.3) < 0.02
 
 
-def test_round_adjacency_bad_seed_or_round() -> None:
-    adj = build_graph("ring", 5)
+def test_round_graph_bad_seed_or_round() -> None:
+    graph = build_graph("ring", 5)
     with pytest.raises(UsageError, match="seed"):
-        round_adjacency(adj, 0.1, seed=-1, round_index=0)
+        round_graph(graph, 0.1, seed=-1, round_index=0)
     with pytest.raises(UsageError, match="round_index"):
-        round_adjacency(adj, 0.1, seed=0, round_index=-1)
+        round_graph(graph, 0.1, seed=0, round_index=-1)
 
 
 # ---------------------------------------------------------------- describe

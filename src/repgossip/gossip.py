@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from repgossip.topology import mixing_matrix, round_adjacency
+from repgossip.topology import Graph, Mixing, mixing_matrix, round_graph
 
 ROWS_PER_CHUNK_ELEMENTS = 1 << 24  # bound the temporary memory of a mixing step (64 MiB of float32)
 
@@ -31,15 +31,23 @@ class Slots:
     weight: np.ndarray  # (N, K) float64
 
     @classmethod
-    def from_matrix(cls, w: np.ndarray) -> Slots:
-        n = w.shape[0]
-        rows = [np.flatnonzero(w[i]) for i in range(n)]
-        width = max(len(r) for r in rows)
-        index = np.repeat(np.arange(n)[:, None], width, axis=1)
-        weight = np.zeros((n, width))
-        for i, cols in enumerate(rows):
-            index[i, : len(cols)] = cols
-            weight[i, : len(cols)] = w[i, cols]
+    def from_mixing(cls, mixing: Mixing) -> Slots:
+        """Each row's entries (self and neighbours) sorted by column, padded to the widest row."""
+        graph = mixing.graph
+        n, i, j = graph.workers, graph.edges[:, 0], graph.edges[:, 1]
+        nodes = np.arange(n)
+        rows = np.concatenate([i, j, nodes])
+        cols = np.concatenate([j, i, nodes])
+        values = np.concatenate([mixing.edge_weights, mixing.edge_weights, mixing.self_weights])
+        order = np.lexsort((cols, rows))
+        rows, cols, values = rows[order], cols[order], values[order]
+        counts = np.bincount(rows, minlength=n)
+        first = np.cumsum(counts) - counts
+        position = np.arange(len(rows)) - first[rows]
+        index = np.repeat(nodes[:, None], counts.max(), axis=1)
+        weight = np.zeros(index.shape)
+        index[rows, position] = cols
+        weight[rows, position] = values
         return cls(index, weight)
 
 
@@ -47,8 +55,8 @@ class Slots:
 class RoundPlan:
     """Who takes part in a round and how they mix: the same in every process, derived from the seed."""
 
-    adjacency: np.ndarray  # (N, N) bool: links that are up between workers that are in
-    weights: np.ndarray  # (N, N) mixing matrix on that graph (absent workers keep their block)
+    graph: Graph  # links that are up between workers that are in
+    mixing: Mixing  # W on that graph (absent workers keep their block)
     slots: Slots
     active: np.ndarray  # (N,) bool: workers that train and gossip this round
 
@@ -64,18 +72,19 @@ class GossipSchedule:
 
     def __init__(
         self,
-        base_adjacency: np.ndarray,
+        base_graph: Graph,
         mixing: str,
         link_failure_prob: float = 0.0,
         worker_dropout_prob: float = 0.0,
         seed: int = 0,
     ) -> None:
-        self.base_adjacency = base_adjacency
+        self.base_graph = base_graph
         self.mixing = mixing
+        self.base_mixing = mixing_matrix(base_graph, mixing)  # W of the graph without failures
         self.link_failure_prob = link_failure_prob
         self.worker_dropout_prob = worker_dropout_prob
         self.seed = seed
-        self._static = None if self.varies else self._plan(base_adjacency, None)
+        self._static = None if self.varies else self._plan(self.base_mixing, None)
 
     @property
     def varies(self) -> bool:
@@ -84,18 +93,19 @@ class GossipSchedule:
     def round_plan(self, round_index: int) -> RoundPlan:
         if self._static is not None:
             return self._static
-        adj = round_adjacency(self.base_adjacency, self.link_failure_prob, self.seed, round_index)
+        graph = round_graph(self.base_graph, self.link_failure_prob, self.seed, round_index)
         active = None
         if self.worker_dropout_prob > 0:
             rng = np.random.default_rng([self.seed, round_index, _DROPOUT_TAG])
-            active = rng.random(len(adj)) >= self.worker_dropout_prob
-            adj = adj & active[:, None] & active[None, :]
-        return self._plan(adj, active)
+            active = rng.random(graph.workers) >= self.worker_dropout_prob
+            graph = graph.among(active)
+        return self._plan(mixing_matrix(graph, self.mixing), active)
 
-    def _plan(self, adj: np.ndarray, active: np.ndarray | None) -> RoundPlan:
-        w = mixing_matrix(adj, self.mixing)
-        everyone = np.ones(len(adj), dtype=bool)
-        return RoundPlan(adj, w, Slots.from_matrix(w), everyone if active is None else active)
+    @staticmethod
+    def _plan(mixing: Mixing, active: np.ndarray | None) -> RoundPlan:
+        everyone = np.ones(mixing.graph.workers, dtype=bool)
+        slots = Slots.from_mixing(mixing)
+        return RoundPlan(mixing.graph, mixing, slots, everyone if active is None else active)
 
 
 def mix_rows(

@@ -44,6 +44,7 @@ def subspace_distance(b_star: np.ndarray, body_weight: np.ndarray) -> float:
     return float(np.linalg.norm(residual, 2))
 
 
-def bytes_per_round(adjacency: np.ndarray, shared_params: int) -> int:
-    """Every worker sends its shared float32 parameters to each neighbour once per round."""
-    return int(adjacency.sum()) * shared_params * BYTES_PER_FLOAT
+def bytes_per_round(links: int, shared_params: int) -> int:
+    """Every worker sends its shared float32 parameters to each neighbour once per round: twice
+    per undirected link."""
+    return 2 * links * shared_params * BYTES_PER_FLOAT

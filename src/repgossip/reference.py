@@ -74,7 +74,7 @@ class ReferenceSimulation:
                 rule = step_rule(cfg, phase.part, round_index)
                 worker.train(phase.part, batches, rule.lr, rule.momentum, rule.weight_decay)
         if self.exp.algorithm.shared is not None:
-            self.gossip(self.exp.algorithm.shared, plan.weights)
+            self.gossip(self.exp.algorithm.shared, plan.mixing.dense())
 
     def gossip(self, part: str, weights) -> None:
         """x_i <- sum_j W_ij x_j for every tensor of the shared part, ascending j."""

@@ -44,7 +44,7 @@ from repgossip.runfolder import (
     read_metrics,
     resumable_config,
 )
-from repgossip.topology import build_graph, mixing_matrix, spectral_gap
+from repgossip.topology import build_graph, spectral_gap
 
 
 class DivergenceError(RuntimeError):
@@ -59,7 +59,7 @@ class Experiment:
     population: Population
     schedule: GossipSchedule
     engine: Engine
-    spectral_gap: float
+    spectral_gap: float | None  # None where it could not be computed (see topology.spectral_gap)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -79,9 +79,9 @@ def build_experiment(cfg: Config, engine: Engine | None = None) -> Experiment:
     engine = engine or Engine(cfg.workers)
     algorithm = get_algorithm(cfg.algorithm)
     federation = build_federation(cfg)
-    adjacency = build_graph(cfg.topology, cfg.workers, edge_prob=cfg.edge_prob, seed=cfg.seed)
+    graph = build_graph(cfg.topology, cfg.workers, edge_prob=cfg.edge_prob, seed=cfg.seed)
     schedule = GossipSchedule(
-        adjacency, cfg.mixing, cfg.link_failure_prob, cfg.worker_dropout_prob, cfg.seed
+        graph, cfg.mixing, cfg.link_failure_prob, cfg.worker_dropout_prob, cfg.seed
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -99,7 +99,7 @@ def build_experiment(cfg: Config, engine: Engine | None = None) -> Experiment:
         seed=cfg.seed,
         device=resolve_device(cfg.device),
     )
-    gap = spectral_gap(mixing_matrix(adjacency, cfg.mixing))  # of the graph without failures
+    gap = spectral_gap(schedule.base_mixing)  # of the graph without failures
     return Experiment(cfg, algorithm, federation, population, schedule, engine, gap)
 
 

@@ -91,6 +91,8 @@ def write_tables(out: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _cell(value: Any) -> str:
+    if value is None:  # e.g. a spectral gap that could not be computed
+        return ""
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)

@@ -2,8 +2,11 @@
 
 Gossip averages the shared parameters with a symmetric doubly stochastic matrix W built on a graph:
 symmetric and doubly stochastic so that the network average is preserved every round and all workers
-converge to it; the spectral gap of W says how fast. Only numpy is used, so the simulator, the
-distributed engine and the CLI can build the same W without torch or scipy.
+converge to it; the spectral gap of W says how fast.
+
+Everything here is sparse: a graph is its edge list and W one weight per edge plus one per node, so
+memory and time grow with N + E, not N^2, and 10,000 workers on a ring cost kilobytes. Dense
+matrices exist only as views for small graphs (tests, the reference simulator).
 """
 
 from __future__ import annotations
@@ -11,9 +14,13 @@ from __future__ import annotations
 import math
 import numbers
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
 from repgossip.errors import UsageError
 
@@ -26,6 +33,16 @@ _ERDOS_RENYI_TAG = 0x45524752  # "ERGR"
 _LINK_FAILURE_TAG = 0x4C4E4B46  # "LNKF"
 _ER_MAX_ATTEMPTS = 50
 _EDGE_SPLIT = re.compile(r"[\s,]+")
+_ER_DRAW_ELEMENTS = 1 << 22  # uniforms drawn at a time for erdos_renyi: bounded memory at any N
+# Up to this size the spectral gap comes from a dense eigendecomposition (exact, well under a
+# second); beyond it a dense N x N matrix costs seconds to minutes and N^2 memory, so the gap comes
+# from the graph's symmetry (the topologies built here) or from a sparse Lanczos solver.
+DENSE_SPECTRUM_LIMIT = 2048
+# Lanczos budget for the gap of other graphs beyond that size: about two seconds at 10,000 nodes.
+# Well-connected graphs (erdos_renyi, star) converge in a fraction of it; a long path (gap ~1e-7)
+# does not, and its gap is reported as unknown rather than waiting minutes.
+_LANCZOS_VECTORS = 64
+_LANCZOS_RESTARTS = 100
 
 
 def _valid_topologies() -> str:
@@ -56,30 +73,129 @@ def _check_prob(name: str, prob: float) -> float:
     return float(prob)
 
 
-def _as_adjacency(adj: np.ndarray) -> np.ndarray:
-    """Boolean copy with zero diagonal; a square symmetric input is required so W is symmetric."""
-    a = np.array(adj, dtype=bool)
-    if a.ndim != 2 or a.shape[0] != a.shape[1]:
-        raise UsageError(f"adjacency must be a square (N, N) matrix, got shape {a.shape}")
-    if not np.array_equal(a, a.T):
-        raise UsageError("adjacency must be symmetric (undirected graph); got an asymmetric matrix")
-    np.fill_diagonal(a, False)
-    return a
+@dataclass(frozen=True, eq=False)
+class CayleyStructure:
+    """The graph is the Cayley graph of Z_shape[0] x Z_shape[1] x ... (a node is the row-major index
+    of its coordinates): u ~ u + s for every s in the connection set.
+
+    Ring, torus, exponential and complete graphs are such graphs. Their adjacency eigenvalues are
+    the discrete Fourier transform of the connection set's indicator, so their spectral gap is exact
+    at any size without an eigensolver (a ring of 10,000 has a gap of ~1e-7, which Lanczos cannot
+    resolve in a reasonable number of steps).
+    """
+
+    shape: tuple[int, ...]
+    connections: np.ndarray  # bool array of `shape`: the connection set; symmetric, 0 excluded
+
+    @classmethod
+    def from_offsets(
+        cls, shape: tuple[int, ...], offsets: list[tuple[int, ...]]
+    ) -> CayleyStructure:
+        """Connection set {+o, -o for o in offsets} modulo `shape`, without the identity."""
+        indicator = np.zeros(shape, dtype=bool)
+        for o in offsets:
+            indicator[tuple(np.mod(o, shape))] = True
+            indicator[tuple(np.mod(np.negative(o), shape))] = True
+        indicator[(0,) * len(shape)] = False
+        return cls(tuple(shape), indicator)
+
+    @property
+    def degree(self) -> int:
+        return int(self.connections.sum())
+
+    def adjacency_eigenvalues(self) -> np.ndarray:
+        """All N eigenvalues of the adjacency matrix; entry 0 is the degree (the constant vector)."""
+        return np.fft.fftn(self.connections.astype(np.float64)).real.ravel()
+
+    def edge_pairs(self) -> np.ndarray:
+        """(u, u + s) for every node u and one s of each {s, -s} (both give the same edges)."""
+        dims = np.array(self.shape)[:, None]
+        coords = np.indices(self.shape).reshape(len(self.shape), -1)
+        nodes = np.arange(coords.shape[1])
+        pairs = [np.empty((0, 2), dtype=np.int64)]
+        for s in np.argwhere(self.connections):
+            if tuple(s) > tuple(np.mod(-s, self.shape)):
+                continue
+            neighbour = np.ravel_multi_index(tuple((coords + s[:, None]) % dims), self.shape)
+            pairs.append(np.stack([nodes, neighbour], axis=1))
+        return np.concatenate(pairs)
 
 
-def _from_offsets(workers: int, offsets: list[int]) -> np.ndarray:
-    """Circulant graph i ~ i + o (mod N) for each offset o, symmetrised; self-loops dropped."""
-    adj = np.zeros((workers, workers), dtype=bool)
-    idx = np.arange(workers)
-    for o in offsets:
-        adj[idx, (idx + o) % workers] = True
-    adj |= adj.T
-    np.fill_diagonal(adj, False)
-    return adj
+@dataclass(frozen=True, eq=False)
+class Graph:
+    """An undirected simple graph on nodes 0..workers-1, stored as its edge list."""
+
+    workers: int
+    edges: np.ndarray  # (E, 2) int64: each edge once as (i, j), i < j, sorted by (i, j)
+    cayley: CayleyStructure | None = None  # set by the builders of symmetric topologies
+
+    @classmethod
+    def from_pairs(
+        cls, workers: int, pairs: np.ndarray | list, cayley: CayleyStructure | None = None
+    ) -> Graph:
+        """Any node pairs: both orders count as one edge, duplicates and self-loops are dropped."""
+        p = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        low, high = p.min(axis=1), p.max(axis=1)
+        keys = np.unique(low[low != high] * workers + high[low != high])
+        return cls(workers, np.stack(np.divmod(keys, workers), axis=1), cayley)
+
+    @classmethod
+    def from_adjacency(cls, adjacency: np.ndarray) -> Graph:
+        """From a dense symmetric boolean matrix (the diagonal is ignored)."""
+        a = np.asarray(adjacency, dtype=bool)
+        if a.ndim != 2 or a.shape[0] != a.shape[1]:
+            raise UsageError(f"adjacency must be a square (N, N) matrix, got shape {a.shape}")
+        if not np.array_equal(a, a.T):
+            raise UsageError(
+                "adjacency must be symmetric (undirected graph); got an asymmetric one"
+            )
+        return cls.from_pairs(len(a), np.argwhere(np.triu(a, k=1)))
+
+    @property
+    def num_edges(self) -> int:
+        return len(self.edges)
+
+    @property
+    def degrees(self) -> np.ndarray:
+        return np.bincount(self.edges.ravel(), minlength=self.workers)
+
+    def adjacency(self) -> np.ndarray:
+        """Dense (N, N) boolean matrix: for small graphs only (tests, the reference simulator)."""
+        a = np.zeros((self.workers, self.workers), dtype=bool)
+        a[self.edges[:, 0], self.edges[:, 1]] = a[self.edges[:, 1], self.edges[:, 0]] = True
+        return a
+
+    def sparse_adjacency(self) -> sp.csr_array:
+        i, j = self.edges[:, 0], self.edges[:, 1]
+        ones = np.ones(2 * self.num_edges, dtype=np.int8)
+        shape = (self.workers, self.workers)
+        return sp.csr_array((ones, (np.concatenate([i, j]), np.concatenate([j, i]))), shape=shape)
+
+    def keep_edges(self, keep: np.ndarray) -> Graph:
+        """The subgraph with the edges where `keep` (E,) is true; it loses any symmetry."""
+        return Graph(self.workers, self.edges[keep])
+
+    def among(self, present: np.ndarray) -> Graph:
+        """The subgraph of the edges whose two ends are both `present` (N,)."""
+        return self.keep_edges(present[self.edges[:, 0]] & present[self.edges[:, 1]])
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Graph)
+            and self.workers == other.workers
+            and np.array_equal(self.edges, other.edges)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable array inside: not hashable
 
 
-def _ring(workers: int) -> np.ndarray:
-    return _from_offsets(workers, [1])
+def _cayley(shape: tuple[int, ...], offsets: list[tuple[int, ...]]) -> Graph:
+    structure = CayleyStructure.from_offsets(shape, offsets)
+    return Graph.from_pairs(math.prod(shape), structure.edge_pairs(), structure)
+
+
+def _ring(workers: int) -> Graph:
+    return _cayley((workers,), [(1,)])
 
 
 def _is_composite(n: int) -> bool:
@@ -99,44 +215,45 @@ def _torus_shape(workers: int) -> tuple[int, int]:
     return r, workers // r
 
 
-def _torus(workers: int) -> np.ndarray:
-    r, c = _torus_shape(workers)
-    adj = np.zeros((workers, workers), dtype=bool)
-    rows, cols = np.divmod(np.arange(workers), c)
-    for dr, dc in ((0, 1), (1, 0)):
-        nb = ((rows + dr) % r) * c + (cols + dc) % c
-        adj[np.arange(workers), nb] = True
-    adj |= adj.T
-    np.fill_diagonal(adj, False)
-    return adj
+def _torus(workers: int) -> Graph:
+    return _cayley(_torus_shape(workers), [(0, 1), (1, 0)])
 
 
-def _complete(workers: int) -> np.ndarray:
-    return ~np.eye(workers, dtype=bool)
+def _complete(workers: int) -> Graph:
+    return _cayley((workers,), [(o,) for o in range(1, workers)])
 
 
-def _exponential(workers: int) -> np.ndarray:
-    offsets = [2**j for j in range(workers.bit_length()) if 2**j < workers]
-    return _from_offsets(workers, offsets)
+def _exponential(workers: int) -> Graph:
+    return _cayley((workers,), [(2**j,) for j in range(workers.bit_length()) if 2**j < workers])
 
 
-def _star(workers: int) -> np.ndarray:
-    adj = np.zeros((workers, workers), dtype=bool)
-    adj[0, 1:] = adj[1:, 0] = True
-    return adj
+def _star(workers: int) -> Graph:
+    leaves = np.arange(1, workers)
+    return Graph.from_pairs(workers, np.stack([np.zeros_like(leaves), leaves], axis=1))
 
 
-def _erdos_renyi(workers: int, edge_prob: float, seed: int) -> np.ndarray:
+def _erdos_renyi_pairs(workers: int, edge_prob: float, rng: np.random.Generator) -> np.ndarray:
+    """Pairs i < j with a uniform below `edge_prob` in row i, column j of an N x N uniform matrix,
+    drawn a block of rows at a time: the same draws as the whole matrix, in bounded memory."""
+    rows = max(1, _ER_DRAW_ELEMENTS // workers)
+    pairs = []
+    for start in range(0, workers, rows):
+        block = rng.random((min(rows, workers - start), workers)) < edge_prob
+        i, j = np.nonzero(block)
+        i += start
+        pairs.append(np.stack([i[i < j], j[i < j]], axis=1))
+    return np.concatenate(pairs)
+
+
+def _erdos_renyi(workers: int, edge_prob: float, seed: int) -> Graph:
     """Redraw (deterministically, by attempt) until connected, so gossip can reach consensus."""
     if not (_is_real(edge_prob) and 0.0 < edge_prob <= 1.0):
         raise UsageError(f"edge_prob must be in (0, 1] for erdos_renyi, got {edge_prob!r}")
-    upper = np.triu(np.ones((workers, workers), dtype=bool), k=1)
     for attempt in range(_ER_MAX_ATTEMPTS):
         rng = np.random.default_rng([seed, attempt, _ERDOS_RENYI_TAG])
-        adj = (rng.random((workers, workers)) < edge_prob) & upper
-        adj |= adj.T
-        if is_connected(adj):
-            return adj
+        graph = Graph.from_pairs(workers, _erdos_renyi_pairs(workers, edge_prob, rng))
+        if is_connected(graph):
+            return graph
     hint = min(1.0, 2.0 * math.log(workers) / workers)
     raise UsageError(
         f"erdos_renyi edge_prob={edge_prob} is too low for {workers} workers: no connected graph "
@@ -165,7 +282,7 @@ def _parse_edge_line(line: str, path: Path, lineno: int) -> tuple[int, int] | No
     return i, j
 
 
-def _edge_list(name: str, workers: int) -> np.ndarray:
+def _edge_list(name: str, workers: int) -> Graph:
     """Read a user-supplied graph; node count must match `workers` so no worker is silently idle."""
     path = Path(name).expanduser()
     if not path.is_file():
@@ -180,19 +297,15 @@ def _edge_list(name: str, workers: int) -> np.ndarray:
     nodes = max((max(e) for e in edges), default=-1) + 1
     if nodes != workers:
         raise UsageError(f"edge list {path} has {nodes} nodes but workers={workers}")
-    adj = np.zeros((workers, workers), dtype=bool)
-    if edges:
-        ij = np.asarray(edges)
-        adj[ij[:, 0], ij[:, 1]] = adj[ij[:, 1], ij[:, 0]] = True
-    return adj
+    return Graph.from_pairs(workers, edges)
 
 
-def build_graph(name: str, workers: int, *, edge_prob: float = 0.3, seed: int = 0) -> np.ndarray:
-    """Boolean adjacency (N, N), symmetric, zero diagonal.
+def build_graph(name: str, workers: int, *, edge_prob: float = 0.3, seed: int = 0) -> Graph:
+    """The communication graph: `name` is one of TOPOLOGIES or a path to an edge-list file.
 
-    `name` is one of TOPOLOGIES or a path to an edge-list file. Raises UsageError if the graph is
-    disconnected (for N > 1): gossip on a disconnected graph never reaches consensus, which would
-    silently turn a decentralized run into several independent ones.
+    Raises UsageError if the graph is disconnected (for N > 1): gossip on a disconnected graph
+    never reaches consensus, which would silently turn a decentralized run into several
+    independent ones.
     """
     workers = _check_workers(workers)
     seed = _check_nonneg_int("seed", seed)
@@ -205,41 +318,51 @@ def build_graph(name: str, workers: int, *, edge_prob: float = 0.3, seed: int = 
         "star": _star,
     }
     if name in builders:
-        adj = builders[name](workers)
+        graph = builders[name](workers)
     elif name == "erdos_renyi":
-        adj = _erdos_renyi(workers, edge_prob, seed)
+        graph = _erdos_renyi(workers, edge_prob, seed)
     else:
-        adj = _edge_list(name, workers)
-    if not is_connected(adj):
+        graph = _edge_list(name, workers)
+    if not is_connected(graph):
         raise UsageError(
             f"topology {name!r} with {workers} workers is disconnected; "
             "gossip needs a connected graph"
         )
-    return adj
+    return graph
 
 
-def is_connected(adj: np.ndarray) -> bool:
-    """Frontier BFS: O(N^2) total and no scipy dependency. N <= 1 counts as connected."""
-    a = np.asarray(adj, dtype=bool)
-    n = a.shape[0]
-    if n <= 1:
+def is_connected(graph: Graph) -> bool:
+    """One connected component (N <= 1 counts as connected)."""
+    if graph.workers <= 1:
         return True
-    reached = np.zeros(n, dtype=bool)
-    reached[0] = True
-    frontier = np.array([0])
-    while frontier.size:
-        new = a[frontier].any(axis=0) & ~reached
-        reached |= new
-        frontier = np.flatnonzero(new)
-    return bool(reached.all())
+    components, _ = connected_components(graph.sparse_adjacency(), directed=False)
+    return components == 1
 
 
-def _degrees(adj: np.ndarray) -> np.ndarray:
-    return adj.sum(axis=1)
+@dataclass(frozen=True, eq=False)
+class Mixing:
+    """A symmetric doubly stochastic W on `graph`, sparse: W_ij = edge_weights[e] for the edge
+    e = (i, j) in both directions, W_ii = self_weights[i], zero elsewhere."""
+
+    graph: Graph
+    edge_weights: np.ndarray  # (E,) float64
+    self_weights: np.ndarray  # (N,) float64
+
+    def sparse(self) -> sp.csr_array:
+        i, j = self.graph.edges[:, 0], self.graph.edges[:, 1]
+        nodes = np.arange(self.graph.workers)
+        rows = np.concatenate([i, j, nodes])
+        cols = np.concatenate([j, i, nodes])
+        values = np.concatenate([self.edge_weights, self.edge_weights, self.self_weights])
+        return sp.csr_array((values, (rows, cols)), shape=(self.graph.workers,) * 2)
+
+    def dense(self) -> np.ndarray:
+        """(N, N) float64: for small graphs only (tests, the reference simulator)."""
+        return self.sparse().toarray()
 
 
-def mixing_matrix(adj: np.ndarray, rule: str = "metropolis") -> np.ndarray:
-    """Symmetric doubly stochastic float64 W on the graph `adj` (weights only on edges + diagonal).
+def mixing_matrix(graph: Graph, rule: str = "metropolis") -> Mixing:
+    """Symmetric doubly stochastic W on `graph` (weights only on edges and the diagonal).
 
     metropolis: W_ij = 1/(1 + max(d_i, d_j)) on edges; needs only neighbours' degrees, so it is
     what a real deployment can compute locally. max_degree: W_ij = 1/(1 + d_max) on edges; uniform
@@ -247,61 +370,88 @@ def mixing_matrix(adj: np.ndarray, rule: str = "metropolis") -> np.ndarray:
     """
     if rule not in MIXING_RULES:
         raise UsageError(f"unknown mixing rule {rule!r}; valid: {', '.join(MIXING_RULES)}")
-    a = _as_adjacency(adj)
-    deg = _degrees(a)
+    deg = graph.degrees
+    i, j = graph.edges[:, 0], graph.edges[:, 1]
     if rule == "metropolis":
-        weights = 1.0 / (1.0 + np.maximum(deg[:, None], deg[None, :]))
+        weights = 1.0 / (1.0 + np.maximum(deg[i], deg[j]))
     else:
-        weights = np.full(a.shape, 1.0 / (1.0 + (deg.max() if deg.size else 0)))
-    W = np.where(a, weights, 0.0)
-    np.fill_diagonal(W, 1.0 - W.sum(axis=1))
-    return W
+        weights = np.full(graph.num_edges, 1.0 / (1.0 + (deg.max() if deg.size else 0)))
+    ends = np.concatenate([i, j])
+    off_diagonal = np.bincount(ends, np.concatenate([weights, weights]), minlength=graph.workers)
+    return Mixing(graph, weights, 1.0 - off_diagonal)
 
 
-def spectral_gap(W: np.ndarray) -> float:
-    """1 - second-largest eigenvalue modulus of symmetric W: the per-round contraction of the
-    distance to consensus. 0 for a disconnected graph, 1 for exact averaging and for N = 1."""
-    W = np.asarray(W, dtype=np.float64)
-    if W.shape[0] <= 1:
+def spectral_gap(mixing: Mixing) -> float | None:
+    """1 - second-largest eigenvalue modulus of W: the per-round contraction of the distance to
+    consensus. 0 for a disconnected graph, 1 for exact averaging and for N = 1.
+
+    Exact from the graph's symmetry where it has one, by a dense eigendecomposition up to
+    DENSE_SPECTRUM_LIMIT workers, else by Lanczos; None where Lanczos does not converge.
+    """
+    graph = mixing.graph
+    if graph.workers <= 1:
         return 1.0
-    moduli = np.sort(np.abs(np.linalg.eigvalsh(W)))[::-1]
-    return float(min(1.0, max(0.0, 1.0 - moduli[1])))
+    if graph.cayley is not None:
+        # A d-regular graph under either rule has W = (I + A) / (1 + d).
+        eigenvalues = (1.0 + graph.cayley.adjacency_eigenvalues()) / (1.0 + graph.cayley.degree)
+        slem = float(np.abs(eigenvalues[1:]).max())
+    elif graph.workers <= DENSE_SPECTRUM_LIMIT:
+        slem = float(np.sort(np.abs(np.linalg.eigvalsh(mixing.dense())))[-2])
+    else:
+        slem = _deflated_largest_modulus(mixing)
+        if slem is None:
+            return None
+    return float(min(1.0, max(0.0, 1.0 - slem)))
 
 
-def is_doubly_stochastic(W: np.ndarray, atol: float = 1e-9) -> bool:
+def _deflated_largest_modulus(mixing: Mixing) -> float | None:
+    """Largest |eigenvalue| of W - 11^T/N (W without its consensus eigenvector), by Lanczos."""
+    w, n = mixing.sparse(), mixing.graph.workers
+
+    def apply(x: np.ndarray) -> np.ndarray:
+        return w @ x - x.mean(axis=0)
+
+    operator = LinearOperator((n, n), matvec=apply, matmat=apply, dtype=np.float64)
+    try:
+        values = eigsh(
+            operator,
+            k=1,
+            which="LM",
+            tol=1e-10,
+            ncv=min(n - 1, _LANCZOS_VECTORS),
+            maxiter=_LANCZOS_RESTARTS,
+            return_eigenvectors=False,
+        )
+    except ArpackNoConvergence:
+        return None
+    return float(np.abs(values).max())
+
+
+def is_doubly_stochastic(w: np.ndarray | Mixing, atol: float = 1e-9) -> bool:
     """Symmetric, nonnegative, rows and columns sum to 1: the conditions under which gossip keeps
-    the network average unchanged and converges to it."""
-    m = np.asarray(W, dtype=np.float64)
-    if m.ndim != 2 or m.shape[0] != m.shape[1] or not np.isfinite(m).all():
+    the network average unchanged and converges to it. Takes a dense matrix or a Mixing."""
+    m = w.sparse() if isinstance(w, Mixing) else sp.csr_array(np.asarray(w, dtype=np.float64))
+    if m.ndim != 2 or m.shape[0] != m.shape[1] or not np.isfinite(m.data).all():
         return False
+    asymmetry = abs(m - m.T).max() if m.nnz else 0.0
     return bool(
-        np.allclose(m, m.T, rtol=0.0, atol=atol)
-        and m.min(initial=0.0) >= -atol
+        asymmetry <= atol
+        and (m.data.min(initial=0.0) >= -atol)
         and np.allclose(m.sum(axis=0), 1.0, rtol=0.0, atol=atol)
         and np.allclose(m.sum(axis=1), 1.0, rtol=0.0, atol=atol)
     )
 
 
-def drop_links(adj: np.ndarray, prob: float, rng: np.random.Generator) -> np.ndarray:
+def drop_links(graph: Graph, prob: float, rng: np.random.Generator) -> Graph:
     """Each undirected edge independently down with probability `prob` (both directions together,
-    so W stays symmetric). The result may be disconnected: that is fine for a single round.
-
-    A full N x N block of uniforms is drawn whatever the graph, so the draws for a given rng state
-    do not depend on which edges exist.
-    """
+    so W stays symmetric). The result may be disconnected: that is fine for a single round."""
     prob = _check_prob("link_failure_prob", prob)
-    a = _as_adjacency(adj)
-    n = a.shape[0]
-    down = np.triu(rng.random((n, n)) < prob, k=1)
-    down |= down.T
-    return a & ~down
+    return graph.keep_edges(rng.random(graph.num_edges) >= prob)
 
 
-def round_adjacency(
-    base_adj: np.ndarray, link_failure_prob: float, seed: int, round_index: int
-) -> np.ndarray:
-    """The graph used in round `round_index`: `base_adj` (a copy) if the failure probability is 0,
-    else `base_adj` with links dropped by an rng derived statelessly from (seed, round_index).
+def round_graph(base: Graph, link_failure_prob: float, seed: int, round_index: int) -> Graph:
+    """The graph used in round `round_index`: `base` if the failure probability is 0, else `base`
+    with links dropped by an rng derived statelessly from (seed, round_index).
 
     Stateless so that a resumed run, or any process of the distributed engine, computes the same
     graph for the same round without saving or communicating rng state.
@@ -310,9 +460,9 @@ def round_adjacency(
     seed = _check_nonneg_int("seed", seed)
     round_index = _check_nonneg_int("round_index", round_index)
     if prob == 0.0:
-        return _as_adjacency(base_adj)
+        return base
     rng = np.random.default_rng([seed, round_index, _LINK_FAILURE_TAG])
-    return drop_links(base_adj, prob, rng)
+    return drop_links(base, prob, rng)
 
 
 def describe(
@@ -324,16 +474,16 @@ def describe(
     seed: int = 0,
 ) -> dict:
     """JSON-able summary of a topology and its mixing matrix, for `repgossip topology` and logs."""
-    adj = build_graph(name, workers, edge_prob=edge_prob, seed=seed)
-    W = mixing_matrix(adj, mixing)
-    deg = _degrees(adj)
+    graph = build_graph(name, workers, edge_prob=edge_prob, seed=seed)
+    w = mixing_matrix(graph, mixing)
+    deg = graph.degrees
     return {
         "topology": str(name),
         "workers": int(workers),
-        "edges": int(np.triu(adj, k=1).sum()),
-        "connected": is_connected(adj),
-        "doubly_stochastic": is_doubly_stochastic(W),
-        "spectral_gap": spectral_gap(W),
+        "edges": graph.num_edges,
+        "connected": is_connected(graph),
+        "doubly_stochastic": is_doubly_stochastic(w),
+        "spectral_gap": spectral_gap(w),
         "min_degree": int(deg.min()),
         "max_degree": int(deg.max()),
         "mean_degree": float(deg.mean()),

@@ -43,7 +43,7 @@ class Engine:
         before = block.clone()  # every worker mixes the blocks as they were before this gossip
         fetch = self._fetcher(before, plan)
         mix_rows(self.local_workers(), plan.slots, fetch, block)
-        return bytes_per_round(plan.adjacency, cols.stop - cols.start)
+        return bytes_per_round(plan.graph.num_edges, cols.stop - cols.start)
 
     def _fetcher(self, before: torch.Tensor, plan: RoundPlan):
         return lambda ids: before[torch.from_numpy(ids)]
