@@ -147,7 +147,7 @@ def _reference_worker(model, pop, w, xs, ys, rounds, rules):
             [("head", Budget(epochs=2)), ("body", Budget(steps=3))]
         ):
             gen = worker_generator(pop.seed, w, r, phase)
-            for idx in batch_schedule(len(ys[w]), pop.batch_size, budget_, gen):
+            for idx in batch_schedule(len(ys[w]), pop.batch_size, budget_, gen).batches():
                 optimizers[part].zero_grad()
                 F.cross_entropy(ref(xs[w][idx]), ys[w][idx]).backward()
                 optimizers[part].step()
@@ -169,10 +169,10 @@ def test_population_matches_a_plain_per_worker_reference():
 
 def test_batch_schedule_covers_each_epoch_once_and_steps_are_full():
     gen = torch.Generator().manual_seed(3)
-    epochs = batch_schedule(10, 4, Budget(epochs=2), gen)
+    epochs = batch_schedule(10, 4, Budget(epochs=2), gen).batches()
     assert [len(b) for b in epochs] == [4, 4, 2, 4, 4, 2]
     assert sorted(torch.cat(epochs[:3]).tolist()) == list(range(10))
-    steps = batch_schedule(10, 4, Budget(steps=7), gen)
+    steps = batch_schedule(10, 4, Budget(steps=7), gen).batches()
     assert len(steps) == 7 and all(len(b) == 4 for b in steps)
 
 

@@ -80,7 +80,7 @@ def a_round(pop: Population, r: int = 0) -> None:
 
 def test_batched_head_phase_equals_the_worker_by_worker_loop():
     fast, plain = population(), population()
-    plain._linear_head = False  # forces the per-worker loop
+    plain.stack_head = False  # forces the per-worker loop
     for r in range(2):  # the second round checks the momentum written back
         for pop in (fast, plain):
             a_round(pop, r)

@@ -9,8 +9,9 @@ Local training (docs/performance.md has the measurements behind each choice):
   step is a plain forward and backward with no per-step re-binding or gradient concatenation;
 - on CPU, workers run side by side on the available threads, each with single-threaded kernels:
   a batch of 16 is too small to split across cores, a worker is not;
-- a linear head trains on features its frozen body computes once per round, all workers' steps as
-  one batched matrix product.
+- a small module (the head, or a whole small model such as the synthetic task's) trains all
+  workers' steps at once: one vmapped forward and backward over the workers' stacked parameter
+  rows; the head does so on features its frozen body computes once per round.
 Every worker's numbers are computed by the same single-threaded kernels on its own data, so they do
 not depend on the thread count or on which other workers this process holds.
 
@@ -35,11 +36,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repgossip import stacked
 from repgossip.models import SplitModel
 
 PARTS = ("body", "head", "all")
 FORWARD_CHUNK = 256  # samples per gradient-free forward pass: bounded activation memory
+# Largest module trained stacked over workers. Stacking turns each worker's Python-bound steps into
+# one batched kernel per step, which wins for small modules; for larger ones the stacked weights
+# and gradients no longer fit in cache and the per-worker loop is faster (docs/performance.md).
+STACK_MAX_PARAMS = 4096
+# Fewest workers worth a thread of their own in a stacked step: below it, a second thread adds more
+# Python overhead (which the GIL serialises) than it saves in arithmetic.
+STACK_CHUNK = 256
+S = TypeVar("S")
 T = TypeVar("T")
+
+
+def stacks_well(module: nn.Module) -> bool:
+    """Whether `module` trains faster stacked over workers than worker by worker: it has a stacked
+    form (no convolutions: on this CPU a per-worker loop beat stacked ones) and it is small."""
+    small = sum(p.numel() for p in module.parameters()) <= STACK_MAX_PARAMS
+    return small and stacked.can_stack(module)
 
 
 @dataclass(frozen=True)
@@ -83,9 +100,15 @@ class ParamLayout:
         cols = self.part(part)
         return tuple(e for e in self.entries if cols.start <= e.start and e.stop <= cols.stop)
 
-    def views(self, row: torch.Tensor, part: str = "all") -> dict[str, torch.Tensor]:
-        """Named views into one worker's row: writing the row changes them, and vice versa."""
-        return {e.name: row[e.start : e.stop].view(e.shape) for e in self.entries_of(part)}
+    def views(self, block: torch.Tensor, part: str = "all") -> dict[str, torch.Tensor]:
+        """Named views of the parameters of `part` in `block`, whose last dimension holds exactly
+        that part's columns (a whole row for "all"); leading dimensions (workers) are kept.
+        Writing the block changes the views, and vice versa."""
+        base, lead = self.part(part).start, block.shape[:-1]
+        return {
+            e.name: block[..., e.start - base : e.stop - base].view(*lead, *e.shape)
+            for e in self.entries_of(part)
+        }
 
     def flatten(self, model: SplitModel) -> torch.Tensor:
         return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -114,21 +137,29 @@ def worker_generator(seed: int, worker: int, round_index: int, phase: int) -> to
     return torch.Generator().manual_seed(int(state[0]) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
-def batch_schedule(
-    n: int, batch_size: int, budget: Budget, gen: torch.Generator
-) -> list[torch.Tensor]:
-    """Index batches for one phase: whole shuffled epochs (last batch may be short), or `steps`
-    batches of exactly `batch_size` drawn from consecutive shuffles."""
+@dataclass(frozen=True)
+class BatchOrder:
+    """The samples of one phase in training order, cut into consecutive batches of `sizes`."""
+
+    order: torch.Tensor  # (sum(sizes),) sample indices
+    sizes: tuple[int, ...]
+
+    def batches(self) -> list[torch.Tensor]:
+        return list(self.order.split(self.sizes))
+
+
+def batch_schedule(n: int, batch_size: int, budget: Budget, gen: torch.Generator) -> BatchOrder:
+    """Index batches for one phase: whole shuffled epochs (the last batch of each may be short),
+    or `steps` batches of exactly `batch_size` drawn from consecutive shuffles."""
     if budget.epochs is not None:
-        return [
-            b
-            for _ in range(budget.epochs)
-            for b in torch.randperm(n, generator=gen).split(batch_size)
-        ]
+        order = torch.cat([torch.randperm(n, generator=gen) for _ in range(budget.epochs)])
+        full, rest = divmod(n, batch_size)
+        epoch = (batch_size,) * full + ((rest,) if rest else ())
+        return BatchOrder(order, epoch * budget.epochs)
     steps = budget.steps or 0
     needed = steps * batch_size
     stream = torch.cat([torch.randperm(n, generator=gen) for _ in range(math.ceil(needed / n))])
-    return list(stream[:needed].split(batch_size))
+    return BatchOrder(stream[:needed], (batch_size,) * steps)
 
 
 class _Scratch:
@@ -188,20 +219,8 @@ class Population:
         self.params = init.repeat(len(self.worker_ids), 1)
         self.momentum = torch.zeros_like(self.params)
         self._scratches: list[_Scratch] = []
-        self._find_linear_head()
-
-    def _find_linear_head(self) -> None:
-        """Columns of a single nn.Linear head, which the head phase batches over workers."""
-        head = getattr(self.model, "head", None)
-        self._linear_head = isinstance(self.model, SplitModel) and type(head) is nn.Linear
-        if not self._linear_head:
-            return
-        entries = {e.name: e for e in self.layout.entries_of("head")}
-        base = self.layout.body_size
-        weight, bias = entries["head.weight"], entries.get("head.bias")
-        self._head_weight = slice(weight.start - base, weight.stop - base)
-        self._head_weight_shape = weight.shape
-        self._head_bias = None if bias is None else slice(bias.start - base, bias.stop - base)
+        self.stack_head = stacks_well(model.head)
+        self.stack_model = stacks_well(model)
 
     def __len__(self) -> int:
         return len(self.worker_ids)
@@ -231,8 +250,8 @@ class Population:
         ]
         batches = {local: self._schedule(local, budget, round_index, phase) for local in chosen}
         with self._one_thread_per_worker() as threads:
-            if part == "head" and self._linear_head:
-                self._train_heads(chosen, batches, rule, threads)
+            if self.stack_model or (part == "head" and self.stack_head):
+                self._train_stacked(chosen, part, batches, rule, threads)
             else:
                 self._each(
                     chosen,
@@ -242,9 +261,7 @@ class Population:
                     threads,
                 )
 
-    def _schedule(
-        self, local: int, budget: Budget, round_index: int, phase: int
-    ) -> list[torch.Tensor]:
+    def _schedule(self, local: int, budget: Budget, round_index: int, phase: int) -> BatchOrder:
         gen = worker_generator(self.seed, self.worker_ids[local], round_index, phase)
         return batch_schedule(len(self.train_y[local]), self.batch_size, budget, gen)
 
@@ -269,31 +286,32 @@ class Population:
         finally:
             torch.set_num_threads(threads)
 
-    def _each(self, chosen: list[int], fn: Callable[[_Scratch, int], T], threads: int) -> list[T]:
-        """`fn(scratch, local)` for every chosen worker, up to `threads` at a time, in order."""
-        threads = max(1, min(threads, len(chosen)))
+    def _each(self, items: Sequence[S], fn: Callable[[_Scratch, S], T], threads: int) -> list[T]:
+        """`fn(scratch, item)` for every item (a worker, or a chunk of workers), up to `threads` at
+        a time, each with a scratch model of its own; results in order."""
+        threads = max(1, min(threads, len(items)))
         while len(self._scratches) < threads:
             self._scratches.append(_Scratch(self.model, self.layout, self.params.device))
         if threads == 1:
-            return [fn(self._scratches[0], local) for local in chosen]
+            return [fn(self._scratches[0], item) for item in items]
         free: queue.SimpleQueue[_Scratch] = queue.SimpleQueue()
         for scratch in self._scratches[:threads]:
             free.put(scratch)
 
-        def task(local: int) -> T:
+        def task(item: S) -> T:
             scratch = free.get()  # never blocks: as many scratch models as threads
             try:
-                return fn(scratch, local)
+                return fn(scratch, item)
             finally:
                 free.put(scratch)
 
         with ThreadPoolExecutor(threads) as pool:
-            return list(pool.map(task, chosen))
+            return list(pool.map(task, items))
 
     # ------------------------------------------------------------------ local SGD
 
     def _train_worker(
-        self, scratch: _Scratch, local: int, part: str, batches: list[torch.Tensor], rule: StepRule
+        self, scratch: _Scratch, local: int, part: str, batches: BatchOrder, rule: StepRule
     ) -> None:
         row, cols = self.params[local], self.layout.part(part)
         inputs, targets = self.train_x[local], self.train_y[local]
@@ -302,73 +320,90 @@ class Population:
             inputs, stage = scratch.outputs(row, inputs, "body"), "head"
         scratch.bind(row, cols)
         segment, velocity, grad = row[cols], self.momentum[local, cols], scratch.grad[cols]
-        for idx in batches:
+        for idx in batches.batches():
             grad.zero_()
             self.loss(scratch.module(inputs[idx], stage=stage), targets[idx]).backward()
             with torch.no_grad():
                 self._apply(segment, velocity, grad, rule)
 
-    def _train_heads(
+    def _train_stacked(
         self,
         chosen: list[int],
-        batches: dict[int, list[torch.Tensor]],
+        part: str,
+        batches: dict[int, BatchOrder],
         rule: StepRule,
         threads: int,
     ) -> None:
-        """The head phase of a linear head: body features once per worker, then every step of all
-        workers with as many samples as one batched matrix product.
+        """SGD on `part` of all chosen workers, each step of a group of workers as one stacked
+        forward and backward (repgossip.stacked); a head phase on body features computed once per
+        worker.
 
-        Why: a head step is a (16 x 128) by (128 x 10) product; done worker by worker, Python and
-        autograd overhead is most of its cost. Workers with the same number of samples have batches
-        of the same sizes, so each group steps together.
+        Why: a step of a small module is mostly Python and autograd overhead when done worker by
+        worker. Workers with the same number of samples have batches of the same sizes, so each
+        such group steps together, cut into one chunk per thread. A worker's numbers do not depend
+        on which other workers share its chunk (tests/test_bench.py).
         """
-        features = self._each(
-            chosen,
-            lambda scratch, local: scratch.outputs(self.params[local], self.train_x[local], "body"),
+        stage = "head" if part == "head" and not self.stack_model else "full"
+        if stage == "head":  # the body is frozen: its features are the same at every step
+            features = self._each(
+                chosen,
+                lambda scratch, local: scratch.outputs(
+                    self.params[local], self.train_x[local], "body"
+                ),
+                threads,
+            )  # fmt: skip
+            inputs = dict(zip(chosen, features, strict=True))
+        else:
+            inputs = {local: self.train_x[local] for local in chosen}
+        groups: dict[int, list[int]] = {}
+        for local in chosen:
+            groups.setdefault(len(self.train_y[local]), []).append(local)
+        chunks = [
+            chunk.tolist()
+            for members in groups.values()
+            for chunk in np.array_split(members, min(threads, -(-len(members) // STACK_CHUNK)))
+        ]
+        self._each(
+            chunks,
+            lambda _, members: self._train_group(
+                members, part, stage, [inputs[m] for m in members], [batches[m] for m in members],
+                rule,
+            ),
             threads,
         )  # fmt: skip
-        groups: dict[int, list[int]] = {}
-        for position, local in enumerate(chosen):
-            groups.setdefault(len(self.train_y[local]), []).append(position)
-        for positions in groups.values():
-            members = [chosen[p] for p in positions]
-            self._train_head_group(
-                members, [features[p] for p in positions], [batches[m] for m in members], rule
-            )
 
-    def _train_head_group(
+    def _train_group(
         self,
         members: list[int],
-        features: list[torch.Tensor],
-        batches: list[list[torch.Tensor]],
+        part: str,
+        stage: str,
+        inputs: list[torch.Tensor],
+        batches: list[BatchOrder],
         rule: StepRule,
     ) -> None:
-        """SGD on the heads of `members` (equal sample counts), each with its own batch order."""
-        rows = torch.tensor(members, device=self.params.device)
-        cols = self.layout.part("head")
-        order = torch.stack([torch.cat(b) for b in batches]).to(self.params.device)
-        every = torch.arange(len(members), device=order.device)[:, None]
-        inputs = torch.stack(features)[every, order]  # (G, samples of the phase, features)
-        targets = torch.stack([self.train_y[m] for m in members])[every, order]
-        head = self.params[rows, cols].requires_grad_()  # a copy: a leaf updated in place
+        """SGD on `part` of `members` (equal sample counts), each with its own batch order."""
+        device = self.params.device
+        rows = torch.tensor(members, device=device)
+        cols = self.layout.part(part)
+        order = torch.stack([b.order for b in batches]).to(device)
+        every = torch.arange(len(members), device=device)[:, None]
+        x_all = torch.stack(inputs)[every, order]  # (G, samples of the phase, ...)
+        y_all = torch.stack([self.train_y[m] for m in members])[every, order]
+        segment = self.params[rows, cols].requires_grad_()  # a copy: a leaf updated in place
         velocity = self.momentum[rows, cols]
-        sizes = [len(b) for b in batches[0]]
-        for x, y in zip(inputs.split(sizes, 1), targets.split(sizes, 1), strict=True):
-            out = self._linear_heads(head, x)
+        params = self.layout.views(segment, part)
+        other = {"body": "head", "head": "body"}.get(part)
+        if other and stage == "full":  # the frozen part takes part in the forward pass
+            params |= self.layout.views(self.params[rows, self.layout.part(other)], other)
+        sizes = batches[0].sizes
+        for x, y in zip(x_all.split(sizes, 1), y_all.split(sizes, 1), strict=True):
+            out = stacked.model_forward(self.model, params, x, stage)
             losses = self.loss(out.flatten(0, 1), y.flatten(), reduction="none")
-            (grad,) = torch.autograd.grad(losses.view(len(members), -1).mean(1).sum(), head)
+            (grad,) = torch.autograd.grad(losses.view(len(members), -1).mean(1).sum(), segment)
             with torch.no_grad():
-                self._apply(head, velocity, grad, rule)
-        self.params[rows, cols] = head.detach()
+                self._apply(segment, velocity, grad, rule)
+        self.params[rows, cols] = segment.detach()
         self.momentum[rows, cols] = velocity
-
-    def _linear_heads(self, head: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Each worker's linear head (rows of `head`) on its features x (G, batch, features)."""
-        weight = head[:, self._head_weight].view(len(head), *self._head_weight_shape)
-        out = torch.bmm(x, weight.transpose(1, 2))
-        if self._head_bias is not None:
-            out = out + head[:, self._head_bias].unsqueeze(1)
-        return out.squeeze(-1) if self.model.squeeze_output else out
 
     @staticmethod
     def _apply(

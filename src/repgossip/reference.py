@@ -70,7 +70,7 @@ class ReferenceSimulation:
                 gen = worker_generator(cfg.seed, worker_id, round_index, phase_index)
                 batches = batch_schedule(
                     len(worker.dataset), cfg.batch_size, budget(cfg, phase.budget), gen
-                )
+                ).batches()
                 rule = step_rule(cfg, phase.part, round_index)
                 worker.train(phase.part, batches, rule.lr, rule.momentum, rule.weight_decay)
         if self.exp.algorithm.shared is not None:
