@@ -7,6 +7,7 @@ the distributed engine's bitwise equality with the one-process engine relies on 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -137,3 +138,16 @@ def test_layout_views_keep_leading_dimensions():
     views = pop.layout.views(block, "head")
     assert views["head.weight"].shape == (len(pop), 3, 6)
     assert torch.equal(views["head.bias"][2], pop.layout.views(pop.params[2])["head.bias"])
+
+
+@pytest.mark.parametrize("model_name", ["linear", "mlp"])
+def test_stacked_evaluation_equals_the_worker_by_worker_loop(model_name):
+    fast = population(model_name)
+    a_round(fast, 0)
+    stats = fast.evaluate()
+    fast.stack_model = False
+    plain = fast.evaluate()
+    assert stats.keys() == plain.keys()
+    for key in stats:
+        np.testing.assert_allclose(stats[key], plain[key], rtol=1e-5, atol=1e-7)
+    assert stats["count"].tolist() == [12, 12, 9, 12, 9, 12]

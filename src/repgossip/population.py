@@ -25,7 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import queue
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -355,22 +355,28 @@ class Population:
             inputs = dict(zip(chosen, features, strict=True))
         else:
             inputs = {local: self.train_x[local] for local in chosen}
-        groups: dict[int, list[int]] = {}
-        for local in chosen:
-            groups.setdefault(len(self.train_y[local]), []).append(local)
-        chunks = [
-            chunk.tolist()
-            for members in groups.values()
-            for chunk in np.array_split(members, min(threads, -(-len(members) // STACK_CHUNK)))
-        ]
         self._each(
-            chunks,
+            self._stacks(chosen, lambda local: len(self.train_y[local]), threads),
             lambda _, members: self._train_group(
                 members, part, stage, [inputs[m] for m in members], [batches[m] for m in members],
                 rule,
             ),
             threads,
         )  # fmt: skip
+
+    def _stacks(
+        self, chosen: list[int], shape: Callable[[int], Hashable], threads: int
+    ) -> list[list[int]]:
+        """Workers of equal `shape(local)` (sample counts) stack; each such group is cut into
+        chunks of at least STACK_CHUNK workers, at most one per thread."""
+        groups: dict[Hashable, list[int]] = {}
+        for local in chosen:
+            groups.setdefault(shape(local), []).append(local)
+        return [
+            chunk.tolist()
+            for members in groups.values()
+            for chunk in np.array_split(members, min(threads, -(-len(members) // STACK_CHUNK)))
+        ]
 
     def _train_group(
         self,
@@ -419,13 +425,42 @@ class Population:
     @torch.no_grad()
     def evaluate(self) -> dict[str, np.ndarray]:
         """Per-worker statistics of each worker's own model on its own train and test splits."""
+        everyone = list(range(len(self)))
         with self._one_thread_per_worker() as threads:
-            rows = self._each(list(range(len(self))), self._evaluate_worker, threads)
+            if self.stack_model:
+                sizes = lambda local: (len(self.train_y[local]), len(self.test_y[local]))  # noqa: E731
+                stacks = self._stacks(everyone, sizes, threads)
+                done = self._each(stacks, lambda _, members: self._evaluate_stack(members), threads)
+                by_worker = {m: r for members, rs in zip(stacks, done, strict=True)
+                             for m, r in zip(members, rs, strict=True)}  # fmt: skip
+                rows = [by_worker[local] for local in everyone]
+            else:
+                rows = self._each(everyone, self._evaluate_worker, threads)
         keys = ("test_loss", "train_loss", "correct", "count")
         stats = {k: [r[i] for r in rows] for i, k in enumerate(keys)}
         if self.regression:
             stats["correct"] = []
         return {k: np.asarray(v, dtype=np.float64) for k, v in stats.items()}
+
+    def _evaluate_stack(self, members: list[int]) -> list[tuple[float, float, int, int]]:
+        """_evaluate_worker for workers of equal train and test sizes, as one stacked forward."""
+        rows = torch.tensor(members, device=self.params.device)
+        params = self.layout.views(self.params[rows])
+        stats = []
+        for xs, ys in ((self.test_x, self.test_y), (self.train_x, self.train_y)):
+            x, y = torch.stack([xs[m] for m in members]), torch.stack([ys[m] for m in members])
+            out = stacked.model_forward(self.model, params, x, "full")
+            losses = self.loss(out.flatten(0, 1), y.flatten(), reduction="none")
+            stats.append((losses.view(y.shape).mean(1), out, y))
+        (test_loss, test_out, test_y), (train_loss, _, _) = stats
+        correct = [0] * len(members)
+        if not self.regression:
+            correct = (test_out.argmax(-1) == test_y).sum(1).tolist()
+        count = test_y.shape[1]
+        return [
+            (test, train, c, count)
+            for test, train, c in zip(test_loss.tolist(), train_loss.tolist(), correct, strict=True)
+        ]
 
     def _evaluate_worker(self, scratch: _Scratch, local: int) -> tuple[float, float, int, int]:
         row = self.params[local]
