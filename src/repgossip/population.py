@@ -391,10 +391,9 @@ class Population:
         device = self.params.device
         rows = torch.tensor(members, device=device)
         cols = self.layout.part(part)
-        order = torch.stack([b.order for b in batches]).to(device)
+        order = torch.stack([b.order for b in batches]).to(device)  # (G, samples of the phase)
         every = torch.arange(len(members), device=device)[:, None]
-        x_all = torch.stack(inputs)[every, order]  # (G, samples of the phase, ...)
-        y_all = torch.stack([self.train_y[m] for m in members])[every, order]
+        x_pool, y_pool = torch.stack(inputs), torch.stack([self.train_y[m] for m in members])
         segment = self.params[rows, cols].requires_grad_()  # a copy: a leaf updated in place
         velocity = self.momentum[rows, cols]
         params = self.layout.views(segment, part)
@@ -402,7 +401,8 @@ class Population:
         if other and stage == "full":  # the frozen part takes part in the forward pass
             params |= self.layout.views(self.params[rows, self.layout.part(other)], other)
         sizes = batches[0].sizes
-        for x, y in zip(x_all.split(sizes, 1), y_all.split(sizes, 1), strict=True):
+        for idx in order.split(sizes, 1):
+            x, y = x_pool[every, idx], y_pool[every, idx]
             out = stacked.model_forward(self.model, params, x, stage)
             losses = self.loss(out.flatten(0, 1), y.flatten(), reduction="none")
             (grad,) = torch.autograd.grad(losses.view(len(members), -1).mean(1).sum(), segment)
