@@ -3,36 +3,21 @@
     python benchmarks/goal.py [--rounds-measured 9] [--threads 2 1] [--repeats 1] [--out FILE.jsonl]
 
 Each (threads, repeat) is its own `python -m repgossip bench ... --reference` process, run one after
-the other (never side by side: they would time each other). The raw JSON lines go to --out, so the
-table in docs/performance.md can be checked against them.
+the other. The raw JSON lines go to --out, so the table in docs/performance.md can be checked
+against them.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 from pathlib import Path
+
+from common import bench, header, row, save
 
 GOAL = ["workers=32", "samples_per_worker=200", "partition=shards", "classes_per_worker=2",
         "topology=ring", "batch_size=16", "head_epochs=3", "body_epochs=1"]  # fmt: skip
 COLUMNS = ("threads", "s_per_round", "bound_s", "ratio", "reference_s_per_round", "speedup",
            "samples_per_s", "peak_rss_mb", "bound_batch", "bound_threads")  # fmt: skip
-
-
-def bench(threads: int, rounds: int) -> dict:
-    argv = [sys.executable, "-m", "repgossip", "bench", "--set", *GOAL, "--reference",
-            "--rounds-measured", str(rounds), "--threads", str(threads)]  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout)
-
-
-def row(result: dict) -> str:
-    cells = [
-        f"{result[c]:.3g}" if isinstance(result[c], float) else str(result[c]) for c in COLUMNS
-    ]
-    return "| " + " | ".join(cells) + " |"
 
 
 def main() -> None:
@@ -42,15 +27,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", type=Path, help="append the raw JSON lines here")
     args = parser.parse_args()
-    print("| " + " | ".join(COLUMNS) + " |")
-    print("|" + "---|" * len(COLUMNS))
+    print(header(COLUMNS))
     for _ in range(args.repeats):
         for threads in args.threads:
-            result = bench(threads, args.rounds_measured)
-            if args.out:
-                with open(args.out, "a") as handle:
-                    handle.write(json.dumps(result) + "\n")
-            print(row(result), flush=True)
+            result = bench("--set", *GOAL, "--reference", "--rounds-measured",
+                           str(args.rounds_measured), "--threads", str(threads))  # fmt: skip
+            save(result, args.out)
+            print(row(result, COLUMNS), flush=True)
 
 
 if __name__ == "__main__":

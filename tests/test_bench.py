@@ -26,7 +26,7 @@ from repgossip.run import build_experiment, train_round
 
 TINY = ["dataset=synthetic", "workers=4", "samples_per_worker=16", "batch_size=8"]
 KEYS = {"s_per_round", "bound_s", "ratio", "samples_per_s", "peak_rss_mb", "config",
-        "reference_s_per_round", "speedup"}  # fmt: skip
+        "reference_s_per_round", "speedup", "model_params", "data_mb"}  # fmt: skip
 RULE = StepRule(lr=0.05, momentum=0.9, weight_decay=1e-3)
 
 
@@ -45,6 +45,9 @@ def test_bench_prints_one_json_object_with_the_keys():
     assert set(result) >= KEYS
     assert result["ratio"] == pytest.approx(result["s_per_round"] / result["bound_s"])
     assert result["config"]["workers"] == 4 and result["rounds_measured"] == 2
+    assert result["model_params"] == 20 * 2 + 2  # the linear model: body d x k, head k
+    # 4 workers x (16 train + 16 test samples) x (20 features + 1 label) in float32
+    assert result["data_mb"] == pytest.approx(4 * (16 + 16) * (20 + 1) * 4 / 2**20, abs=1e-4)
     assert all(result[k] > 0 for k in ("s_per_round", "bound_s", "samples_per_s", "speedup"))
 
 

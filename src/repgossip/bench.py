@@ -210,6 +210,13 @@ def _reference(exp: Experiment):
     return ref
 
 
+def data_bytes(exp: Experiment) -> int:
+    """Bytes of this process's workers' train and test tensors."""
+    pop = exp.population
+    tensors = (t for ts in (pop.train_x, pop.train_y, pop.test_x, pop.test_y) for t in ts)
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def report(
     exp: Experiment,
     rounds: list[float],
@@ -225,6 +232,8 @@ def report(
         "ratio": s_per_round / bound_s,
         "samples_per_s": samples_per_round(exp) / s_per_round,
         "peak_rss_mb": round(rss, 1),
+        "model_params": exp.population.layout.size,
+        "data_mb": round(data_bytes(exp) / 2**20, 4),
         "rounds_measured": len(rounds),
         "round_s": [round(t, 4) for t in rounds],
         "bound_round_s": [round(t, 4) for t in bounds],
