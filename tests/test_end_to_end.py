@@ -3,6 +3,7 @@ from more workers, and beats a single shared model on heterogeneous Fashion-MNIS
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,15 @@ def test_deprl_beats_a_single_shared_model_on_fmnist_shards(tmp_path):
     assert deprl["test_acc_mean"] > dpsgd["test_acc_mean"] + 0.05
     assert deprl["test_acc_mean"] > 0.9
     assert len(deprl["per_worker_acc"]) == 8
+
+
+def test_thousands_of_workers_in_one_process(tmp_path):
+    """3,000 synthetic workers through the whole run loop: sparse graph, stacked training."""
+    workers, rounds = 3000, 2
+    cfg = build_config({}, {"dataset": "synthetic", "workers": str(workers), "rounds": str(rounds)})
+    summary = run(cfg, tmp_path / "run", progress=False)
+    assert summary["rounds"] == rounds
+    assert summary["spectral_gap"] == pytest.approx(2 / 3 * (1 - math.cos(2 * math.pi / workers)))
+    body = cfg.dim * cfg.rank
+    assert summary["bytes_sent"] == rounds * 2 * workers * body * 4  # a ring: two neighbours each
+    assert len(summary["per_worker_test_loss"]) == workers

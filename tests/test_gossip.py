@@ -85,3 +85,23 @@ def test_dropped_workers_keep_their_block_and_lose_their_links():
         assert not adj[out].any() and not adj[:, out].any()
         np.testing.assert_array_equal(np.diag(weights)[out], 1.0)
         np.testing.assert_allclose(weights.sum(1), 1, atol=1e-12)
+
+
+def test_round_plans_of_many_workers_take_memory_linear_in_the_edges():
+    # 30,000 workers: a dense N x N float64 matrix would be 7.2 GB; the sparse plan is a few MB.
+    import tracemalloc
+
+    from repgossip.topology import build_graph
+
+    tracemalloc.start()
+    try:
+        graph = build_graph("ring", 30_000)
+        schedule = GossipSchedule(graph, "metropolis", 0.3, 0.1, seed=4)
+        plans = [schedule.round_plan(r) for r in range(2)]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * 2**20
+    for plan in plans:
+        assert plan.slots.index.shape == (30_000, 3)
+        assert 0 < plan.graph.num_edges < 30_000 * 0.7 * 0.9 + 1000
