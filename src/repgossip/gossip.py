@@ -33,12 +33,8 @@ class Slots:
     @classmethod
     def from_mixing(cls, mixing: Mixing) -> Slots:
         """Each row's entries (self and neighbours) sorted by column, padded to the widest row."""
-        graph = mixing.graph
-        n, i, j = graph.workers, graph.edges[:, 0], graph.edges[:, 1]
-        nodes = np.arange(n)
-        rows = np.concatenate([i, j, nodes])
-        cols = np.concatenate([j, i, nodes])
-        values = np.concatenate([mixing.edge_weights, mixing.edge_weights, mixing.self_weights])
+        n, nodes = mixing.graph.workers, np.arange(mixing.graph.workers)
+        rows, cols, values = mixing.entries()
         order = np.lexsort((cols, rows))
         rows, cols, values = rows[order], cols[order], values[order]
         counts = np.bincount(rows, minlength=n)

@@ -10,8 +10,9 @@ Local training (docs/performance.md has the measurements behind each choice):
 - on CPU, workers run side by side on the available threads, each with single-threaded kernels:
   a batch of 16 is too small to split across cores, a worker is not;
 - a small module (the head, or a whole small model such as the synthetic task's) trains all
-  workers' steps at once: one vmapped forward and backward over the workers' stacked parameter
-  rows; the head does so on features its frozen body computes once per round.
+  workers' steps at once: one batched forward and backward over the workers' stacked parameter
+  rows (repgossip.stacked); a head alone does so on features its frozen body computes once per
+  round.
 Every worker's numbers are computed by the same single-threaded kernels on its own data, so they do
 not depend on the thread count or on which other workers this process holds.
 
@@ -340,8 +341,11 @@ class Population:
 
         Why: a step of a small module is mostly Python and autograd overhead when done worker by
         worker. Workers with the same number of samples have batches of the same sizes, so each
-        such group steps together, cut into one chunk per thread. A worker's numbers do not depend
-        on which other workers share its chunk (tests/test_bench.py).
+        such group steps together, cut into at most one chunk per thread. A worker's numbers do not
+        depend on which other workers share its chunk (tests/test_stacked.py).
+
+        A model stacked whole recomputes its small body at every head step, stacked, rather than
+        computing features worker by worker.
         """
         stage = "head" if part == "head" and not self.stack_model else "full"
         if stage == "head":  # the body is frozen: its features are the same at every step

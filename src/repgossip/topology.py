@@ -348,12 +348,17 @@ class Mixing:
     edge_weights: np.ndarray  # (E,) float64
     self_weights: np.ndarray  # (N,) float64
 
-    def sparse(self) -> sp.csr_array:
+    def entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """W's nonzero entries as (rows, cols, values): each edge both ways, then the diagonal."""
         i, j = self.graph.edges[:, 0], self.graph.edges[:, 1]
         nodes = np.arange(self.graph.workers)
         rows = np.concatenate([i, j, nodes])
         cols = np.concatenate([j, i, nodes])
         values = np.concatenate([self.edge_weights, self.edge_weights, self.self_weights])
+        return rows, cols, values
+
+    def sparse(self) -> sp.csr_array:
+        rows, cols, values = self.entries()
         return sp.csr_array((values, (rows, cols)), shape=(self.graph.workers,) * 2)
 
     def dense(self) -> np.ndarray:
