@@ -17,8 +17,8 @@ Every worker's numbers are computed by the same single-threaded kernels on its o
 not depend on the thread count or on which other workers this process holds.
 
 Randomness is per worker and stateless: the batch order of worker w in phase p of round r comes from
-a generator seeded by (seed, w, r, p). A worker's numbers therefore do not depend on which process
-holds it or on whether the run was resumed.
+a generator seeded by (seed, w, r, p) (repgossip.streams). A worker's numbers therefore do not
+depend on which process holds it or on whether the run was resumed.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from torch import nn
 
 from repgossip import stacked
 from repgossip.models import SplitModel
+from repgossip.streams import generator, worker_seeds
 
 PARTS = ("body", "head", "all")
 FORWARD_CHUNK = 256  # samples per gradient-free forward pass: bounded activation memory
@@ -130,12 +131,6 @@ class StepRule:
     lr: float
     momentum: float = 0.0
     weight_decay: float = 0.0
-
-
-def worker_generator(seed: int, worker: int, round_index: int, phase: int) -> torch.Generator:
-    """A CPU generator owned by one worker for one phase of one round (see module docstring)."""
-    state = np.random.SeedSequence([seed, worker, round_index, phase]).generate_state(1, np.uint64)
-    return torch.Generator().manual_seed(int(state[0]) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 @dataclass(frozen=True)
@@ -249,7 +244,12 @@ class Population:
             for local, worker in enumerate(self.worker_ids)
             if active is None or worker in active
         ]
-        batches = {local: self._schedule(local, budget, round_index, phase) for local in chosen}
+        ids = np.array([self.worker_ids[local] for local in chosen], dtype=np.int64)
+        seeds = worker_seeds(self.seed, ids, round_index, phase)
+        batches = {
+            local: batch_schedule(len(self.train_y[local]), self.batch_size, budget, generator(s))
+            for local, s in zip(chosen, seeds, strict=True)
+        }
         with self._one_thread_per_worker() as threads:
             if self.stack_model or (part == "head" and self.stack_head):
                 self._train_stacked(chosen, part, batches, rule, threads)
@@ -261,10 +261,6 @@ class Population:
                     ),
                     threads,
                 )
-
-    def _schedule(self, local: int, budget: Budget, round_index: int, phase: int) -> BatchOrder:
-        gen = worker_generator(self.seed, self.worker_ids[local], round_index, phase)
-        return batch_schedule(len(self.train_y[local]), self.batch_size, budget, gen)
 
     # ------------------------------------------------------------------ worker-level parallelism
 
