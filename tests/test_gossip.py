@@ -39,13 +39,13 @@ def test_slots_mixing_equals_w_times_x_and_ignores_the_row_split(graph, cols, se
     mixing = mixing_matrix(graph, rule)
     slots, n = Slots.from_mixing(mixing), graph.workers
     dense = mixing.dense()
-    for i in range(n):  # each row: its nonzeros, ascending, then padding (self, weight 0)
+    assert slots.start[0] == 0 and slots.start[-1] == len(slots.index) == len(slots.weight)
+    for i in range(n):  # each row: its nonzeros, ascending, self included
         real = np.flatnonzero(dense[i])
-        assert slots.index[i, : len(real)].tolist() == real.tolist()
-        assert slots.weight[i, : len(real)].tolist() == dense[i, real].tolist()
-        assert (slots.index[i, len(real) :] == i).all() and (
-            slots.weight[i, len(real) :] == 0
-        ).all()
+        entries = slice(slots.start[i], slots.start[i + 1])
+        assert slots.index[entries].tolist() == real.tolist()
+        assert slots.weight[entries].tolist() == dense[i, real].tolist()
+        assert slots.neighbours(np.array([i])).tolist() == real.tolist()
     x = torch.randn(n, cols, generator=torch.Generator().manual_seed(seed))
     whole = mixed(slots, x, [np.arange(n)])
     torch.testing.assert_close(
@@ -57,12 +57,25 @@ def test_slots_mixing_equals_w_times_x_and_ignores_the_row_split(graph, cols, se
     assert torch.equal(mixed(slots, x, blocks), whole)  # bitwise: the process layout is invisible
 
 
-def test_slots_are_sorted_and_padded_with_self_at_zero_weight():
+def test_slots_hold_each_row_as_long_as_it_is():
     star = Graph.from_pairs(4, [(0, 1), (0, 2), (0, 3)])  # worker 0 has 3 neighbours, others 1
     slots = Slots.from_mixing(mixing_matrix(star))
-    assert slots.index.shape == (4, 4)
-    assert slots.index[0].tolist() == [0, 1, 2, 3]
-    assert slots.index[2].tolist() == [0, 2, 2, 2] and slots.weight[2, 2:].tolist() == [0.0, 0.0]
+    assert slots.start.tolist() == [0, 4, 6, 8, 10]
+    assert slots.index.tolist() == [0, 1, 2, 3, 0, 1, 0, 2, 0, 3]
+    assert slots.counts(np.array([2, 0])).tolist() == [2, 4]
+    assert slots.neighbours(np.array([1, 2])).tolist() == [0, 1, 2]
+
+
+def test_a_hub_of_thousands_mixes_in_memory_linear_in_the_edges():
+    hub = Graph.from_pairs(5000, [(0, leaf) for leaf in range(1, 5000)])
+    mixing = mixing_matrix(hub)
+    slots = Slots.from_mixing(mixing)
+    assert len(slots.index) == 5000 + 2 * 4999  # padded rows would hold 5000 x 5000
+    x = torch.randn(5000, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out = torch.empty_like(x)
+    mix_rows(np.arange(5000), slots, lambda ids: x[torch.from_numpy(ids)], out)
+    expected = torch.from_numpy(mixing.sparse() @ x.numpy())
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_schedule_is_static_without_failures_and_seeded_with_them():
@@ -103,5 +116,5 @@ def test_round_plans_of_many_workers_take_memory_linear_in_the_edges():
         tracemalloc.stop()
     assert peak < 40 * 2**20
     for plan in plans:
-        assert plan.slots.index.shape == (30_000, 3)
+        assert (plan.slots.counts(np.arange(30_000)) <= 3).all()
         assert 0 < plan.graph.num_edges < 30_000 * 0.7 * 0.9 + 1000

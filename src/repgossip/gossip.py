@@ -21,30 +21,30 @@ ROWS_PER_CHUNK_ELEMENTS = 1 << 24  # bound the temporary memory of a mixing step
 
 @dataclass(frozen=True)
 class Slots:
-    """W as padded neighbour lists: row i mixes x[index[i, k]] with weight[i, k], k ascending.
-
-    Rows with fewer neighbours are padded with (i, 0.0); adding 0.0 * x_i changes no bit of a finite
-    sum, so padding never changes results.
+    """W row by row: row i mixes x[index[k]] with weight[k] for k in start[i] .. start[i+1] - 1,
+    its self and its neighbours in ascending order. Memory O(N + E) whatever the degrees: a star's
+    hub has N entries, its leaves two each.
     """
 
-    index: np.ndarray  # (N, K) int64, ascending along k for the real entries
-    weight: np.ndarray  # (N, K) float64
+    start: np.ndarray  # (N + 1,) int64: where each row's entries begin
+    index: np.ndarray  # (nnz,) int64
+    weight: np.ndarray  # (nnz,) float64
 
     @classmethod
     def from_mixing(cls, mixing: Mixing) -> Slots:
-        """Each row's entries (self and neighbours) sorted by column, padded to the widest row."""
-        n, nodes = mixing.graph.workers, np.arange(mixing.graph.workers)
         rows, cols, values = mixing.entries()
         order = np.lexsort((cols, rows))
-        rows, cols, values = rows[order], cols[order], values[order]
-        counts = np.bincount(rows, minlength=n)
-        first = np.cumsum(counts) - counts
-        position = np.arange(len(rows)) - first[rows]
-        index = np.repeat(nodes[:, None], counts.max(), axis=1)
-        weight = np.zeros(index.shape)
-        index[rows, position] = cols
-        weight[rows, position] = values
-        return cls(index, weight)
+        counts = np.bincount(rows, minlength=mixing.graph.workers)
+        return cls(np.concatenate([[0], np.cumsum(counts)]), cols[order], values[order])
+
+    def counts(self, rows: np.ndarray) -> np.ndarray:
+        return self.start[rows + 1] - self.start[rows]
+
+    def neighbours(self, rows: np.ndarray) -> np.ndarray:
+        """The workers whose blocks `rows` mix (themselves included), sorted, once each."""
+        counts = self.counts(rows)
+        first = np.repeat(self.start[rows] - (np.cumsum(counts) - counts), counts)
+        return np.unique(self.index[first + np.arange(counts.sum())])
 
 
 @dataclass(frozen=True)
@@ -107,19 +107,27 @@ class GossipSchedule:
 def mix_rows(
     rows: np.ndarray, slots: Slots, fetch: Callable[[np.ndarray], torch.Tensor], out: torch.Tensor
 ) -> None:
-    """out[r] = sum_k weight[rows[r], k] * fetch(index[rows[r], k]) in slot order, exactly rounded.
+    """out[r] = sum_k weight_k * fetch(index_k) over row rows[r]'s entries in order, exactly rounded.
 
     `fetch(ids)` returns the shared blocks of workers `ids` as a (len(ids), P) tensor; the engine
-    decides where they come from (its own memory, or buffers received from other ranks).
+    decides where they come from (its own memory, or buffers received from other ranks). Rows are
+    taken longest first, so the k-th term of every row that has one is one prefix of the rows.
     """
     if len(rows) == 0:
         return
-    step = max(1, ROWS_PER_CHUNK_ELEMENTS // max(1, out.shape[1]))
-    weight = torch.as_tensor(slots.weight[rows], dtype=out.dtype, device=out.device)
-    for start in range(0, len(rows), step):
-        chunk = slice(start, start + step)
-        index = slots.index[rows[chunk]]
-        acc = fetch(index[:, 0]) * weight[chunk, 0:1]
-        for k in range(1, index.shape[1]):
-            acc.add_(fetch(index[:, k]) * weight[chunk, k : k + 1])
-        out[chunk].copy_(acc)
+    rows_per_chunk = max(1, ROWS_PER_CHUNK_ELEMENTS // max(1, out.shape[1]))
+    counts = slots.counts(rows)
+    by_length = np.argsort(-counts, kind="stable")
+    for begin in range(0, len(rows), rows_per_chunk):
+        chosen = by_length[begin : begin + rows_per_chunk]
+        first, length = slots.start[rows[chosen]], counts[chosen]
+        acc = fetch(slots.index[first]) * _weights(slots, first, out)
+        for k in range(1, int(length[0])):
+            have = int(np.searchsorted(-length, -k))  # rows with more than k entries
+            at = first[:have] + k
+            acc[:have].add_(fetch(slots.index[at]) * _weights(slots, at, out))
+        out[torch.from_numpy(chosen).to(out.device)] = acc
+
+
+def _weights(slots: Slots, at: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(slots.weight[at], dtype=like.dtype, device=like.device).unsqueeze(1)

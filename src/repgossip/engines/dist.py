@@ -70,21 +70,16 @@ class DistEngine(Engine):
         """For each other rank q: (my workers q needs, q's workers I need). W is symmetric, so the
         two sides compute matching lists without asking each other."""
         mine = self.local_workers()
-        needed_by_me = self._neighbours(plan, mine)
+        needed_by_me = plan.slots.neighbours(mine)
         peers = {}
         for q in range(self.world):
             if q == self.rank:
                 continue
             recv = needed_by_me[self.owner[needed_by_me] == q]
-            send = np.intersect1d(self._neighbours(plan, self.blocks[q]), mine)
+            send = np.intersect1d(plan.slots.neighbours(self.blocks[q]), mine)
             if len(recv) or len(send):
                 peers[q] = (send, recv)
         return peers
-
-    @staticmethod
-    def _neighbours(plan: RoundPlan, rows: np.ndarray) -> np.ndarray:
-        index, weight = plan.slots.index[rows], plan.slots.weight[rows]
-        return np.unique(index[weight != 0])
 
     def _fetcher(self, before: torch.Tensor, plan: RoundPlan):
         mine = self.local_workers()
