@@ -124,6 +124,10 @@ BAD_INPUTS = [
         _run("topology=erdos_renyi", "edge_prob=0.001", "workers=40"), id="graph-never-connected"
     ),
     pytest.param(
+        _run("algorithm=fedavg", "dataset=synthetic", "workers=200000"),
+        id="graph-too-big-for-memory",
+    ),
+    pytest.param(
         Bad(("run", "--quiet", "--set", "workers=70000", "rounds=1", "samples_per_worker=none")),
         id="more-workers-than-samples",
         marks=no_fmnist,
@@ -223,6 +227,7 @@ NEEDLES = {
     "edge-list-malformed": ("garbled.txt", "line 2"),
     "dropout-1": ("worker_dropout_prob", "1"),
     "graph-never-connected": ("edge_prob", "0.001"),
+    "graph-too-big-for-memory": ("'complete'", "200000", "GiB", "sparser"),
     "more-workers-than-samples": ("70000",),
 }
 

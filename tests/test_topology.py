@@ -478,3 +478,19 @@ def test_describe_max_degree_and_errors() -> None:
     assert (info["min_degree"], info["max_degree"], info["edges"]) == (1, 4, 4)
     with pytest.raises(UsageError):
         describe("star", 5, mixing="nope")
+
+
+@pytest.mark.parametrize(
+    ("name", "workers", "edge_prob"), [("complete", 200_000, 0.3), ("erdos_renyi", 300_000, 0.5)]
+)
+def test_a_graph_too_big_for_memory_is_refused_before_it_is_built(name, workers, edge_prob):
+    with pytest.raises(UsageError, match=r"links; planning gossip over them needs") as exc:
+        build_graph(name, workers, edge_prob=edge_prob)
+    assert "sparser graph" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_the_memory_check_uses_this_machines_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(topology, "_physical_memory_bytes", lambda: 1_000_000)
+    with pytest.raises(UsageError, match="more than this machine's"):
+        build_graph("complete", 200)  # 19,900 links x 150 bytes > 1 MB
+    assert build_graph("ring", 200).num_edges == 200  # sparse topologies are never refused

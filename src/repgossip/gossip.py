@@ -33,8 +33,9 @@ class Slots:
     @classmethod
     def from_mixing(cls, mixing: Mixing) -> Slots:
         rows, cols, values = mixing.entries()
-        order = np.lexsort((cols, rows))
-        counts = np.bincount(rows, minlength=mixing.graph.workers)
+        n = mixing.graph.workers
+        order = np.argsort(rows * n + cols, kind="stable")  # by row, then column
+        counts = np.bincount(rows, minlength=n)
         return cls(np.concatenate([[0], np.cumsum(counts)]), cols[order], values[order])
 
     def counts(self, rows: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,9 @@ DENSE_SPECTRUM_LIMIT = 2048
 # does not, and its gap is reported as unknown rather than waiting minutes.
 _LANCZOS_VECTORS = 64
 _LANCZOS_RESTARTS = 100
+# Peak bytes per link of building a graph and its gossip plan (edge list, sort keys, W, slots):
+# 145-147 measured for complete and erdos_renyi graphs of 3,000 workers.
+PLAN_BYTES_PER_LINK = 150
 
 
 def _valid_topologies() -> str:
@@ -136,7 +140,8 @@ class Graph:
         """Any node pairs: both orders count as one edge, duplicates and self-loops are dropped."""
         p = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
         low, high = p.min(axis=1), p.max(axis=1)
-        keys = np.unique(low[low != high] * workers + high[low != high])
+        keys = np.sort(low[low != high] * workers + high[low != high])
+        keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if keys.size else keys
         return cls(workers, np.stack(np.divmod(keys, workers), axis=1), cayley)
 
     @classmethod
@@ -310,6 +315,7 @@ def build_graph(name: str, workers: int, *, edge_prob: float = 0.3, seed: int = 
     workers = _check_workers(workers)
     seed = _check_nonneg_int("seed", seed)
     name = str(name)
+    _check_fits_in_memory(name, workers, edge_prob)
     builders = {
         "ring": _ring,
         "torus": _torus,
@@ -329,6 +335,35 @@ def build_graph(name: str, workers: int, *, edge_prob: float = 0.3, seed: int = 
             "gossip needs a connected graph"
         )
     return graph
+
+
+def _expected_links(name: str, workers: int, edge_prob: float) -> float:
+    """Links a named topology will have (in expectation for erdos_renyi); 0 for edge-list files,
+    whose size the file itself bounds."""
+    pairs = workers * (workers - 1) / 2
+    if name == "complete":
+        return pairs
+    if name == "erdos_renyi" and _is_real(edge_prob):
+        return float(edge_prob) * pairs
+    return 0.0  # ring, torus, exponential, star: O(N log N) at most
+
+
+def _physical_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_fits_in_memory(name: str, workers: int, edge_prob: float) -> None:
+    """Refuse in one line a graph whose gossip plan cannot fit in this machine's memory, rather
+    than letting the operating system kill the run partway through building it."""
+    need = _expected_links(name, workers, edge_prob) * PLAN_BYTES_PER_LINK
+    have = _physical_memory_bytes()
+    if need > have:
+        raise UsageError(
+            f"topology {name!r} with {workers} workers has ~{need / PLAN_BYTES_PER_LINK:,.0f} "
+            f"links; planning gossip over them needs ~{need / 2**30:,.1f} GiB, more than this "
+            f"machine's {have / 2**30:,.1f} GiB; use a sparser graph (ring, torus, exponential, "
+            "or erdos_renyi with a smaller edge_prob)"
+        )
 
 
 def is_connected(graph: Graph) -> bool:
