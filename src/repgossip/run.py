@@ -78,8 +78,9 @@ def build_experiment(cfg: Config, engine: Engine | None = None) -> Experiment:
     """Data, model, graph and this process's workers; all workers start from one initialisation."""
     engine = engine or Engine(cfg.workers)
     algorithm = get_algorithm(cfg.algorithm)
-    federation = build_federation(cfg)
+    # the graph first: it is cheaper than the data, and may be refused (too big, disconnected)
     graph = build_graph(cfg.topology, cfg.workers, edge_prob=cfg.edge_prob, seed=cfg.seed)
+    federation = build_federation(cfg)
     schedule = GossipSchedule(
         graph, cfg.mixing, cfg.link_failure_prob, cfg.worker_dropout_prob, cfg.seed
     )
