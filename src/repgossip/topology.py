@@ -170,11 +170,14 @@ class Graph:
         a[self.edges[:, 0], self.edges[:, 1]] = a[self.edges[:, 1], self.edges[:, 0]] = True
         return a
 
-    def sparse_adjacency(self) -> sp.csr_array:
+    def both_ways(self) -> tuple[np.ndarray, np.ndarray]:
+        """(sources, targets): every edge in both directions, (i, j) ones first."""
         i, j = self.edges[:, 0], self.edges[:, 1]
+        return np.concatenate([i, j]), np.concatenate([j, i])
+
+    def sparse_adjacency(self) -> sp.csr_array:
         ones = np.ones(2 * self.num_edges, dtype=np.int8)
-        shape = (self.workers, self.workers)
-        return sp.csr_array((ones, (np.concatenate([i, j]), np.concatenate([j, i]))), shape=shape)
+        return sp.csr_array((ones, self.both_ways()), shape=(self.workers, self.workers))
 
     def keep_edges(self, keep: np.ndarray) -> Graph:
         """The subgraph with the edges where `keep` (E,) is true; it loses any symmetry."""
@@ -385,10 +388,9 @@ class Mixing:
 
     def entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """W's nonzero entries as (rows, cols, values): each edge both ways, then the diagonal."""
-        i, j = self.graph.edges[:, 0], self.graph.edges[:, 1]
+        sources, targets = self.graph.both_ways()
         nodes = np.arange(self.graph.workers)
-        rows = np.concatenate([i, j, nodes])
-        cols = np.concatenate([j, i, nodes])
+        rows, cols = np.concatenate([sources, nodes]), np.concatenate([targets, nodes])
         values = np.concatenate([self.edge_weights, self.edge_weights, self.self_weights])
         return rows, cols, values
 
@@ -411,13 +413,12 @@ def mixing_matrix(graph: Graph, rule: str = "metropolis") -> Mixing:
     if rule not in MIXING_RULES:
         raise UsageError(f"unknown mixing rule {rule!r}; valid: {', '.join(MIXING_RULES)}")
     deg = graph.degrees
-    i, j = graph.edges[:, 0], graph.edges[:, 1]
     if rule == "metropolis":
-        weights = 1.0 / (1.0 + np.maximum(deg[i], deg[j]))
+        weights = 1.0 / (1.0 + np.maximum(deg[graph.edges[:, 0]], deg[graph.edges[:, 1]]))
     else:
         weights = np.full(graph.num_edges, 1.0 / (1.0 + (deg.max() if deg.size else 0)))
-    ends = np.concatenate([i, j])
-    off_diagonal = np.bincount(ends, np.concatenate([weights, weights]), minlength=graph.workers)
+    sources, _ = graph.both_ways()
+    off_diagonal = np.bincount(sources, np.concatenate([weights, weights]), minlength=graph.workers)
     return Mixing(graph, weights, 1.0 - off_diagonal)
 
 
