@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from repgossip.errors import UsageError
 from repgossip.gossip import GossipSchedule, Slots, mix_rows
 from repgossip.topology import Graph, mixing_matrix
 
@@ -118,3 +120,23 @@ def test_round_plans_of_many_workers_take_memory_linear_in_the_edges():
     for plan in plans:
         assert (plan.slots.counts(np.arange(30_000)) <= 3).all()
         assert 0 < plan.graph.num_edges < 30_000 * 0.7 * 0.9 + 1000
+
+
+def test_a_file_w_gossips_as_given_and_is_refused_with_failures_or_dropouts(tmp_path):
+    complete = Graph.from_adjacency(~np.eye(5, dtype=bool))
+    w = 0.6 * np.eye(5) + 0.1 * (~np.eye(5, dtype=bool))  # not what either rule builds
+    path = str(tmp_path / "w.npy")
+    np.save(path, w)
+    plan = GossipSchedule(complete, path, seed=1).round_plan(2)
+    np.testing.assert_array_equal(plan.mixing.dense(), w)
+    assert plan.graph == complete and plan.active.all()
+    assert plan.slots.weight.tolist() == [x for row in w for x in row]
+    for probs in ((0.1, 0.0), (0.0, 0.2), (0.5, 0.5)):
+        with pytest.raises(
+            UsageError, match=r"those need a rule \(metropolis or max_degree\)"
+        ) as e:
+            GossipSchedule(complete, path, *probs)
+        assert "\n" not in str(e.value) and path in str(e.value)
+        assert GossipSchedule(complete, "max_degree", *probs).round_plan(0).graph.workers == 5
+    with pytest.raises(UsageError, match=r"unknown mixing rule 'uniform'"):
+        GossipSchedule(complete, "uniform", 0.1)  # an unknown rule is named as such, not as a file

@@ -17,8 +17,10 @@ from repgossip.topology import (
     TOPOLOGIES,
     Graph,
     build_graph,
+    check_mixing_rule,
     describe,
     drop_links,
+    graph_from_object,
     is_connected,
     is_doubly_stochastic,
     mixing_matrix,
@@ -65,7 +67,7 @@ def _dense_gap(graph: Graph, rule: str = "metropolis") -> float:
 
 
 @settings(max_examples=150, deadline=None)
-@given(graph=symmetric_graphs(), rule=st.sampled_from(MIXING_RULES))
+@given(graph=symmetric_graphs(), rule=st.sampled_from(MIXING_RULES.names()))
 def test_mixing_is_symmetric_doubly_stochastic(graph: Graph, rule: str) -> None:
     mixing = mixing_matrix(graph, rule)
     assert is_doubly_stochastic(mixing)
@@ -105,7 +107,7 @@ def test_ring_spectral_gap_at_scale_is_exact(n: int) -> None:
 
 @pytest.mark.parametrize("name", ["ring", "torus", "exponential", "complete"])
 @pytest.mark.parametrize("n", [2, 3, 4, 6, 8, 9, 12, 16, 20, 31, 36])
-@pytest.mark.parametrize("rule", MIXING_RULES)
+@pytest.mark.parametrize("rule", MIXING_RULES.names())
 def test_symmetric_topologies_gap_from_fourier_equals_dense(name: str, n: int, rule: str) -> None:
     if name == "torus" and n in (2, 3, 31):
         return  # prime: no torus
@@ -191,7 +193,7 @@ def test_is_doubly_stochastic_rejects() -> None:
 # ---------------------------------------------------------------- named topologies
 
 
-@pytest.mark.parametrize("name", TOPOLOGIES)
+@pytest.mark.parametrize("name", TOPOLOGIES.names())
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 8, 9, 12, 16, 25, 30])
 def test_named_topologies_are_valid_and_connected(name: str, n: int) -> None:
     graph = build_graph(name, n)
@@ -494,3 +496,287 @@ def test_the_memory_check_uses_this_machines_memory(monkeypatch: pytest.MonkeyPa
     with pytest.raises(UsageError, match="more than this machine's"):
         build_graph("complete", 200)  # 19,900 links x 150 bytes > 1 MB
     assert build_graph("ring", 200).num_edges == 200  # sparse topologies are never refused
+
+
+# ---------------------------------------------------------------- adjacency files and objects
+
+# a 6-cycle with the chord 0-3: irregular, connected, and not one of the named topologies
+_CHORDED_EDGES = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 0), (0, 3)]
+
+
+def _chorded_adjacency(dtype: type = bool) -> np.ndarray:
+    adj = np.zeros((6, 6), dtype=dtype)
+    for i, j in _CHORDED_EDGES:
+        adj[i, j] = adj[j, i] = 1
+    return adj
+
+
+def _one_line_error(call, *args, match: str) -> str:
+    """The UsageError `call(*args)` raises: it must match and be one line."""
+    with pytest.raises(UsageError, match=match) as exc:
+        call(*args)
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.strip() == msg
+    return msg
+
+
+def _edge_list_graph(tmp_path) -> Graph:
+    path = tmp_path / "chorded.txt"
+    path.write_text("".join(f"{i} {j}\n" for i, j in _CHORDED_EDGES))
+    return build_graph(str(path), 6)
+
+
+@pytest.mark.parametrize("dtype", [bool, np.int8, np.float32, np.float64])
+def test_npy_and_npz_adjacency_equal_the_edge_list(tmp_path, dtype: type) -> None:
+    expected = _edge_list_graph(tmp_path)
+    weighted = _chorded_adjacency(dtype) * (3 if dtype is not bool else 1)
+    weighted = weighted.astype(dtype)
+    np.fill_diagonal(weighted, 1)  # the diagonal is ignored
+    np.save(tmp_path / "adj.npy", weighted)
+    np.savez(tmp_path / "one.npz", anything=weighted)
+    np.savez(tmp_path / "named.npz", adjacency=weighted, other=np.eye(2))
+    for name in ("adj.npy", "one.npz", "named.npz"):
+        graph = build_graph(str(tmp_path / name), 6)
+        assert graph == expected and graph.cayley is None
+        _assert_valid_graph(graph, 6)
+    assert describe(str(tmp_path / "adj.npy"), 6)["edges"] == 7
+
+
+def test_networkx_graph_and_arrays_give_the_same_graph(tmp_path) -> None:
+    nx = pytest.importorskip("networkx")
+    import torch
+
+    expected = _edge_list_graph(tmp_path)
+    g = nx.Graph(_CHORDED_EDGES)
+    assert graph_from_object(g, 6) == expected
+    assert graph_from_object(nx.MultiGraph(_CHORDED_EDGES + [(1, 0)]), None) == expected
+    assert graph_from_object(_chorded_adjacency(), 6) == expected
+    assert graph_from_object(nx.to_numpy_array(g), None) == expected
+    assert graph_from_object(torch.from_numpy(_chorded_adjacency(np.float32)), 6) == expected
+    assert graph_from_object(torch.tensor(_chorded_adjacency()), 6) == expected
+    assert graph_from_object(_chorded_adjacency(int).tolist(), 6) == expected
+    assert graph_from_object(nx.Graph([(0, 0)]), 1) == Graph.from_pairs(1, [])
+
+
+def test_graph_from_object_refusals() -> None:
+    nx = pytest.importorskip("networkx")
+    adj = _chorded_adjacency()
+    call = graph_from_object
+    _one_line_error(call, nx.Graph([("a", "b")]), None, match=r"integers 0\.\.N-1.*'a'")
+    _one_line_error(call, nx.Graph([(1, 2)]), None, match=r"0\.\.N-1.*node 2 ")
+    _one_line_error(call, nx.Graph([(0, 1.0)]), None, match=r"0\.\.N-1.*node 1\.0")
+    _one_line_error(call, nx.Graph(), None, match=r"0\.\.N-1")
+    _one_line_error(call, nx.DiGraph([(0, 1)]), None, match="directed")
+    _one_line_error(call, nx.Graph([(0, 1), (2, 3)]), None, match="disconnected")
+    _one_line_error(call, nx.Graph(_CHORDED_EDGES), 5, match=r"6 nodes but workers=5")
+    _one_line_error(call, adj, 5, match=r"6 x 6 but workers=5")
+    _one_line_error(call, adj, 0, match=r"workers must be an integer >= 1")
+    _one_line_error(call, np.triu(adj), None, match=r"not symmetric.*A == A\.T")
+    _one_line_error(call, adj.astype(complex), None, match="numbers or booleans")
+    _one_line_error(call, [[0, 1], [1]], None, match="cannot read a list")
+    _one_line_error(call, np.zeros((0, 0)), None, match=r"shape \(0, 0\)")
+    _one_line_error(call, np.eye(2)[:, :1], None, match=r"shape \(2, 1\)")
+
+
+def _bad_adjacencies() -> list:
+    adj = _chorded_adjacency(np.float64)
+    asymmetric, negative, nan, inf = adj.copy(), -adj, adj.copy(), adj.copy()
+    asymmetric[0, 2] = 1.0
+    nan[1, 4] = nan[4, 1] = np.nan
+    inf[2, 2] = np.inf
+    disconnected = np.zeros((6, 6))
+    return [
+        pytest.param(asymmetric, r"not symmetric: \(0, 2\) = 1 but \(2, 0\) = 0", id="asym"),
+        pytest.param(adj[:5, :5], r"5 x 5 but workers=6", id="wrong-n"),
+        pytest.param(adj[:, :5], r"shape \(6, 5\); it must be 6 x 6", id="not-square"),
+        pytest.param(adj[None], r"shape \(1, 6, 6\)", id="3-d"),
+        pytest.param(negative, r"negative entry -1 at \(0, 1\)", id="negative"),
+        pytest.param(nan, r"non-finite entry nan at \(1, 4\)", id="nan"),
+        pytest.param(inf, r"non-finite entry inf at \(2, 2\)", id="inf-diagonal"),
+        pytest.param(adj.astype(str), r"numbers or booleans, got dtype <U", id="strings"),
+        pytest.param(
+            disconnected, r"topology '.*adj\.npy' with 6 workers is disconnected", id="disc"
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("matrix", "match"), _bad_adjacencies())
+def test_adjacency_file_refusals(tmp_path, matrix: np.ndarray, match: str) -> None:
+    path = tmp_path / "adj.npy"
+    np.save(path, matrix)
+    msg = _one_line_error(build_graph, str(path), 6, match=match)
+    assert str(path) in msg
+
+
+def test_adjacency_file_refuses_pickles_and_ambiguous_npz(tmp_path) -> None:
+    pickled = tmp_path / "pickled.npy"
+    np.save(pickled, np.array([{"0": 1}, None], dtype=object), allow_pickle=True)
+    _one_line_error(build_graph, str(pickled), 2, match=r"allow_pickle=False")
+    text = tmp_path / "text.npy"
+    text.write_text("0 1\n")
+    _one_line_error(build_graph, str(text), 2, match=r"cannot read adjacency file .*text\.npy")
+    two = tmp_path / "two.npz"
+    np.savez(two, a=np.eye(2), b=np.eye(2))
+    _one_line_error(build_graph, str(two), 2, match=r"\['a', 'b'\].*one named 'adjacency'")
+    _one_line_error(build_graph, str(tmp_path / "missing.npy"), 2, match=r"no such file.*\.npy")
+
+
+# ---------------------------------------------------------------- mixing matrices from files
+
+
+def _w_file(tmp_path, w: np.ndarray, suffix: str = ".npy") -> str:
+    path = tmp_path / f"w{suffix}"
+    if suffix == ".npy":
+        np.save(path, w)
+    elif suffix == ".npz":
+        np.savez(path, W=w, unrelated=np.zeros(3))
+    else:
+        sep = "," if suffix == ".csv" else "  "
+        rows = "\n".join(sep.join(repr(float(x)) for x in row) + "  # a row" for row in w)
+        path.write_text(f"# W, one row per worker\n\n{rows}\n")
+    return str(path)
+
+
+@st.composite
+def connected_graphs(draw: st.DrawFn) -> Graph:
+    """A random spanning tree (each node joins an earlier one) plus random extra edges."""
+    n = draw(st.integers(min_value=1, max_value=30))
+    tree = [(i, draw(st.integers(0, i - 1))) for i in range(1, n)]
+    extra = draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=40))
+    return Graph.from_pairs(n, tree + extra)
+
+
+@settings(max_examples=80, deadline=None)
+@given(graph=connected_graphs(), rule=st.sampled_from(MIXING_RULES.names()))
+def test_a_rules_w_written_and_read_back_gives_the_same_weights(
+    tmp_path_factory: pytest.TempPathFactory, graph: Graph, rule: str
+) -> None:
+    assert is_connected(graph)
+    path = tmp_path_factory.mktemp("w") / "w.npy"
+    built = mixing_matrix(graph, rule)
+    np.save(path, built.dense())
+    read = mixing_matrix(graph, str(path))
+    assert read.graph == graph
+    assert np.array_equal(read.edge_weights, built.edge_weights)
+    assert np.array_equal(read.self_weights, built.self_weights)
+    assert read.edge_weights.dtype == read.self_weights.dtype == np.float64
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".txt", ".csv"])
+def test_mixing_file_formats_and_downstream(tmp_path, suffix: str) -> None:
+    graph = build_graph("ring", 8)  # a Cayley graph: its gap has a closed form for the rules only
+    lazy = 0.5 * np.eye(8) + 0.5 * mixing_matrix(graph).dense()  # a W no rule builds
+    path = _w_file(tmp_path, lazy, suffix)
+    check_mixing_rule(path)
+    w = mixing_matrix(graph, path)
+    np.testing.assert_allclose(w.dense(), lazy, rtol=0, atol=1e-15)
+    assert is_doubly_stochastic(w)
+    expected_gap = 1.0 - (2.0 / 3.0 + 1.0 / 3.0 * math.cos(2.0 * math.pi / 8))
+    assert spectral_gap(w) == pytest.approx(expected_gap, abs=1e-12)
+    info = describe("ring", 8, mixing=path)
+    assert info["mixing"] == path and info["doubly_stochastic"] is True
+    assert info["spectral_gap"] == pytest.approx(expected_gap, abs=1e-12)
+    assert json.loads(json.dumps(info)) == info
+
+
+def test_describe_a_file_graph_with_a_file_w(tmp_path) -> None:
+    np.save(tmp_path / "adj.npy", _chorded_adjacency())
+    graph = build_graph(str(tmp_path / "adj.npy"), 6)
+    path = _w_file(tmp_path, mixing_matrix(graph, "max_degree").dense(), ".csv")
+    info = describe(str(tmp_path / "adj.npy"), 6, mixing=path)
+    assert info == {**describe(str(tmp_path / "adj.npy"), 6, mixing="max_degree"), "mixing": path}
+
+
+def test_a_w_with_zero_weight_on_an_edge_is_supported_on_the_graph(tmp_path) -> None:
+    graph = build_graph("ring", 4)
+    w = np.eye(4) * 0.5
+    w[0, 1] = w[1, 0] = w[2, 3] = w[3, 2] = 0.5  # uses two of the four ring edges
+    mixing = mixing_matrix(graph, _w_file(tmp_path, w))
+    assert mixing.graph == graph and mixing.edge_weights.tolist() == [0.5, 0.0, 0.0, 0.5]
+    assert spectral_gap(mixing) == 0.0  # W itself splits the workers in two
+
+
+def _bad_mixings() -> list:
+    w = mixing_matrix(build_graph("ring", 5)).dense()  # 1/3 on the ring's edges and diagonal
+    asymmetric, negative, nan, not_stochastic, off_graph = (w.copy() for _ in range(5))
+    asymmetric[0, 1] += 1e-6
+    asymmetric[0, 0] -= 1e-6
+    negative[0, 1] = negative[1, 0] = -1 / 3
+    negative[0, 0] = negative[1, 1] = 1.0
+    nan[3, 3] = np.nan
+    not_stochastic[0, 0] = 0.5
+    off_graph[0, 2] = off_graph[2, 0] = 0.1
+    off_graph[0, 0] = off_graph[2, 2] = 1 / 3 - 0.1
+    return [
+        pytest.param(asymmetric, r"not symmetric: \(0, 1\).*atol 1e-09", id="asymmetric"),
+        pytest.param(np.eye(4), r"is 4 x 4 but workers=5", id="wrong-n"),
+        pytest.param(np.ones((5, 4)) / 4, r"shape \(5, 4\); it must be 5 x 5", id="not-square"),
+        pytest.param(negative, r"negative entry -0\.333333 at \(0, 1\)", id="negative"),
+        pytest.param(nan, r"non-finite entry nan at \(3, 3\)", id="nan"),
+        pytest.param(not_stochastic, r"not doubly stochastic: row 0 sums to 1\.16", id="sums"),
+        pytest.param(
+            off_graph, r"W\[0, 2\] = 0\.1 but workers 0 and 2 are not linked", id="support"
+        ),
+    ]
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".txt"])
+@pytest.mark.parametrize(("w", "match"), _bad_mixings())
+def test_mixing_file_refusals(tmp_path, w: np.ndarray, match: str, suffix: str) -> None:
+    path = _w_file(tmp_path, w, suffix)
+    msg = _one_line_error(mixing_matrix, build_graph("ring", 5), path, match=match)
+    assert msg.startswith(f"mixing matrix {path} ")
+
+
+def test_mixing_file_refuses_a_w_doubly_stochastic_only_in_rows(tmp_path) -> None:
+    w = np.array([[0.5, 0.5], [0.5, 0.5]])
+    w[0] = [0.2, 0.8]  # rows sum to 1 but it is neither symmetric nor column-stochastic
+    _one_line_error(mixing_matrix, build_graph("ring", 2), _w_file(tmp_path, w), match="symmetric")
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("0.5 0.5\n0.5 x\n", r"line 2: expected numbers.*'0\.5 x'"),
+        ("0.5 0.5\n# c\n0.5\n", r"line 3: 1 values, but the first row has 2"),
+        ("# nothing\n", r"shape \(0, 0\)"),
+    ],
+)
+def test_text_mixing_file_refusals(tmp_path, text: str, match: str) -> None:
+    path = tmp_path / "w.txt"
+    path.write_text(text)
+    _one_line_error(mixing_matrix, build_graph("ring", 2), str(path), match=match)
+
+
+def test_mixing_file_refuses_pickles_and_ambiguous_npz(tmp_path) -> None:
+    ring = build_graph("ring", 2)
+    pickled = tmp_path / "w.npy"
+    np.save(pickled, np.array([[0.5, 0.5], [0.5, None]], dtype=object), allow_pickle=True)
+    _one_line_error(mixing_matrix, ring, str(pickled), match=r"allow_pickle=False")
+    two = tmp_path / "w.npz"
+    np.savez(two, a=np.eye(2), b=np.eye(2))
+    _one_line_error(mixing_matrix, ring, str(two), match=r"exactly one array, or one named 'W'")
+
+
+def test_check_mixing_rule(tmp_path) -> None:
+    for rule in MIXING_RULES:
+        check_mixing_rule(rule)
+    valid = r"valid: metropolis, max_degree, or a path to a \.npy/\.npz/\.txt/\.csv matrix"
+    json_file = tmp_path / "w.json"
+    json_file.write_text("[[1]]")
+    cases = [
+        ("uniform", r"'uniform'; " + valid + "$"),
+        (str(json_file), r"w\.json'; " + valid + r" \(suffix '\.json' is not"),
+        (str(tmp_path / "missing.npy"), valid + r" \(no such file: '.*missing\.npy'\)"),
+        (str(tmp_path), valid),  # a directory
+        (None, r"None; " + valid),
+    ]
+    for rule, match in cases:
+        _one_line_error(check_mixing_rule, rule, match=match)
+        _one_line_error(mixing_matrix, build_graph("ring", 3), rule, match=match)
+    with open(tmp_path / "W.NPY", "wb") as f:  # np.save would append .npy to the name
+        np.save(f, np.eye(3))
+    check_mixing_rule(str(tmp_path / "W.NPY"))  # suffixes in any case
+    assert (
+        mixing_matrix(build_graph("ring", 3), tmp_path / "W.NPY").edge_weights.tolist() == [0] * 3
+    )

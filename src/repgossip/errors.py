@@ -1,11 +1,31 @@
-"""The one exception type that the CLI turns into a one-line message and exit code 2."""
+"""The exceptions a run ends with, each carrying the exit code the command line returns.
+
+The CLI catches `RepgossipError` once and prints its message in one line without a traceback, so a
+new kind of failure needs only a subclass with its code, not another `except` clause.
+"""
 
 
-class UsageError(ValueError):
+class RepgossipError(Exception):
+    """Base of every error that the CLI reports in one line; `exit_code` is what it exits with."""
+
+    exit_code = 1
+
+
+class UsageError(RepgossipError, ValueError):
     """Bad input from the user: a name, a value, a file. The message is one line that names the bad
-    value and what would be valid; the CLI prints it without a traceback."""
+    value and what would be valid; the CLI prints it without a traceback (exit code 2)."""
+
+    exit_code = 2
 
 
-class DistributedError(RuntimeError):
+class DivergenceError(RepgossipError, RuntimeError):
+    """A loss or a parameter became NaN or infinite (exit code 3); the last checkpoint is kept."""
+
+    exit_code = 3
+
+
+class DistributedError(RepgossipError, RuntimeError):
     """A peer of the distributed engine died, hung past `dist_timeout_s`, or the process group
     could not be formed. The CLI prints it in one line and exits with code 4."""
+
+    exit_code = 4

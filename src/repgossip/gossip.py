@@ -14,7 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from repgossip.topology import Graph, Mixing, mixing_matrix, round_graph
+from repgossip.errors import UsageError
+from repgossip.topology import (
+    MIXING_RULES,
+    Graph,
+    Mixing,
+    check_mixing_rule,
+    mixing_matrix,
+    round_graph,
+)
 
 ROWS_PER_CHUNK_ELEMENTS = 1 << 24  # bound the temporary memory of a mixing step (64 MiB of float32)
 
@@ -77,11 +85,24 @@ class GossipSchedule:
     ) -> None:
         self.base_graph = base_graph
         self.mixing = mixing
-        self.base_mixing = mixing_matrix(base_graph, mixing)  # W of the graph without failures
         self.link_failure_prob = link_failure_prob
         self.worker_dropout_prob = worker_dropout_prob
         self.seed = seed
+        self._check_fixed_matrix()
+        self.base_mixing = mixing_matrix(base_graph, mixing)  # W of the graph without failures
         self._static = None if self.varies else self._plan(self.base_mixing, None)
+
+    def _check_fixed_matrix(self) -> None:
+        """A W read from a file is fixed for the full graph: it has no weights for the graph left
+        after links fail or workers drop out, which only a rule can recompute each round."""
+        check_mixing_rule(self.mixing)
+        if self.varies and not (isinstance(self.mixing, str) and self.mixing in MIXING_RULES):
+            raise UsageError(
+                f"mixing {str(self.mixing)!r} is a fixed matrix for the full graph, but "
+                f"link_failure_prob={self.link_failure_prob} and worker_dropout_prob="
+                f"{self.worker_dropout_prob} change the graph every round; those need a rule "
+                "(metropolis or max_degree)"
+            )
 
     @property
     def varies(self) -> bool:

@@ -14,7 +14,10 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import pickle
 import re
+import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +27,12 @@ from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
 from repgossip.errors import UsageError
+from repgossip.registry import Registry, call_with_accepted
 
-TOPOLOGIES: tuple[str, ...] = ("ring", "torus", "erdos_renyi", "complete", "exponential", "star")
-MIXING_RULES: tuple[str, ...] = ("metropolis", "max_degree")
+# Files read as dense (N, N) matrices: an adjacency for `topology`, a mixing matrix W for `mixing`.
+ADJACENCY_SUFFIXES: tuple[str, ...] = (".npy", ".npz")
+MIXING_FILE_SUFFIXES: tuple[str, ...] = (".npy", ".npz", ".txt", ".csv")
+_SYMMETRY_ATOL = 1e-9  # tolerance of a user W's symmetry and row/column sums (float round-off)
 
 # Tags mixed into the seed sequences so that the random streams used here never coincide with
 # each other or with the streams other modules derive from the same run seed.
@@ -50,7 +56,12 @@ PLAN_BYTES_PER_LINK = 150
 
 
 def _valid_topologies() -> str:
-    return ", ".join(TOPOLOGIES) + ", or a path to an edge-list file"
+    return TOPOLOGIES.valid()
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message with its line breaks folded, to quote it inside a one-line error."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _check_workers(workers: int) -> int:
@@ -290,13 +301,18 @@ def _parse_edge_line(line: str, path: Path, lineno: int) -> tuple[int, int] | No
     return i, j
 
 
-def _edge_list(name: str, workers: int) -> Graph:
-    """Read a user-supplied graph; node count must match `workers` so no worker is silently idle."""
+def _topology_file(name: str) -> Path:
+    """The file a topology name that is not a built-in one must be; else the list of valid names."""
     path = Path(name).expanduser()
     if not path.is_file():
         raise UsageError(
             f"unknown topology {name!r}; valid: {_valid_topologies()} (no such file: {str(path)!r})"
         )
+    return path
+
+
+def _edge_list(path: Path, workers: int) -> Graph:
+    """Read a user-supplied graph; node count must match `workers` so no worker is silently idle."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -306,6 +322,15 @@ def _edge_list(name: str, workers: int) -> Graph:
     if nodes != workers:
         raise UsageError(f"edge list {path} has {nodes} nodes but workers={workers}")
     return Graph.from_pairs(workers, edges)
+
+
+# Named topologies: builders called with whichever of `workers`, `edge_prob`, `seed` they name.
+TOPOLOGIES: Registry[Callable[..., Graph]] = Registry(
+    "topology", extra="a path to an edge-list file or a .npy/.npz adjacency"
+)
+for _name, _builder in (("ring", _ring), ("torus", _torus), ("erdos_renyi", _erdos_renyi),
+                        ("complete", _complete), ("exponential", _exponential), ("star", _star)):  # fmt: skip
+    TOPOLOGIES.register(_name, _builder)
 
 
 def build_graph(name: str, workers: int, *, edge_prob: float = 0.3, seed: int = 0) -> Graph:
@@ -319,24 +344,147 @@ def build_graph(name: str, workers: int, *, edge_prob: float = 0.3, seed: int = 
     seed = _check_nonneg_int("seed", seed)
     name = str(name)
     _check_fits_in_memory(name, workers, edge_prob)
-    builders = {
-        "ring": _ring,
-        "torus": _torus,
-        "complete": _complete,
-        "exponential": _exponential,
-        "star": _star,
-    }
-    if name in builders:
-        graph = builders[name](workers)
-    elif name == "erdos_renyi":
-        graph = _erdos_renyi(workers, edge_prob, seed)
+    if name in TOPOLOGIES:
+        graph = call_with_accepted(
+            TOPOLOGIES.get(name), workers=workers, edge_prob=edge_prob, seed=seed
+        )
     else:
-        graph = _edge_list(name, workers)
+        graph = _graph_file(_topology_file(name), workers)
+    _require_connected(graph, f"topology {name!r}")
+    return graph
+
+
+def _require_connected(graph: Graph, what: str) -> None:
+    """Gossip on a disconnected graph never reaches consensus: refuse it before any training."""
     if not is_connected(graph):
         raise UsageError(
-            f"topology {name!r} with {workers} workers is disconnected; "
-            "gossip needs a connected graph"
+            f"{what} with {graph.workers} workers is disconnected; gossip needs a connected graph"
         )
+
+
+def _graph_file(path: Path, workers: int) -> Graph:
+    """A .npy/.npz file is a dense adjacency matrix; any other file is an edge list."""
+    if path.suffix.lower() in ADJACENCY_SUFFIXES:
+        source = f"adjacency file {path}"
+        return _graph_from_adjacency(_load_array(path, "adjacency", source), workers, source)
+    return _edge_list(path, workers)
+
+
+def _load_array(path: Path, key: str, source: str) -> np.ndarray:
+    """np.load without pickle (a matrix file must not be able to run code when it is read); an .npz
+    must hold one array, or name the one to use `key`, so the choice is never a guess."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            return np.asarray(loaded)
+        with loaded:
+            names = list(loaded.files)
+            chosen = names[0] if len(names) == 1 else key if key in names else None
+            if chosen is not None:
+                return np.asarray(loaded[chosen])
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
+        raise UsageError(
+            f"cannot read {source} with np.load(allow_pickle=False): {_one_line(exc)}; "
+            "save a plain numeric (N, N) array with np.save or np.savez"
+        ) from None
+    raise UsageError(
+        f"{source} holds arrays {names}; it must hold exactly one array, or one named {key!r}"
+    )
+
+
+def _check_matrix(a: np.ndarray, source: str, workers: int | None) -> np.ndarray:
+    """The checks an adjacency and a mixing matrix share: numeric, square, N = workers, finite,
+    no negative entry. Returns it as float64."""
+    if a.dtype.kind not in "biuf":
+        raise UsageError(f"{source} must hold numbers or booleans, got dtype {a.dtype}")
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.shape[0] < 1:
+        want = f"{workers} x {workers}" if workers is not None else "a square N x N (N >= 1)"
+        raise UsageError(f"{source} has shape {a.shape}; it must be {want}, one row per worker")
+    if workers is not None and len(a) != workers:
+        raise UsageError(f"{source} is {len(a)} x {len(a)} but workers={workers}")
+    a = a.astype(np.float64)
+    if not np.isfinite(a).all():
+        i, j = np.argwhere(~np.isfinite(a))[0]
+        raise UsageError(f"{source} has a non-finite entry {a[i, j]} at ({i}, {j})")
+    if (a < 0).any():
+        i, j = np.argwhere(a < 0)[0]
+        raise UsageError(f"{source} has a negative entry {a[i, j]:.6g} at ({i}, {j}); need >= 0")
+    return a
+
+
+def _asymmetry(a: np.ndarray, atol: float, source: str, needs: str) -> None:
+    """Refuse a matrix whose largest |a_ij - a_ji| exceeds `atol`, naming that pair."""
+    gap = np.abs(a - a.T)
+    i, j = np.unravel_index(np.argmax(gap), gap.shape)
+    if gap[i, j] > atol:
+        raise UsageError(
+            f"{source} is not symmetric: ({i}, {j}) = {a[i, j]:.17g} but ({j}, {i}) = "
+            f"{a[j, i]:.17g}; {needs}"
+        )
+
+
+def _graph_from_adjacency(adjacency: np.ndarray, workers: int | None, source: str) -> Graph:
+    """A validated dense adjacency: nonzero off-diagonal entries are edges, the diagonal is ignored
+    (a self-loop means nothing to gossip). Exact symmetry, since an edge is either there or not."""
+    a = _check_matrix(np.asarray(adjacency), source, workers)
+    _asymmetry(a, 0.0, source, "an undirected graph needs A == A.T")
+    return Graph.from_pairs(len(a), np.argwhere(np.triu(a != 0, k=1)))
+
+
+def _networkx_graph(g: object, workers: int | None) -> Graph:
+    """A networkx graph whose nodes are the worker ids 0..N-1 (any other labels would need a
+    mapping to workers that only the user knows); directed graphs are refused."""
+    if callable(getattr(g, "is_directed", None)) and g.is_directed():
+        raise UsageError("networkx graph is directed; gossip needs an undirected graph")
+    nodes = list(g.nodes)
+    bad = [v for v in nodes if not _is_node_id(v, len(nodes))]
+    if bad or not nodes:
+        shown = repr(bad[0]) if bad else "none"
+        raise UsageError(
+            f"networkx graph nodes must be exactly the integers 0..N-1 (N >= 1); got node {shown} "
+            f"among {len(nodes)} nodes (relabel with nx.convert_node_labels_to_integers)"
+        )
+    if workers is not None and len(nodes) != workers:
+        raise UsageError(f"networkx graph has {len(nodes)} nodes but workers={workers}")
+    edges = np.array([(int(u), int(v)) for u, v in g.edges()], dtype=np.int64)
+    return Graph.from_pairs(len(nodes), edges)
+
+
+def _is_node_id(v: object, n: int) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v < n
+
+
+def _as_array(obj: object) -> np.ndarray:
+    """A numpy view of a numpy array, a torch tensor (duck-typed: torch is not imported here) or
+    nested lists."""
+    if callable(getattr(obj, "detach", None)) and callable(getattr(obj, "cpu", None)):
+        tensor = obj.detach().cpu()
+        try:
+            return tensor.numpy()
+        except TypeError:  # bfloat16 and other dtypes numpy lacks
+            return tensor.double().numpy()
+    try:
+        return np.asarray(obj)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(
+            f"cannot read a {type(obj).__name__} as an (N, N) adjacency array: {_one_line(exc)}"
+        ) from None
+
+
+def graph_from_object(obj: object, workers: int | None) -> Graph:
+    """A graph built in Python rather than named: a networkx graph (anything with `.nodes` and
+    `.edges`, nodes 0..N-1) or a numpy/torch (N, N) adjacency, validated as a .npy adjacency file is.
+
+    Refused if disconnected, or (when `workers` is given) if it does not have `workers` nodes.
+    """
+    if workers is not None:
+        workers = _check_workers(workers)
+    if hasattr(obj, "nodes") and hasattr(obj, "edges"):
+        graph, what = _networkx_graph(obj, workers), "networkx graph"
+    else:
+        what = "adjacency array"
+        graph = _graph_from_adjacency(_as_array(obj), workers, what)
+    _require_connected(graph, what)
     return graph
 
 
@@ -403,23 +551,126 @@ class Mixing:
         return self.sparse().toarray()
 
 
+def _metropolis(graph: Graph) -> np.ndarray:
+    """W_ij = 1/(1 + max(d_i, d_j)) on each edge: needs only neighbours' degrees."""
+    deg = graph.degrees
+    return 1.0 / (1.0 + np.maximum(deg[graph.edges[:, 0]], deg[graph.edges[:, 1]]))
+
+
+def _max_degree(graph: Graph) -> np.ndarray:
+    """W_ij = 1/(1 + d_max) on each edge: uniform weights."""
+    deg = graph.degrees
+    return np.full(graph.num_edges, 1.0 / (1.0 + (deg.max() if deg.size else 0)))
+
+
+# Mixing rules: a rule gives one weight per edge (each at most 1/(1 + max degree of its ends), so
+# the diagonal, which takes the rest, stays positive and W doubly stochastic).
+MIXING_RULES: Registry[Callable[[Graph], np.ndarray]] = Registry(
+    "mixing rule", extra="a path to a .npy/.npz/.txt/.csv matrix"
+)
+MIXING_RULES.register("metropolis", _metropolis)
+MIXING_RULES.register("max_degree", _max_degree)
+
+
+def check_mixing_rule(rule: str) -> None:
+    """Refuse in one line a mixing rule that is neither a built-in rule nor an existing matrix file
+    of a known suffix; needs no graph, so a config can be checked before anything is built."""
+    if isinstance(rule, str) and rule in MIXING_RULES:
+        return
+    if not isinstance(rule, (str, os.PathLike)):
+        raise UsageError(f"unknown mixing rule {rule!r}; valid: {MIXING_RULES.valid()}")
+    path = Path(rule).expanduser()
+    if path.suffix.lower() not in MIXING_FILE_SUFFIXES:
+        why = f" (suffix {path.suffix!r} is not .npy/.npz/.txt/.csv)" if path.suffix else ""
+    elif not path.is_file():
+        why = f" (no such file: {str(path)!r})"
+    else:
+        return
+    raise UsageError(f"unknown mixing rule {str(rule)!r}; valid: {MIXING_RULES.valid()}{why}")
+
+
 def mixing_matrix(graph: Graph, rule: str = "metropolis") -> Mixing:
     """Symmetric doubly stochastic W on `graph` (weights only on edges and the diagonal).
 
     metropolis: W_ij = 1/(1 + max(d_i, d_j)) on edges; needs only neighbours' degrees, so it is
     what a real deployment can compute locally. max_degree: W_ij = 1/(1 + d_max) on edges; uniform
     weights, slower on irregular graphs. The diagonal takes the rest, which is always > 0.
+    Any other rule is a path to a user's W (see `_mixing_file`).
     """
-    if rule not in MIXING_RULES:
-        raise UsageError(f"unknown mixing rule {rule!r}; valid: {', '.join(MIXING_RULES)}")
-    deg = graph.degrees
-    if rule == "metropolis":
-        weights = 1.0 / (1.0 + np.maximum(deg[graph.edges[:, 0]], deg[graph.edges[:, 1]]))
-    else:
-        weights = np.full(graph.num_edges, 1.0 / (1.0 + (deg.max() if deg.size else 0)))
+    check_mixing_rule(rule)
+    if not (isinstance(rule, str) and rule in MIXING_RULES):
+        return _mixing_file(graph, Path(rule).expanduser())
+    weights = MIXING_RULES.get(rule)(graph)
     sources, _ = graph.both_ways()
     off_diagonal = np.bincount(sources, np.concatenate([weights, weights]), minlength=graph.workers)
     return Mixing(graph, weights, 1.0 - off_diagonal)
+
+
+def _read_text_matrix(path: Path, source: str) -> np.ndarray:
+    """Rows of numbers separated by whitespace or commas, '#' comments; errors name the line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {source}: {_one_line(exc)}") from None
+    rows: list[list[float]] = []
+    for lineno, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            row = [float(t) for t in _EDGE_SPLIT.split(text) if t]
+        except ValueError:
+            raise UsageError(
+                f"{source} line {lineno}: expected numbers separated by spaces or commas, "
+                f"got {text!r}"
+            ) from None
+        if rows and len(row) != len(rows[0]):
+            raise UsageError(
+                f"{source} line {lineno}: {len(row)} values, but the first row has {len(rows[0])}"
+            )
+        rows.append(row)
+    return np.array(rows, dtype=np.float64) if rows else np.zeros((0, 0))
+
+
+def _check_stochastic(w: np.ndarray, source: str) -> None:
+    """Rows and columns must each sum to 1, so that gossip keeps the network average."""
+    for axis, what in ((1, "row"), (0, "column")):
+        sums = w.sum(axis=axis)
+        k = int(np.argmax(np.abs(sums - 1.0)))
+        if abs(sums[k] - 1.0) > _SYMMETRY_ATOL:
+            raise UsageError(
+                f"{source} is not doubly stochastic: {what} {k} sums to {sums[k]:.17g}; every row "
+                f"and column must sum to 1 (atol {_SYMMETRY_ATOL:g})"
+            )
+
+
+def _check_support(w: np.ndarray, graph: Graph, source: str) -> None:
+    """W may be nonzero only where two workers can talk: the diagonal and the graph's edges."""
+    outside = (w != 0) & ~graph.adjacency()
+    np.fill_diagonal(outside, False)
+    if outside.any():
+        i, j = np.argwhere(outside)[0]
+        raise UsageError(
+            f"{source} has W[{i}, {j}] = {w[i, j]:.6g} but workers {i} and {j} are not linked "
+            "in the graph; W may be nonzero only on the diagonal and on the graph's edges"
+        )
+
+
+def _mixing_file(graph: Graph, path: Path) -> Mixing:
+    """A user's W from a .npy/.npz (dense) or .txt/.csv (rows) file, refused in one line unless it
+    is a symmetric doubly stochastic matrix on `graph`. Its graph keeps the edges but drops any
+    Cayley structure: the closed-form spectral gap holds for the built-in rules only."""
+    source = f"mixing matrix {path}"
+    if path.suffix.lower() in ADJACENCY_SUFFIXES:
+        raw = _load_array(path, "W", source)
+    else:
+        raw = _read_text_matrix(path, source)
+    w = _check_matrix(raw, source, graph.workers)
+    _asymmetry(w, _SYMMETRY_ATOL, source, f"W must be symmetric (atol {_SYMMETRY_ATOL:g})")
+    _check_stochastic(w, source)
+    _check_support(w, graph, source)
+    plain = Graph(graph.workers, graph.edges)
+    return Mixing(plain, w[graph.edges[:, 0], graph.edges[:, 1]], np.diagonal(w).copy())
 
 
 def spectral_gap(mixing: Mixing) -> float | None:
@@ -514,7 +765,8 @@ def describe(
     mixing: str = "metropolis",
     seed: int = 0,
 ) -> dict:
-    """JSON-able summary of a topology and its mixing matrix, for `repgossip topology` and logs."""
+    """JSON-able summary of a topology and its mixing matrix, for `repgossip topology` and logs;
+    `name` and `mixing` may be files (an edge list or adjacency, a W matrix) as everywhere else."""
     graph = build_graph(name, workers, edge_prob=edge_prob, seed=seed)
     w = mixing_matrix(graph, mixing)
     deg = graph.degrees
@@ -528,5 +780,5 @@ def describe(
         "min_degree": int(deg.min()),
         "max_degree": int(deg.max()),
         "mean_degree": float(deg.mean()),
-        "mixing": mixing,
+        "mixing": str(mixing),
     }
