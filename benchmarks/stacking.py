@@ -14,10 +14,10 @@ import argparse
 import statistics
 
 from common import header, row
+from repgossip.run import build_experiment, train_round
 
 from repgossip.bench import timed
 from repgossip.config import build_config
-from repgossip.run import build_experiment, train_round
 
 COLUMNS = ("dim", "model_params", "stacked_s", "loop_s", "loop_over_stacked")
 

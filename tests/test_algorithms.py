@@ -13,9 +13,10 @@ from repgossip.algorithms import ALGORITHMS
 from repgossip.config import build_config
 from repgossip.metrics import bytes_per_round
 from repgossip.models import build_model
-from repgossip.population import Budget, Population, StepRule, batch_schedule
-from repgossip.run import budget, build_experiment, step_rule, train_round
+from repgossip.population import Population
+from repgossip.runner import build_experiment, train_round
 from repgossip.streams import worker_generator
+from repgossip.training import Budget, StepRule, batch_schedule, budget, step_rule
 
 SYNTHETIC = dict(dataset="synthetic", workers=6, samples_per_worker=24, batch_size=8, rounds=3)
 
@@ -179,7 +180,7 @@ def test_batch_schedule_covers_each_epoch_once_and_steps_are_full():
 
 def test_the_run_loops_consensus_is_the_metrics_definition():
     from repgossip.metrics import consensus_distance
-    from repgossip.run import consensus
+    from repgossip.runner import consensus
 
     exp = experiment()
     train_round(exp, 0)

@@ -20,9 +20,10 @@ from repgossip.bench import intra_op_threads
 from repgossip.cli import main
 from repgossip.config import build_config
 from repgossip.models import build_model
-from repgossip.population import Budget, Population, StepRule
+from repgossip.population import Population
 from repgossip.reference import ReferenceSimulation
-from repgossip.run import build_experiment, train_round
+from repgossip.runner import build_experiment, train_round
+from repgossip.training import Budget, StepRule
 
 TINY = ["dataset=synthetic", "workers=4", "samples_per_worker=16", "batch_size=8"]
 KEYS = {"s_per_round", "bound_s", "ratio", "samples_per_s", "peak_rss_mb", "config",

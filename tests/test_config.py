@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from repgossip.algorithms import ALGORITHMS
 from repgossip.config import (
-    ALGORITHM_NAMES,
     KEYS,
     Config,
     build_config,
@@ -146,7 +146,7 @@ def test_explicit_model_and_lr_are_kept():
     assert (cfg.model, cfg.lr) == ("mlp", 0.3)
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHM_NAMES)
+@pytest.mark.parametrize("algorithm", ALGORITHMS.names())
 def test_momentum_default_per_algorithm(algorithm):
     cfg = _from_set(f"algorithm={algorithm}")
     assert cfg.momentum == (0.9 if algorithm == "dfedavgm" else 0.0)

@@ -5,7 +5,6 @@ failure when a rank dies or hangs, and resumption on fewer ranks or by torchrun'
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -16,46 +15,20 @@ import pytest
 
 from repgossip.config import build_config
 from repgossip.faults import RANK_FAULT_ENV
-from repgossip.run import run
+from repgossip.runner import run_experiment
+
+from launch import ENV, assert_same_numbers, summary, torchrun
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 SYNTHETIC = ["dataset=synthetic", "workers=8", "samples_per_worker=40", "rounds=4", "topology=torus",
              "checkpoint_every=1"]  # fmt: skip
 FMNIST_SMALL = ["workers=5", "samples_per_worker=40", "rounds=2", "topology=ring"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def torchrun(nproc: int, out: Path, *sets: str, launch=(), env=None, timeout=240, resume=False):
-    argv = [sys.executable, "-m", "torch.distributed.run", *(launch or ["--standalone"]),
-            "--nproc-per-node", str(nproc), "-m", "repgossip", "run", "--quiet",
-            "--set", "engine=dist", *sets, "--out", str(out)] + (["--resume"] if resume else [])  # fmt: skip
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env or ENV)
-
-
-def summary(out: Path) -> dict:
-    data = json.loads((out / "summary.json").read_text())
-    data.pop("wall_s")
-    data.pop("wire_bytes")
-    return data
 
 
 def sim_summary(tmp_path: Path, sets: list[str], name: str = "sim") -> dict:
     cfg = build_config(dict(s.split("=", 1) for s in sets))
-    run(cfg, tmp_path / name, progress=False)
+    run_experiment(cfg, tmp_path / name, progress=False)
     return summary(tmp_path / name)
-
-
-def assert_same_numbers(dist_summary: dict, sim: dict) -> None:
-    """Per-worker accuracies identical, losses equal to float rounding (in practice: bitwise)."""
-    assert dist_summary.get("per_worker_acc") == sim.get("per_worker_acc")
-    assert dist_summary["per_worker_test_loss"] == pytest.approx(
-        sim["per_worker_test_loss"], rel=1e-6
-    )
-    for key, value in sim.items():
-        if isinstance(value, float):
-            assert dist_summary[key] == pytest.approx(value, rel=1e-6, abs=1e-12), key
-        elif not isinstance(value, list):
-            assert dist_summary[key] == value, key
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 4])

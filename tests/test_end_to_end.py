@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from repgossip.config import build_config
-from repgossip.run import run
+from repgossip.runner import run_experiment
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -17,7 +17,7 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist")
 def synthetic(tmp_path, name, **overrides):
     cfg = build_config({"dataset": "synthetic", "dim": 10, "rank": 2, "head_steps": 5,
                         "lr": 0.1, "topology": "exponential", **overrides})  # fmt: skip
-    return run(cfg, tmp_path / name, progress=False)
+    return run_experiment(cfg, tmp_path / name, progress=False).summary
 
 
 def test_deprl_recovers_the_true_subspace_in_seconds(tmp_path):
@@ -41,8 +41,12 @@ def test_deprl_beats_a_single_shared_model_on_fmnist_shards(tmp_path):
     base = dict(
         workers=8, samples_per_worker=100, rounds=5, partition="shards", classes_per_worker=2
     )
-    deprl = run(build_config({**base, "algorithm": "deprl"}), tmp_path / "deprl", progress=False)
-    dpsgd = run(build_config({**base, "algorithm": "dpsgd"}), tmp_path / "dpsgd", progress=False)
+    deprl = run_experiment(
+        build_config({**base, "algorithm": "deprl"}), tmp_path / "deprl", progress=False
+    ).summary
+    dpsgd = run_experiment(
+        build_config({**base, "algorithm": "dpsgd"}), tmp_path / "dpsgd", progress=False
+    ).summary
     assert deprl["test_acc_mean"] > dpsgd["test_acc_mean"] + 0.05
     assert deprl["test_acc_mean"] > 0.9
     assert len(deprl["per_worker_acc"]) == 8
@@ -52,7 +56,7 @@ def test_thousands_of_workers_in_one_process(tmp_path):
     """3,000 synthetic workers through the whole run loop: sparse graph, stacked training."""
     workers, rounds = 3000, 2
     cfg = build_config({}, {"dataset": "synthetic", "workers": str(workers), "rounds": str(rounds)})
-    summary = run(cfg, tmp_path / "run", progress=False)
+    summary = run_experiment(cfg, tmp_path / "run", progress=False).summary
     assert summary["rounds"] == rounds
     assert summary["spectral_gap"] == pytest.approx(2 / 3 * (1 - math.cos(2 * math.pi / workers)))
     body = cfg.dim * cfg.rank

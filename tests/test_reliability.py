@@ -21,8 +21,8 @@ from repgossip.config import build_config
 from repgossip.faults import FAULT_ENV
 from repgossip.gossip import GossipSchedule, mix_rows
 from repgossip.metrics import consensus_distance
-from repgossip.run import run
 from repgossip.runfolder import CHECKPOINT_FILE
+from repgossip.runner import run_experiment
 from repgossip.topology import build_graph
 
 # Slow enough (about 0.2 s a round) to be killed mid-way, small enough for CI.
@@ -156,5 +156,5 @@ def test_deprl_still_learns_with_faults(tmp_path, faults):
     cfg = build_config({"dataset": "synthetic", "dim": 10, "rank": 2, "head_steps": 5, "body_steps": 2,
                         "lr": 0.1, "topology": "exponential", "workers": 8, "samples_per_worker": 50,
                         "batch_size": 25, "noise": 0.1, "rounds": 30, **faults})  # fmt: skip
-    summary = run(cfg, tmp_path / "run", progress=False)
+    summary = run_experiment(cfg, tmp_path / "run", progress=False).summary
     assert summary["subspace_dist"] < 0.2

@@ -15,11 +15,12 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call
 
-import repgossip.population as population_module
+import repgossip.scratch as scratch_module
 from repgossip import stacked
 from repgossip.bench import intra_op_threads
 from repgossip.models import SplitModel, build_model
-from repgossip.population import Budget, Population, StepRule, stacks_well
+from repgossip.population import Population
+from repgossip.training import Budget, StepRule, stacks_well
 
 RULE = StepRule(lr=0.05, momentum=0.9, weight_decay=1e-3)
 
@@ -34,7 +35,7 @@ def population(model_name: str, sizes=(12, 12, 9, 12, 9, 12), ids=None) -> Popul
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(1)
     if model_name == "linear":
-        model, shape = build_model("linear", (5,), 1, rank=2), (5,)
+        model, shape = build_model("linear", (5,), 1), (5,)
         ys = [torch.randn(n, generator=gen) for n in sizes]
     else:
         model, shape = small_mlp(), (3, 4)
@@ -114,7 +115,7 @@ def test_a_stacked_workers_numbers_do_not_depend_on_its_stack(model_name, monkey
     with intra_op_threads(1):
         alone = population(model_name)
         a_round(alone, 0)
-    monkeypatch.setattr(population_module, "STACK_CHUNK", 2)  # several stacks per group
+    monkeypatch.setattr(scratch_module, "STACK_CHUNK", 2)  # several stacks per group
     with intra_op_threads(2):
         split = population(model_name)
         a_round(split, 0)

@@ -1,3 +1,45 @@
-"""repgossip: personalized decentralized learning with shared representations."""
+"""repgossip: personalized decentralized learning with shared representations.
 
-__version__ = "0.1.0"
+The public API: `run` (the command line's twin), the extension points (`Algorithm`, `Phase`,
+`StateSpec`, `RoundContext`, `Callback`, the registries) and the result types. Everything else is
+internal and may change.
+"""
+
+from repgossip.algorithms import ALGORITHMS, Algorithm, Phase, RoundContext, StateSpec
+from repgossip.api import run
+from repgossip.callbacks import Callback, CSVLogger, PlainLog, RunInfo, TensorBoardLogger
+from repgossip.config import Config, build_config
+from repgossip.data.datasets import DATASETS
+from repgossip.data.federation import Federation
+from repgossip.data.partition import PARTITIONS
+from repgossip.errors import DistributedError, DivergenceError, RepgossipError, UsageError
+from repgossip.models import MODELS, SplitModel
+from repgossip.runner import RunResult
+
+__version__ = "0.2.0"
+
+__all__ = [
+    "ALGORITHMS",
+    "DATASETS",
+    "MODELS",
+    "PARTITIONS",
+    "Algorithm",
+    "CSVLogger",
+    "Callback",
+    "Config",
+    "DistributedError",
+    "DivergenceError",
+    "Federation",
+    "Phase",
+    "PlainLog",
+    "RepgossipError",
+    "RoundContext",
+    "RunInfo",
+    "RunResult",
+    "SplitModel",
+    "StateSpec",
+    "TensorBoardLogger",
+    "UsageError",
+    "build_config",
+    "run",
+]

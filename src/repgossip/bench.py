@@ -30,7 +30,8 @@ from torch import nn
 
 from repgossip.config import Config
 from repgossip.errors import UsageError
-from repgossip.run import Experiment, build_experiment, step_rule, train_round
+from repgossip.runner import Experiment, build_experiment, train_round
+from repgossip.training import step_rule
 
 BOUND_BATCHES = (128, 512)  # "big": 8x and 32x the usual local batch
 
@@ -150,7 +151,7 @@ def measure_distributed(cfg: Config, rounds_measured: int) -> dict[str, Any]:
     """Seconds per round of `engine=dist` on this rank's group, and the share of each round that
     ranks spend waiting for gossip messages (which includes waiting for a slower rank), averaged
     over ranks. Rounds start and end at a barrier, so every rank times the same round."""
-    from repgossip.run import build_engine
+    from repgossip.runner import build_engine
 
     engine = build_engine(cfg)
     try:

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from repgossip.config import build_config, coerce, parse_assignments, read_yaml
-from repgossip.errors import DistributedError, UsageError
+from repgossip.errors import RepgossipError, UsageError
 
-EXIT_USAGE, EXIT_DIVERGED, EXIT_DISTRIBUTED, EXIT_INTERRUPTED = 2, 3, 4, 130
+EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -105,7 +105,7 @@ def restarted_by_torchrun() -> bool:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from repgossip.run import run
+    from repgossip.runner import run_experiment
 
     out = Path(args.out) if args.out else None
     if args.resume and out is None:
@@ -116,9 +116,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = build_config(base, overrides)
     if out is None:
         out = Path("runs") / f"{cfg.algorithm}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = run(
+    result = run_experiment(
         cfg, out, resume=args.resume, force=args.force, progress=None if not args.quiet else False
     )
+    summary = result.summary
     keys = ("test_acc_mean", "test_acc_pooled", "subspace_dist", "train_loss", "wall_s")
     shown = "  ".join(f"{k}={summary[k]:.4g}" for k in keys if k in summary)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
@@ -185,20 +186,12 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from repgossip.run import DivergenceError
-
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
-    except UsageError as err:
+    except RepgossipError as err:
         print(f"repgossip: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except DivergenceError as err:
-        print(f"repgossip: error: {err}", file=sys.stderr)
-        return EXIT_DIVERGED
-    except DistributedError as err:
-        print(f"repgossip: error: {err}", file=sys.stderr)
-        return EXIT_DISTRIBUTED
+        return err.exit_code
     except KeyboardInterrupt:
         print("repgossip: interrupted; continue with --resume", file=sys.stderr)
         return EXIT_INTERRUPTED

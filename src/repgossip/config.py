@@ -19,19 +19,16 @@ from typing import Any
 
 import yaml
 
+from repgossip.algorithms import ALGORITHMS, Algorithm, algorithm_class
+from repgossip.data.datasets import DATASETS, dataset_defaults, fitting_models
+from repgossip.data.partition import PARTITIONS
 from repgossip.errors import UsageError
+from repgossip.models import MODELS
+from repgossip.registry import API_PREFIX
+from repgossip.topology import check_mixing_rule
 
-ALGORITHM_NAMES = ("deprl", "dpsgd", "local", "dfedavgm", "fedper", "fedrep", "fedavg")
-DATASETS = ("fmnist", "synthetic")
-MODELS = ("cnn", "mlp", "linear")
-PARTITION_NAMES = ("dirichlet", "shards", "iid")
-MIXING_NAMES = ("metropolis", "max_degree")
 ENGINES = ("sim", "dist")
 DEVICES = ("auto", "cpu", "cuda")
-
-DEFAULT_MODEL = {"fmnist": "cnn", "synthetic": "linear"}
-DEFAULT_LR = {"fmnist": 0.05, "synthetic": 0.01}
-COMPATIBLE_MODELS = {"fmnist": ("cnn", "mlp"), "synthetic": ("linear",)}
 
 # Local work per round comes in pairs: steps or epochs, one of each pair. When the user gives neither,
 # the epoch default applies (the authors' setting: several head epochs, one body epoch).
@@ -78,6 +75,8 @@ class Config:
     dim: int = 20
     rank: int = 2
     noise: float = 0.1
+    share_bn_stats: bool = False
+    tensorboard: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -86,6 +85,7 @@ class Config:
 KEYS = tuple(f.name for f in fields(Config))
 _FIELD_TYPES = typing.get_type_hints(Config)
 _NONE_WORDS = ("none", "null", "~", "")
+_TRUE_WORDS, _FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
 def _base_type(annotation: Any) -> tuple[type, bool]:
@@ -119,6 +119,8 @@ def coerce(key: str, value: Any) -> Any:
         raise UsageError(f"{key} cannot be empty; it needs a {scalar.__name__}")
     if scalar is str:
         return str(value)
+    if scalar is bool:
+        return _boolean(key, value)
     kind = "an integer" if scalar is int else "a number"
     if isinstance(value, bool):
         raise UsageError(f"{key} must be {kind}, got '{value}'")
@@ -139,6 +141,18 @@ def coerce(key: str, value: Any) -> Any:
             raise UsageError(f"{key} must be an integer, got '{value}'")
         return int(number)
     return number
+
+
+def _boolean(key: str, value: Any) -> bool:
+    """true/false (yes/no, on/off, 1/0) as YAML or `--set` gives them; nothing else."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise UsageError(f"{key} must be true or false, got '{value}'")
 
 
 def parse_assignments(pairs: Iterable[str]) -> dict[str, Any]:
@@ -180,27 +194,33 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(
-    base: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None
+    base: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    algorithm: type[Algorithm] | None = None,
 ) -> Config:
-    """Merge a config-file mapping with `--set` overrides, coerce, resolve derived keys, validate."""
+    """Merge a config-file mapping with `--set` overrides, coerce, resolve derived keys, validate.
+
+    `algorithm` is the class an API caller handed over, when the `algorithm` key cannot name it.
+    """
     given: dict[str, Any] = {}
     for source in (base or {}, overrides or {}):
         for key, value in source.items():
             given[str(key)] = coerce(str(key), value)
-    given = _resolve(given)
+    given = _resolve(given, algorithm)
     cfg = Config(**given)
     validate(cfg)
     return cfg
 
 
-def _resolve(given: dict[str, Any]) -> dict[str, Any]:
+def _resolve(given: dict[str, Any], algorithm: type[Algorithm] | None) -> dict[str, Any]:
     """Fill in choices that depend on other keys, so `config.yaml` states what really ran."""
     resolved = dict(given)
-    dataset = resolved.get("dataset", Config.dataset)
-    if resolved.get("model") is None and dataset in DEFAULT_MODEL:
-        resolved["model"] = DEFAULT_MODEL[dataset]
+    default_model, default_lr = dataset_defaults(resolved.get("dataset", Config.dataset))
+    if resolved.get("model") is None:
+        resolved["model"] = default_model
     if resolved.get("lr") is None:
-        resolved["lr"] = DEFAULT_LR.get(dataset, 0.05)
+        resolved["lr"] = default_lr
     for part, (steps_key, epochs_key) in BUDGET_PAIRS.items():
         steps, epochs = resolved.get(steps_key), resolved.get(epochs_key)
         if steps is not None and epochs is not None:
@@ -209,17 +229,15 @@ def _resolve(given: dict[str, Any]) -> dict[str, Any]:
             )
         if steps is None and epochs is None:
             resolved[epochs_key] = DEFAULT_EPOCHS[part]
+    name = resolved.get("algorithm", Config.algorithm)
+    cls = algorithm or (None if name.startswith(API_PREFIX) else algorithm_class(name))
     if resolved.get("momentum") is None:
-        from repgossip.algorithms import get_algorithm  # local import: algorithms imports config
-
-        algorithm = resolved.get("algorithm", Config.algorithm)
-        if algorithm in ALGORITHM_NAMES:
-            resolved["momentum"] = get_algorithm(algorithm).default_momentum
-    if resolved.get("algorithm") in ("fedavg", "fedrep"):
+        resolved["momentum"] = cls.default_momentum if cls else 0.0
+    if cls is not None and cls.exact_average:
         topology = resolved.get("topology", "complete")
         if topology != "complete":
             raise UsageError(
-                f"{resolved['algorithm']} averages exactly over all workers, so topology must be "
+                f"{name} averages exactly over all workers, so topology must be "
                 f"'complete', got '{topology}' (use deprl or dpsgd for a sparse graph)"
             )
         resolved["topology"] = "complete"
@@ -252,17 +270,17 @@ def _within(cfg: Config, key: str, low: float, high: float, *, high_open: bool =
 
 def validate(cfg: Config) -> None:
     """Names against their choices, numbers against their ranges, keys against each other."""
-    _choice("algorithm", cfg.algorithm, ALGORITHM_NAMES)
-    _choice("dataset", cfg.dataset, DATASETS)
-    _choice("model", cfg.model or "", MODELS)
-    _choice("partition", cfg.partition, PARTITION_NAMES)
-    _choice("mixing", cfg.mixing, MIXING_NAMES)
+    ALGORITHMS.check(cfg.algorithm)
+    DATASETS.check(cfg.dataset)
+    MODELS.check(cfg.model or "")
+    PARTITIONS.check(cfg.partition)
+    check_mixing_rule(cfg.mixing)
     _choice("engine", cfg.engine, ENGINES)
     _choice("device", cfg.device, DEVICES)
-    if cfg.model not in COMPATIBLE_MODELS[cfg.dataset]:
-        valid = ", ".join(COMPATIBLE_MODELS[cfg.dataset])
+    fitting = fitting_models(cfg.dataset)
+    if fitting is not None and cfg.model in MODELS and cfg.model not in fitting:
         raise UsageError(
-            f"model '{cfg.model}' does not fit dataset '{cfg.dataset}'; valid: {valid}"
+            f"model '{cfg.model}' does not fit dataset '{cfg.dataset}'; valid: {', '.join(fitting)}"
         )
     for key in (
         "workers",

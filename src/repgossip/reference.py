@@ -20,9 +20,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from repgossip.population import batch_schedule
-from repgossip.run import Experiment, budget, step_rule
+from repgossip.runner import Experiment
 from repgossip.streams import worker_generator
+from repgossip.training import batch_schedule, budget, step_rule
 
 
 class ReferenceWorker:

@@ -2,17 +2,18 @@
 
 The same loop runs in one process (`engine=sim`) and on every rank of a torch.distributed group
 (`engine=dist`); the engine provides the few collective steps, and rank 0 alone writes the run
-folder. Randomness is a function of (seed, worker, round), so a checkpoint needs only parameters,
-optimizer state and counters for a resumed run to match an uninterrupted one.
+folder and calls the callbacks. Randomness is a function of (seed, worker, round), so a checkpoint
+needs only the workers' rows (parameters, optimizer state, buffers, algorithm state) and counters
+for a resumed run to match an uninterrupted one. `repgossip.run` (repgossip.api) and the CLI are
+thin layers over `run_experiment`.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +21,26 @@ import numpy as np
 import torch
 import yaml
 
-from repgossip.algorithms import Algorithm, get_algorithm
+from repgossip import provenance
+from repgossip.algorithms import Algorithm, RoundContext, algorithm_class
+from repgossip.callbacks import (
+    Callback,
+    CallbackList,
+    RunInfo,
+    TensorBoardLogger,
+    default_callbacks,
+)
 from repgossip.config import Config, build_config, dump_yaml
-from repgossip.data.federation import Federation, build_federation
+from repgossip.data.datasets import load_federation
+from repgossip.data.federation import Federation
 from repgossip.engines import Engine, make_engine
-from repgossip.errors import UsageError
+from repgossip.errors import DivergenceError, UsageError
 from repgossip.faults import maybe_fail_rank
 from repgossip.gossip import GossipSchedule
+from repgossip.layout import row_key
 from repgossip.metrics import accuracy_summary, squared_deviation, subspace_distance
-from repgossip.models import build_model
-from repgossip.population import Budget, Population, StepRule
+from repgossip.models import ModelFunction, build_model, check_fits
+from repgossip.population import Population
 from repgossip.runfolder import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -44,11 +55,21 @@ from repgossip.runfolder import (
     read_metrics,
     resumable_config,
 )
-from repgossip.topology import build_graph, spectral_gap
+from repgossip.topology import Graph, build_graph, spectral_gap
+from repgossip.training import budget, step_rule
+
+TENSORBOARD_DIR = "tensorboard"
 
 
-class DivergenceError(RuntimeError):
-    """A loss or a parameter became NaN or infinite."""
+@dataclass(frozen=True)
+class Supplied:
+    """Objects handed to the Python API in place of registered names (the config records a
+    reference to each): a model function, the data, a graph, an algorithm class."""
+
+    model: ModelFunction | None = None
+    data: Any = None
+    graph: Graph | None = None
+    algorithm: type[Algorithm] | None = None
 
 
 @dataclass
@@ -74,21 +95,28 @@ def build_engine(cfg: Config) -> Engine:
     return make_engine(cfg.engine, cfg.workers, resolve_device(cfg.device), cfg.dist_timeout_s)
 
 
-def build_experiment(cfg: Config, engine: Engine | None = None) -> Experiment:
+def build_experiment(
+    cfg: Config, engine: Engine | None = None, supplied: Supplied | None = None
+) -> Experiment:
     """Data, model, graph and this process's workers; all workers start from one initialisation."""
+    supplied = supplied or Supplied()
     engine = engine or Engine(cfg.workers)
-    algorithm = get_algorithm(cfg.algorithm)
+    algorithm = (supplied.algorithm or algorithm_class(cfg.algorithm))(cfg)
     # the graph first: it is cheaper than the data, and may be refused (too big, disconnected)
-    graph = build_graph(cfg.topology, cfg.workers, edge_prob=cfg.edge_prob, seed=cfg.seed)
-    federation = build_federation(cfg)
+    graph = supplied.graph or build_graph(
+        cfg.topology, cfg.workers, edge_prob=cfg.edge_prob, seed=cfg.seed
+    )
+    federation = load_federation(cfg, supplied.data)
     schedule = GossipSchedule(
         graph, cfg.mixing, cfg.link_failure_prob, cfg.worker_dropout_prob, cfg.seed
     )
+    model_name = cfg.model or ""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = build_model(
-            cfg.model or "", federation.input_shape, federation.num_classes, cfg.rank
+            model_name, federation.input_shape, federation.num_classes, cfg, supplied.model
         )
+    check_fits(model, federation.train_x[0], federation.num_classes, model_name)
     mine = engine.local_workers().tolist()
     population = Population(
         model,
@@ -99,42 +127,52 @@ def build_experiment(cfg: Config, engine: Engine | None = None) -> Experiment:
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         device=resolve_device(cfg.device),
+        models=algorithm.extra_models(),
+        extra_state=algorithm.extra_state(),
+        share_buffers=cfg.share_bn_stats,
     )
+    algorithm.init_state(population)
     gap = spectral_gap(schedule.base_mixing)  # of the graph without failures
     return Experiment(cfg, algorithm, federation, population, schedule, engine, gap)
 
 
-def budget(cfg: Config, which: str) -> Budget:
-    return Budget(epochs=getattr(cfg, f"{which}_epochs"), steps=getattr(cfg, f"{which}_steps"))
-
-
-def step_rule(cfg: Config, part: str, round_index: int) -> StepRule:
-    base = {"head": cfg.lr_head, "body": cfg.lr_body}.get(part) or cfg.lr
-    lr = base * cfg.lr_decay**round_index
-    return StepRule(lr=lr, momentum=cfg.momentum or 0.0, weight_decay=cfg.weight_decay)
-
-
 def train_round(exp: Experiment, round_index: int) -> int:
-    """One round of the algorithm on this process's workers; returns the bytes gossiped by all."""
-    pop, cfg = exp.population, exp.cfg
+    """One round of the algorithm on this process's workers; returns the bytes sent by all."""
+    pop, cfg, algorithm = exp.population, exp.cfg, exp.algorithm
     plan = exp.schedule.round_plan(round_index)
     active = None if plan.active.all() else set(np.flatnonzero(plan.active).tolist())
-    for phase_index, phase in enumerate(exp.algorithm.phases):
-        rule = step_rule(cfg, phase.part, round_index)
-        pop.train(phase.part, budget(cfg, phase.budget), rule, round_index, phase_index, active)
-    if exp.algorithm.shared is None:
-        return 0
-    return exp.engine.gossip(pop, exp.algorithm.shared, plan)
+    for phase_index, phase in enumerate(algorithm.phases):
+        pop.train(
+            phase.part,
+            budget(cfg, phase.budget),
+            step_rule(cfg, phase.part, round_index),
+            round_index,
+            phase_index,
+            active,
+            model=phase.model,
+            hook=_gradient_hook(algorithm, phase),
+        )
+    ctx = RoundContext(pop, exp.engine, plan, round_index, cfg)
+    sent = algorithm.communicate(ctx)
+    algorithm.end_round(ctx)
+    return sent
+
+
+def _gradient_hook(algorithm: Algorithm, phase: Any) -> Callable[..., None] | None:
+    """The algorithm's gradient hook for `phase`, or None where it keeps the base class's no-op
+    (so the plain SGD step pays for no extra call)."""
+    if type(algorithm).adjust_gradient is Algorithm.adjust_gradient:
+        return None
+    return lambda grad, weights, rows: algorithm.adjust_gradient(phase, grad, weights, rows)
 
 
 def check_finite(exp: Experiment, round_index: int) -> None:
-    """Stop every process if any worker's parameters became NaN or infinite."""
-    finite = torch.isfinite(exp.population.params).all(dim=1)
-    bad = (
-        exp.population.worker_ids[int((~finite).nonzero()[0])]
-        if not bool(finite.all())
-        else exp.cfg.workers
-    )
+    """Stop every process if any worker's parameters (of any model copy) became NaN or infinite."""
+    pop = exp.population
+    finite = torch.stack(
+        [torch.isfinite(pop.rows[row_key(m, "params")]).all(dim=1) for m in pop.models]
+    ).all(dim=0)
+    bad = pop.worker_ids[int((~finite).nonzero()[0])] if not bool(finite.all()) else exp.cfg.workers
     worker = exp.engine.all_min(bad)
     if worker < exp.cfg.workers:
         raise DivergenceError(
@@ -157,8 +195,9 @@ def consensus(exp: Experiment, part: str) -> float:
 
 
 def evaluate(exp: Experiment) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """(the metrics.jsonl record's metric keys, per-worker lists for summary.json), on every rank."""
-    local = exp.population.evaluate()
+    """(the metrics.jsonl record's metric keys, per-worker lists for summary.json), on every rank.
+    Accuracy is that of the algorithm's evaluated model copy (Ditto: the personal model)."""
+    local = exp.population.evaluate(exp.algorithm.evaluated_model)
     names = [k for k in ("test_loss", "train_loss", "correct", "count") if len(local[k])]
     table = exp.engine.assemble(torch.from_numpy(np.stack([local[k] for k in names], axis=1)))
     stats = {k: table[:, i].numpy() for i, k in enumerate(names)}
@@ -168,10 +207,10 @@ def evaluate(exp: Experiment) -> tuple[dict[str, float], dict[str, list[float]]]
         "consensus_dist": consensus(exp, exp.algorithm.shared or "all"),
     }
     per_worker = {"per_worker_test_loss": stats["test_loss"].tolist()}
-    if exp.federation.regression:
+    if exp.federation.b_star is not None and _linear_body(exp):
         weight = shared_mean(exp, "body").view(exp.cfg.rank, exp.cfg.dim).cpu().numpy()
         record["subspace_dist"] = subspace_distance(exp.federation.b_star, weight)
-    else:
+    if not exp.federation.regression:
         record.update(accuracy_summary(stats["correct"], stats["count"]))
         per_worker["per_worker_acc"] = (stats["correct"] / stats["count"]).tolist()
     if not all(np.isfinite(v) for v in record.values()):
@@ -179,34 +218,60 @@ def evaluate(exp: Experiment) -> tuple[dict[str, float], dict[str, list[float]]]
     return record, per_worker
 
 
+def _linear_body(exp: Experiment) -> bool:
+    """Whether the body is the k x d matrix B^T whose column space `subspace_dist` measures."""
+    body = exp.population.model.body
+    return isinstance(body, torch.nn.Linear) and tuple(body.weight.shape) == (
+        exp.cfg.rank,
+        exp.cfg.dim,
+    )
+
+
 # ---------------------------------------------------------------- checkpoints across processes
+
+TOP_LEVEL_ROWS = ("params", "momentum")  # the rest of the row sets live under "rows"
+
+
+def _stored_rows(exp: Experiment) -> list[str]:
+    """Row sets a checkpoint holds: every one that has columns (an empty row set, such as the
+    buffers of a model without BatchNorm, has nothing to save)."""
+    return [name for name, rows in exp.population.rows.items() if rows.shape[1]]
 
 
 def save_checkpoint(out: Path, exp: Experiment, round_done: int, wall_s: float, sent: int) -> None:
-    """Every worker's parameters and optimizer state, gathered on rank 0, in one rank-agnostic file
-    (so a run resumes on any number of ranks, or in one process)."""
-    params = exp.engine.gather_rows(exp.population.params)
-    momentum = exp.engine.gather_rows(exp.population.momentum)
+    """Every worker's rows (parameters, optimizer state, buffers, algorithm state), gathered on
+    rank 0, in one rank-agnostic file (so a run resumes on any number of ranks, or in one
+    process)."""
+    gathered = {n: exp.engine.gather_rows(exp.population.rows[n]) for n in _stored_rows(exp)}
     if exp.engine.is_writer:
-        state = {"round": round_done, "params": params.cpu(), "momentum": momentum.cpu(),
-                 "wall_s": wall_s, "bytes_sent": sent}  # fmt: skip
+        rows = {n: t.cpu() for n, t in gathered.items() if t is not None}
+        state = {"round": round_done, "wall_s": wall_s, "bytes_sent": sent,
+                 **{n: rows.pop(n) for n in TOP_LEVEL_ROWS}, "rows": rows}  # fmt: skip
         atomic_write(out / CHECKPOINT_FILE, checkpoint_bytes(state))
 
 
 def restore_checkpoint(out: Path, exp: Experiment) -> tuple[int, float, int]:
     """Load the checkpoint on rank 0 and hand every process its workers' rows."""
     state: dict[str, Any] = {}
+    pop = exp.population
+    names = _stored_rows(exp)
 
     def load() -> None:
         state.update(read_checkpoint(out))
-        expected = (exp.cfg.workers, exp.population.layout.size)
-        if tuple(state["params"].shape) != expected:
-            raise UsageError(f"checkpoint in '{out}' does not match this config's model or workers")
+        saved = {**state.get("rows", {}), **{n: state[n] for n in TOP_LEVEL_ROWS}}
+        for name in names:
+            expected = (exp.cfg.workers, pop.rows[name].shape[1])
+            found = saved.get(name)
+            if not isinstance(found, torch.Tensor) or tuple(found.shape) != expected:
+                raise UsageError(
+                    f"checkpoint in '{out}' does not match this config's model, algorithm or "
+                    f"workers (row set '{name}')"
+                )
+        state["all_rows"] = saved
 
     on_writer(exp.engine, load)
-    pop = exp.population
-    exp.engine.scatter_rows(state.get("params"), pop.params)
-    exp.engine.scatter_rows(state.get("momentum"), pop.momentum)
+    for name in names:
+        exp.engine.scatter_rows(state.get("all_rows", {}).get(name), pop.rows[name])
     # the counters live on rank 0 only (zeros elsewhere): a sum hands them to every rank
     counters = torch.tensor([state.get("round", 0), state.get("bytes_sent", 0)], dtype=torch.int64)
     done, sent = (int(v) for v in exp.engine.all_sum(counters))
@@ -226,102 +291,189 @@ def on_writer(engine: Engine, action: Callable[[], None]) -> None:
         raise error or UsageError("rank 0 refused this run (its message says why)")
 
 
-def same_config_everywhere(engine: Engine, cfg: Config) -> Config:
+def same_config_everywhere(engine: Engine, cfg: Config, supplied: Supplied) -> Config:
     """Every rank runs rank 0's resolved config (a resumed run's base lives on rank 0's disk)."""
     if engine.world == 1:
         return cfg
     text = engine.broadcast_bytes(dump_yaml(cfg).encode())
-    return build_config(yaml.safe_load(text.decode()))
+    return build_config(yaml.safe_load(text.decode()), algorithm=supplied.algorithm)
 
 
 # ---------------------------------------------------------------- the loop
 
 
-def run(
+@dataclass
+class RunResult:
+    """What a run returns: every evaluation record, the summary, and each worker's state."""
+
+    history: list[dict[str, Any]]
+    summary: dict[str, Any]
+    experiment: Experiment = field(repr=False)
+
+    def worker_state(self, worker: int) -> dict[str, torch.Tensor]:
+        """The state_dict of worker `worker`'s whole model (the evaluated copy), BatchNorm
+        buffers included, as a standalone module of the run's architecture would hold it.
+        Under `engine=dist`, for the workers of this rank only."""
+        exp = self.experiment
+        pop = exp.population
+        if worker not in pop.worker_ids:
+            where = "this rank's" if exp.engine.world > 1 else "the run's"
+            raise UsageError(
+                f"worker {worker} is not among {where} workers {_span(pop.worker_ids)}"
+            )
+        local = pop.worker_ids.index(worker)
+        model = exp.algorithm.evaluated_model
+        tensors = {}
+        for kind, layout in (("params", pop.layout), ("buffers", pop.buffer_layout),
+                             ("int_buffers", pop.int_buffer_layout)):  # fmt: skip
+            tensors |= layout.views(pop.rows[row_key(model, kind)][local])
+        return {name: tensors[name].clone() for name in pop.model.state_dict()}
+
+
+def _span(ids: Sequence[int]) -> str:
+    return f"{ids[0]}..{ids[-1]}" if ids else "(none)"
+
+
+def run_experiment(
     cfg: Config,
-    out: str | Path,
+    out: str | Path | None = None,
     *,
     resume: bool = False,
     force: bool = False,
     progress: bool | None = None,
-) -> dict[str, Any]:
-    """Run (or continue) the experiment `cfg` into folder `out`; returns the summary."""
+    callbacks: Sequence[Callback] = (),
+    supplied: Supplied | None = None,
+) -> RunResult:
+    """Run (or continue) the experiment `cfg`, into folder `out` when given (None: in memory)."""
+    supplied = supplied or Supplied()
+    if resume and out is None:
+        raise UsageError("resume needs the folder of the run to continue (out)")
     engine = build_engine(cfg)
     try:
-        return _run(engine, same_config_everywhere(engine, cfg), Path(out), resume, force, progress)
+        cfg = same_config_everywhere(engine, cfg, supplied)
+        folder = Path(out) if out is not None else None
+        return _run(engine, cfg, folder, resume, force, progress, callbacks, supplied)
     finally:
         engine.close()
 
 
 def _run(
-    engine: Engine, cfg: Config, out: Path, resume: bool, force: bool, progress: bool | None
-) -> dict:
-    def check() -> None:
-        check_output(out, keep=resume, force=force)
-        if resume:
-            resumable_config(out, cfg)
-
-    on_writer(engine, check)
-    exp = build_experiment(
-        cfg, engine
-    )  # every input error surfaces here, before anything is written
-    start, wall_before, sent = restore_checkpoint(out, exp) if resume else (0, 0.0, 0)
+    engine: Engine,
+    cfg: Config,
+    out: Path | None,
+    resume: bool,
+    force: bool,
+    progress: bool | None,
+    user_callbacks: Sequence[Callback],
+    supplied: Supplied,
+) -> RunResult:
+    if out is not None:
+        on_writer(engine, lambda: _check_folder(out, cfg, resume, force))
+    exp = build_experiment(cfg, engine, supplied)  # every input error surfaces here, before writing
+    start, wall_before, sent = restore_checkpoint(out, exp) if resume and out else (0, 0.0, 0)
     if start > cfg.rounds:
         raise UsageError(
             f"cannot resume with rounds={cfg.rounds}: the run already has {start} rounds"
         )
-    on_writer(engine, lambda: _open_folder(out, cfg, resume, force, start))
-    bar = _progress_bar(cfg.rounds, start, progress, engine.is_writer)
+    history: list[dict[str, Any]] = []
+    if out is not None:
+        on_writer(engine, lambda: history.extend(_open_folder(out, cfg, resume, force, start)))
+    callbacks = _callbacks(engine, cfg, out, start, progress, user_callbacks)
+    try:
+        callbacks.on_run_start(RunInfo(cfg, out, start, cfg.rounds))
+        summary = _rounds(exp, out, start, wall_before, sent, history, callbacks)
+        callbacks.on_run_end(summary)
+    finally:
+        callbacks.close()
+    return RunResult(history, summary, exp)
+
+
+def _check_folder(out: Path, cfg: Config, resume: bool, force: bool) -> None:
+    check_output(out, keep=resume, force=force)
+    if resume:
+        resumable_config(out, cfg)
+
+
+def _callbacks(
+    engine: Engine,
+    cfg: Config,
+    out: Path | None,
+    start: int,
+    progress: bool | None,
+    user: Sequence[Callback],
+) -> CallbackList:
+    """The writer's callbacks: progress display, TensorBoard when asked, then the user's."""
+    if not engine.is_writer:
+        return CallbackList()
+    chosen: list[Callback] = default_callbacks(progress, cfg.rounds, start)
+    if cfg.tensorboard:
+        if out is None:
+            raise UsageError("tensorboard=true writes into the run folder; give an output folder")
+        chosen.append(TensorBoardLogger(out / TENSORBOARD_DIR))
+    return CallbackList([*chosen, *user])
+
+
+def _rounds(
+    exp: Experiment,
+    out: Path | None,
+    start: int,
+    wall_before: float,
+    sent: int,
+    history: list[dict[str, Any]],
+    callbacks: CallbackList,
+) -> dict[str, Any]:
+    """Train rounds `start`..`cfg.rounds`, evaluating, logging and checkpointing as configured;
+    returns the summary (written to `out` when there is one)."""
+    cfg, engine = exp.cfg, exp.engine
     began = time.perf_counter()
 
     def elapsed() -> float:
         return wall_before + time.perf_counter() - began
 
+    def log(done: int) -> tuple[dict[str, Any], dict[str, list[float]]]:
+        metrics, per_worker = evaluate(exp)
+        record = {"round": done, "wall_s": round(elapsed(), 4), **metrics, "bytes_sent": sent}
+        if engine.is_writer:
+            if out is not None:
+                append_metrics(out / METRICS_FILE, record)
+            history.append(record)
+            callbacks.on_evaluation(record)
+        return record, per_worker
+
     record: dict[str, Any] | None = None
     per_worker: dict[str, list[float]] = {}
     if start == 0:
-        record, per_worker = _log(out, exp, 0, elapsed(), sent)
+        record, per_worker = log(0)
     for round_index in range(start, cfg.rounds):
         maybe_fail_rank(engine.rank, round_index)
         sent += train_round(exp, round_index)
         check_finite(exp, round_index)
         done = round_index + 1
         if done % cfg.eval_every == 0 or done == cfg.rounds:
-            record, per_worker = _log(out, exp, done, elapsed(), sent)
-            bar.set_postfix_str(_short(record))
-        if done % cfg.checkpoint_every == 0 or done == cfg.rounds:
+            record, per_worker = log(done)
+        if out is not None and (done % cfg.checkpoint_every == 0 or done == cfg.rounds):
             save_checkpoint(out, exp, done, elapsed(), sent)
-        bar.update(1)
-    bar.close()
+        callbacks.on_round_end(done)
     if record is None:  # resumed a finished run: re-evaluate for the summary
         record, per_worker = evaluate(exp)
         record = {"round": start, "wall_s": elapsed(), **record, "bytes_sent": sent}
     summary = _summary(exp, record, per_worker)
-    if engine.is_writer:
+    if engine.is_writer and out is not None:
         atomic_write(out / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
     return summary
 
 
-def _open_folder(out: Path, cfg: Config, resume: bool, force: bool, start: int) -> None:
-    """Claim the folder, record the config, and drop evaluations past the checkpoint."""
+def _open_folder(
+    out: Path, cfg: Config, resume: bool, force: bool, start: int
+) -> list[dict[str, Any]]:
+    """Claim the folder, record the config and this session's provenance, and drop evaluations
+    past the checkpoint; returns the evaluations kept."""
     claim_output(out, keep=resume, force=force)
     atomic_write(out / CONFIG_FILE, dump_yaml(cfg).encode())
+    provenance.record(out, provenance.collect())
     kept = read_metrics(out / METRICS_FILE, up_to_round=start) if resume else []
     atomic_write(out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept).encode())
-
-
-def _log(out: Path, exp: Experiment, done: int, wall_s: float, sent: int):
-    metrics, per_worker = evaluate(exp)
-    record = {"round": done, "wall_s": round(wall_s, 4), **metrics, "bytes_sent": sent}
-    if exp.engine.is_writer:
-        append_metrics(out / METRICS_FILE, record)
-    return record, per_worker
-
-
-def _short(record: dict[str, Any]) -> str:
-    if "test_acc_mean" in record:
-        return f"acc={record['test_acc_mean']:.3f} loss={record['train_loss']:.3f}"
-    return f"subspace={record['subspace_dist']:.3f} loss={record['train_loss']:.4f}"
+    return kept
 
 
 def _summary(exp: Experiment, record: dict[str, Any], per_worker: dict[str, list[float]]) -> dict:
@@ -337,11 +489,3 @@ def _summary(exp: Experiment, record: dict[str, Any], per_worker: dict[str, list
         "params_private": layout.size - shared_params,
         "wire_bytes": int(exp.engine.all_sum(torch.tensor([exp.engine.wire_bytes]))),
     }
-
-
-def _progress_bar(total: int, initial: int, wanted: bool | None, writer: bool):
-    """On rank 0 only; by default only when stderr is a terminal."""
-    from tqdm import tqdm
-
-    enabled = writer and (sys.stderr.isatty() if wanted is None else wanted)
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="round", dynamic_ncols=True)

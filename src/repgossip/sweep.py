@@ -13,8 +13,8 @@ from typing import Any
 
 from repgossip.config import KEYS, build_config, suggest_key
 from repgossip.errors import UsageError
-from repgossip.run import run
 from repgossip.runfolder import CHECKPOINT_FILE, SUMMARY_FILE, claim_output
+from repgossip.runner import run_experiment
 
 RESULT_COLUMNS = (
     "test_acc_mean", "test_acc_pooled", "test_acc_p10", "test_acc_min", "subspace_dist",
@@ -67,7 +67,9 @@ def sweep(
         if summary is None:
             again = resume and (folder / CHECKPOINT_FILE).is_file()
             print(f"[sweep] {run_name(point)}", flush=True)
-            summary = run(cfg, folder, resume=again, force=not again, progress=progress)
+            summary = run_experiment(
+                cfg, folder, resume=again, force=not again, progress=progress
+            ).summary
         rows.append({**point, **{k: summary[k] for k in RESULT_COLUMNS if k in summary}})
     write_tables(out, rows)
     return rows

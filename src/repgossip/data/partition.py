@@ -5,16 +5,19 @@ comparable and no worker dominates a gossip average. Returned index arrays are i
 ascending: the order carries no information (each worker shuffles its own batches from its own
 random stream), and sorted output makes results easy to compare and hash.
 
-The `natural` partition (real users, e.g. HAPT) is not a label-based split; the caller handles it.
+Schemes are registered in PARTITIONS by name; a scheme is a function
+`(labels, workers, n, rng, *, alpha, classes_per_worker) -> list of index arrays`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from repgossip.errors import UsageError
-
-PARTITIONS = ("dirichlet", "shards", "iid")
+from repgossip.registry import Registry
 
 
 def partition(
@@ -33,26 +36,54 @@ def partition(
     (the seed fixes all randomness), so a run can be reproduced and resumed.
     """
     labels = _check_labels(labels)
-    if scheme not in PARTITIONS:
-        raise UsageError(
-            f"unknown partition {scheme!r}; valid here: {', '.join(PARTITIONS)} "
-            "('natural' needs a dataset with natural users, such as hapt)"
-        )
+    split = PARTITIONS.get(scheme)
     n = _equal_size(len(labels), workers, samples_per_worker)
-    if scheme == "dirichlet" and not (np.isfinite(alpha) and alpha > 0):
+    rng = np.random.default_rng(seed)
+    return split(labels, workers, n, rng, alpha=alpha, classes_per_worker=classes_per_worker)
+
+
+def _iid(
+    labels: np.ndarray, workers: int, n: int, rng: np.random.Generator, **_: Any
+) -> list[np.ndarray]:
+    """Equal chunks of one random permutation: every worker sees the global label distribution."""
+    perm = rng.permutation(len(labels)).astype(np.int64)
+    return [np.sort(perm[i * n : (i + 1) * n]) for i in range(workers)]
+
+
+def _dirichlet(
+    labels: np.ndarray, workers: int, n: int, rng: np.random.Generator, *, alpha: float, **_: Any
+) -> list[np.ndarray]:
+    """Each worker's class proportions ~ Dir(alpha), n samples each (equal sizes)."""
+    if not (np.isfinite(alpha) and alpha > 0):
         raise UsageError(
             f"alpha must be a finite number > 0 for the dirichlet partition, got {alpha}"
         )
-    rng = np.random.default_rng(seed)
-    if scheme == "iid":
-        return _iid(len(labels), workers, n, rng)
     classes, inverse = np.unique(labels, return_inverse=True)
     pools = _class_pools(inverse, len(classes), rng)
-    if scheme == "dirichlet":
-        counts = _dirichlet_counts(np.array([len(p) for p in pools]), workers, n, alpha, rng)
-    else:
-        counts = _shard_counts(pools, workers, n, classes_per_worker, classes, rng)
+    counts = _dirichlet_counts(np.array([len(p) for p in pools]), workers, n, alpha, rng)
     return _take_from_pools(pools, counts)
+
+
+def _shards(
+    labels: np.ndarray,
+    workers: int,
+    n: int,
+    rng: np.random.Generator,
+    *,
+    classes_per_worker: int,
+    **_: Any,
+) -> list[np.ndarray]:
+    """`classes_per_worker` distinct classes per worker, equal shares."""
+    classes, inverse = np.unique(labels, return_inverse=True)
+    pools = _class_pools(inverse, len(classes), rng)
+    counts = _shard_counts(pools, workers, n, classes_per_worker, classes, rng)
+    return _take_from_pools(pools, counts)
+
+
+PartitionScheme = Callable[..., list[np.ndarray]]
+PARTITIONS: Registry[PartitionScheme] = Registry("partition")
+for _name, _scheme in (("dirichlet", _dirichlet), ("shards", _shards), ("iid", _iid)):
+    PARTITIONS.register(_name, _scheme)
 
 
 def _check_labels(labels: np.ndarray) -> np.ndarray:
@@ -82,12 +113,6 @@ def _class_pools(inverse: np.ndarray, num_classes: int, rng: np.random.Generator
     order = np.argsort(inverse, kind="stable")
     bounds = np.cumsum(np.bincount(inverse, minlength=num_classes))[:-1]
     return [rng.permutation(chunk).astype(np.int64) for chunk in np.split(order, bounds)]
-
-
-def _iid(total: int, workers: int, n: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Equal chunks of one random permutation: every worker sees the global label distribution."""
-    perm = rng.permutation(total).astype(np.int64)
-    return [np.sort(perm[i * n : (i + 1) * n]) for i in range(workers)]
 
 
 def _dirichlet_counts(

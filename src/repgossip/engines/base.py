@@ -36,14 +36,20 @@ class Engine:
         return self.blocks[self.rank]
 
     def gossip(self, pop: Population, part: str, plan: RoundPlan) -> int:
-        """Mix every local worker's `part` block with its neighbours'; return the bytes that all
-        workers sent to their neighbours this round (the `bytes_sent` metric)."""
-        cols = pop.layout.part(part)
-        block = pop.params[:, cols]
+        """Mix every local worker's `part` block (and, when shared, its BatchNorm statistics) with
+        its neighbours'; return the bytes that all workers sent to their neighbours this round
+        (the `bytes_sent` metric)."""
+        blocks = pop.gossiped_blocks(part)
+        block = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
         before = block.clone()  # every worker mixes the blocks as they were before this gossip
         fetch = self._fetcher(before, plan)
         mix_rows(self.local_workers(), plan.slots, fetch, block)
-        return bytes_per_round(plan.graph.num_edges, cols.stop - cols.start)
+        if len(blocks) > 1:  # mixing is column by column: write each block's columns back
+            for target, mixed in zip(
+                blocks, block.split([b.shape[1] for b in blocks], 1), strict=True
+            ):
+                target.copy_(mixed)
+        return bytes_per_round(plan.graph.num_edges, block.shape[1])
 
     def _fetcher(self, before: torch.Tensor, plan: RoundPlan):
         return lambda ids: before[torch.from_numpy(ids)]

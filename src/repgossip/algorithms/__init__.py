@@ -1,0 +1,65 @@
+"""Algorithms: one module per algorithm on the `Algorithm` base, registered by name here.
+
+Adding one is a new module with an `Algorithm` subclass and a line below (or, outside the package,
+`--set algorithm=package.module:ClassName`); nothing else changes. See CONTRIBUTING.md.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from repgossip.algorithms.base import (
+    ALTERNATING,
+    JOINT,
+    MAIN_MODEL,
+    Algorithm,
+    Phase,
+    RoundContext,
+    StateSpec,
+)
+from repgossip.algorithms.deprl import DePRL
+from repgossip.algorithms.dfedavgm import DFedAvgM
+from repgossip.algorithms.dpsgd import DPSGD
+from repgossip.algorithms.fedavg import FedAvg
+from repgossip.algorithms.fedper import FedPer
+from repgossip.algorithms.fedrep import FedRep
+from repgossip.algorithms.local import Local
+from repgossip.errors import UsageError
+from repgossip.registry import Registry
+
+if TYPE_CHECKING:
+    from repgossip.config import Config
+
+ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm", plugins=True)
+for _cls in (DePRL, DPSGD, Local, DFedAvgM, FedPer, FedRep, FedAvg):
+    ALGORITHMS.register(_cls.name, _cls)
+
+
+def algorithm_class(name: str) -> type[Algorithm]:
+    """The class registered as `name`, or the `package.module:ClassName` plug-in."""
+    cls = ALGORITHMS.get(name)
+    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+        raise UsageError(
+            f"algorithm plug-in '{name}' must be a subclass of repgossip.Algorithm, "
+            f"got {type(cls).__name__}"
+        )
+    return cls
+
+
+def get_algorithm(name: str, config: Config | None = None) -> Algorithm:
+    """An instance of the algorithm `name`, reading its keys from `config`."""
+    return algorithm_class(name)(config)
+
+
+__all__ = [
+    "ALGORITHMS",
+    "ALTERNATING",
+    "JOINT",
+    "MAIN_MODEL",
+    "Algorithm",
+    "Phase",
+    "RoundContext",
+    "StateSpec",
+    "algorithm_class",
+    "get_algorithm",
+]

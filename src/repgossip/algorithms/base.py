@@ -1,0 +1,152 @@
+"""The algorithm interface: what one round of a decentralized algorithm does, as data and hooks.
+
+An algorithm declares its local phases (which part of which model copy SGD updates, for how long),
+the part it gossips, and optionally:
+- extra model copies per worker (Ditto's personal model), trained by phases that name them;
+- extra per-worker state rows (a mask, a buffer), initialised by `init_state`;
+- a gradient hook that changes a phase's update (a proximal term, a mask);
+- its own communication (`communicate`), for messages other than a dense mixed block;
+- an end-of-round hook (mask evolution, schedules).
+All of it is stored as rows of the worker population: checkpointed, and moved by the distributed
+engine exactly like parameters. The engine calls these hooks; it never names an algorithm.
+
+One round, as the run loop performs it:
+
+    for phase in algorithm.phases: population trains phase.model's phase.part for phase.budget
+    bytes = algorithm.communicate(context)          # default: gossip `shared` with W
+    algorithm.end_round(context)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from repgossip.layout import MAIN_MODEL, PARTS
+
+if TYPE_CHECKING:
+    from repgossip.config import Config
+    from repgossip.engines.base import Engine
+    from repgossip.gossip import RoundPlan
+    from repgossip.population import Population
+
+BUDGETS = ("head", "body")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One local phase of a round: SGD on `part` of the worker's `model` copy, the rest frozen.
+
+    `budget` names whose keys set its length: "head" (head_steps/head_epochs, lr_head) or "body"
+    (body_steps/body_epochs, lr_body). Joint-training phases use both budgets in turn, so every
+    algorithm takes the same number of SGD steps per round.
+    """
+
+    part: str
+    budget: str
+    model: str = MAIN_MODEL
+
+    def __post_init__(self) -> None:
+        if self.part not in PARTS:
+            raise ValueError(f"Phase part must be one of {', '.join(PARTS)}, got '{self.part}'")
+        if self.budget not in BUDGETS:
+            raise ValueError(f"Phase budget must be 'head' or 'body', got '{self.budget}'")
+
+
+ALTERNATING = (Phase("head", "head"), Phase("body", "body"))  # DePRL, FedRep
+JOINT = (Phase("all", "head"), Phase("all", "body"))  # the joint-training baselines
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """An extra per-worker row of `width` float32 values ("params": one per model parameter),
+    filled with `fill` at the start (then `Algorithm.init_state` may overwrite it)."""
+
+    width: int | str = "params"
+    fill: float = 0.0
+
+
+@dataclass
+class RoundContext:
+    """What the communication and end-of-round hooks may use: this process's workers, the
+    engine, the round's plan (graph, W, who is active) and the config."""
+
+    population: Population
+    engine: Engine
+    plan: RoundPlan
+    round_index: int
+    config: Config
+
+
+Rows = Callable[[str], torch.Tensor]  # name of a row set -> its rows for the workers being stepped
+
+
+class Algorithm:
+    """Base of every algorithm. Subclasses set the class attributes and override hooks they need.
+
+    Instances are built from the resolved config (`Algorithm(config)`), so an algorithm reads its
+    own keys from it; the defaults below make a plain subclass a valid algorithm.
+    """
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    phases: ClassVar[tuple[Phase, ...]] = ALTERNATING
+    shared: ClassVar[str | None] = "body"  # the part gossiped after the local phases; None: none
+    exact_average: ClassVar[bool] = False  # centralized references: complete graph, W = 11^T/N
+    default_momentum: ClassVar[float] = 0.0
+    evaluated_model: ClassVar[str] = MAIN_MODEL  # the copy whose accuracy is reported
+
+    def __init__(self, config: Config | None = None) -> None:
+        self.config = config
+
+    # ------------------------------------------------------------------ per-worker state
+
+    def extra_models(self) -> tuple[str, ...]:
+        """Names of model copies each worker holds besides `params` (each with its own momentum
+        and BatchNorm buffers); they start as copies of the common initialisation."""
+        return tuple(sorted({p.model for p in self.phases} - {MAIN_MODEL}))
+
+    def extra_state(self) -> Mapping[str, StateSpec]:
+        """Named per-worker rows the algorithm keeps besides models (a mask, a counter)."""
+        return {}
+
+    def init_state(self, population: Population) -> None:
+        """Fill the extra state once, after the common initialisation (default: the specs' fill)."""
+
+    # ------------------------------------------------------------------ the local step
+
+    def adjust_gradient(
+        self, phase: Phase, grad: torch.Tensor, weights: torch.Tensor, rows: Rows
+    ) -> None:
+        """Change a phase's gradient in place before the SGD update (default: leave it).
+
+        `weights` and `grad` hold the trained columns of the workers being stepped (one worker:
+        1-D; a stack of workers: 2-D, one row each); `rows(name)` gives another row set (a model
+        copy or extra state) for the same workers and columns, e.g. `rows("params")` for a
+        proximal term toward the worker's shared model.
+        """
+
+    # ------------------------------------------------------------------ communication
+
+    def communicate(self, ctx: RoundContext) -> int:
+        """Exchange with neighbours after the local phases; returns the bytes all workers sent
+        (the `bytes_sent` metric). Default: gossip the `shared` part of `params` with W."""
+        if self.shared is None:
+            return 0
+        return ctx.engine.gossip(ctx.population, self.shared, ctx.plan)
+
+    def end_round(self, ctx: RoundContext) -> None:
+        """Anything after communication (mask evolution, schedules); default: nothing."""
+
+    # ------------------------------------------------------------------ description
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "phases": [(p.part, p.budget, p.model) for p in self.phases],
+            "shared": self.shared,
+            "exact_average": self.exact_average,
+        }

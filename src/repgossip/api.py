@@ -1,0 +1,111 @@
+"""The Python API, the command line's twin: `repgossip.run(config, model=..., data=..., ...)`.
+
+    import repgossip
+    result = repgossip.run({"algorithm": "deprl", "workers": 8, "rounds": 20},
+                           model=make_model, data=(train_x, train_y, test_x, test_y),
+                           graph=networkx_graph, callbacks=[...], out=None)
+    result.history, result.summary, result.worker_state(3)
+
+Every config key may also be given as a keyword. Objects handed over (a model function, data, a
+graph, an algorithm class) take the place of registered names; `config.yaml` records an import
+path for each that has one (so `repgossip run --resume` can continue the run), else
+`python:<name>`, and resuming such a run needs the same objects again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from repgossip.algorithms import Algorithm
+from repgossip.callbacks import Callback
+from repgossip.config import KEYS, Config, build_config, read_yaml, suggest_key
+from repgossip.errors import UsageError
+from repgossip.registry import API_PREFIX, reference_of
+from repgossip.runner import RunResult, Supplied, run_experiment
+from repgossip.topology import graph_from_object
+
+
+def run(
+    config: Mapping[str, Any] | Config | str | Path | None = None,
+    *,
+    model: Any = None,
+    data: Any = None,
+    graph: Any = None,
+    algorithm: type[Algorithm] | None = None,
+    callbacks: Sequence[Callback] = (),
+    out: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool | None = False,
+    **keys: Any,
+) -> RunResult:
+    """Run one experiment and return its history, summary and worker states.
+
+    `config` is a mapping of config keys, a Config, or a YAML file; `keys` override it. `model`
+    is a function returning a module with `body` and `head` (called with whichever of
+    `input_shape`, `num_classes`, `config` it names); `data` is per-worker tensors or centralized
+    datasets (repgossip.data.federation lists the forms); `graph` a networkx graph or an (N, N)
+    adjacency; `algorithm` an Algorithm subclass. `out` writes the usual run folder; None keeps
+    everything in memory. `progress` None shows a bar on a terminal and plain lines elsewhere.
+    """
+    base = _base_config(config)
+    unknown = [k for k in keys if k not in KEYS]
+    if unknown:
+        raise UsageError(suggest_key(unknown[0]))
+    given = {**base, **keys}
+    references = {
+        "model": model,
+        "dataset": data,
+        "topology": graph,
+        "algorithm": algorithm,
+    }
+    for key, obj in references.items():
+        if obj is not None:
+            reference = _reference(key, obj)
+            named = str(given.get(key, reference))
+            if named != reference and not named.startswith(API_PREFIX):
+                what = {"dataset": "data", "topology": "graph"}.get(key, key)
+                raise UsageError(f"give {key} or {what}, not both (got {key}={named!r})")
+            given[key] = reference
+    graph_object = None
+    if graph is not None:
+        graph_object = graph_from_object(graph, given.get("workers"))
+        given.setdefault("workers", graph_object.workers)
+    if data is not None and "workers" not in given and _per_worker_lists(data):
+        given["workers"] = len(data[0])
+    if algorithm is not None and not (
+        isinstance(algorithm, type) and issubclass(algorithm, Algorithm)
+    ):
+        raise UsageError(f"algorithm must be a subclass of repgossip.Algorithm, got {algorithm!r}")
+    cfg = build_config(given, algorithm=algorithm)
+    supplied = Supplied(model=model, data=data, graph=graph_object, algorithm=algorithm)
+    return run_experiment(
+        cfg, out, resume=resume, force=force, progress=progress, callbacks=callbacks,
+        supplied=supplied,
+    )  # fmt: skip
+
+
+def _base_config(config: Mapping[str, Any] | Config | str | Path | None) -> dict[str, Any]:
+    if config is None:
+        return {}
+    if isinstance(config, Config):
+        return config.to_dict()
+    if isinstance(config, (str, Path)):
+        return read_yaml(config)
+    if isinstance(config, Mapping):
+        return dict(config)
+    raise UsageError(f"config must be a mapping, a Config or a YAML file path, got {config!r}")
+
+
+def _reference(key: str, obj: Any) -> str:
+    """What config.yaml records for an object handed over for `key`: an import path for functions
+    and classes that have one, `python:<name>` otherwise (data and graphs always)."""
+    if key in ("model", "algorithm") and callable(obj):
+        return reference_of(obj)
+    return f"{API_PREFIX}{type(obj).__name__}"
+
+
+def _per_worker_lists(data: Any) -> bool:
+    return isinstance(data, (tuple, list)) and len(data) == 4 and isinstance(data[0], (list, tuple))

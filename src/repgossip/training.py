@@ -1,0 +1,268 @@
+"""Local SGD for a population: budgets, step rules, batch orders, and the two training paths.
+
+- Worker by worker: each worker steps on a scratch module whose tensors are views of its rows
+  (repgossip.scratch), workers side by side on threads.
+- Stacked: a small module (the head, or a whole small model such as the synthetic task's) trains a
+  group of workers' steps at once, one batched forward and backward over their stacked rows
+  (repgossip.stacked); a head alone does so on features its frozen body computes once per round.
+Both paths apply the same update rule and the algorithm's gradient hook, so an algorithm's local
+objective (a proximal term, a mask) works on either. docs/performance.md has the measurements
+behind each choice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from repgossip import stacked
+from repgossip.layout import row_key
+from repgossip.streams import generator, worker_seeds
+
+if TYPE_CHECKING:
+    from repgossip.config import Config
+    from repgossip.population import Population
+    from repgossip.scratch import Scratch
+
+# Largest module trained stacked over workers. Stacking turns each worker's Python-bound steps into
+# one batched kernel per step, which wins for small modules; for larger ones the stacked weights
+# and gradients no longer fit in cache and the per-worker loop is faster (docs/performance.md).
+STACK_MAX_PARAMS = 4096
+
+# (grad, weights, rows) -> None, in place: see Algorithm.adjust_gradient.
+GradientHook = Callable[[torch.Tensor, torch.Tensor, Callable[[str], torch.Tensor]], None]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Local work of one phase: a number of epochs or of SGD steps (exactly one is set)."""
+
+    epochs: int | None = None
+    steps: int | None = None
+
+
+@dataclass(frozen=True)
+class StepRule:
+    """SGD with optional momentum and weight decay, as torch.optim.SGD (dampening 0, no Nesterov)."""
+
+    lr: float
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+
+def budget(cfg: Config, which: str) -> Budget:
+    """The budget of a phase whose keys are `which` ("head" or "body")."""
+    return Budget(epochs=getattr(cfg, f"{which}_epochs"), steps=getattr(cfg, f"{which}_steps"))
+
+
+def step_rule(cfg: Config, part: str, round_index: int) -> StepRule:
+    """The SGD rule of a phase training `part`: lr_head or lr_body for a head or body phase, lr
+    for the whole model, decayed per round."""
+    base = {"head": cfg.lr_head, "body": cfg.lr_body}.get(part) or cfg.lr
+    lr = base * cfg.lr_decay**round_index
+    return StepRule(lr=lr, momentum=cfg.momentum or 0.0, weight_decay=cfg.weight_decay)
+
+
+@dataclass(frozen=True)
+class BatchOrder:
+    """The samples of one phase in training order, cut into consecutive batches of `sizes`."""
+
+    order: torch.Tensor  # (sum(sizes),) sample indices
+    sizes: tuple[int, ...]
+
+    def batches(self) -> list[torch.Tensor]:
+        return list(self.order.split(self.sizes))
+
+
+def batch_schedule(n: int, batch_size: int, budget: Budget, gen: torch.Generator) -> BatchOrder:
+    """Index batches for one phase: whole shuffled epochs (the last batch of each may be short),
+    or `steps` batches of exactly `batch_size` drawn from consecutive shuffles."""
+    if budget.epochs is not None:
+        order = torch.cat([torch.randperm(n, generator=gen) for _ in range(budget.epochs)])
+        full, rest = divmod(n, batch_size)
+        epoch = (batch_size,) * full + ((rest,) if rest else ())
+        return BatchOrder(order, epoch * budget.epochs)
+    steps = budget.steps or 0
+    needed = steps * batch_size
+    stream = torch.cat([torch.randperm(n, generator=gen) for _ in range(math.ceil(needed / n))])
+    return BatchOrder(stream[:needed], (batch_size,) * steps)
+
+
+def stacks_well(module: nn.Module) -> bool:
+    """Whether `module` trains faster stacked over workers than worker by worker: it has a stacked
+    form (no convolutions, no batch statistics, no dropout) and it is small."""
+    small = sum(p.numel() for p in module.parameters()) <= STACK_MAX_PARAMS
+    return small and stacked.can_stack(module)
+
+
+@dataclass(frozen=True)
+class PhaseWork:
+    """What one phase does to every chosen worker."""
+
+    part: str
+    model: str  # the model copy trained
+    rule: StepRule
+    hook: GradientHook | None
+
+
+def train_phase(
+    pop: Population,
+    part: str,
+    budget: Budget,
+    rule: StepRule,
+    round_index: int,
+    phase: int,
+    active: Collection[int] | None,
+    model: str,
+    hook: GradientHook | None,
+) -> None:
+    """Run one local phase on every worker of `pop` (or those in `active`, by global id)."""
+    chosen = [
+        local for local, worker in enumerate(pop.worker_ids) if active is None or worker in active
+    ]
+    ids = np.array([pop.worker_ids[local] for local in chosen], dtype=np.int64)
+    seeds = worker_seeds(pop.seed, ids, round_index, phase)
+    gens = {local: generator(s) for local, s in zip(chosen, seeds, strict=True)}
+    batches = {
+        local: batch_schedule(len(pop.train_y[local]), pop.batch_size, budget, gens[local])
+        for local in chosen
+    }  # drawn first: dropout masks continue each worker's stream after its batch order
+    work = PhaseWork(part, model, rule, hook)
+    with pop.pool.one_thread_per_worker() as threads:
+        if pop.stack_model or (part == "head" and pop.stack_head):
+            _train_stacked(pop, chosen, work, batches, threads)
+        else:
+            pop.pool.each(
+                chosen,
+                lambda scratch, local: _train_worker(
+                    pop, scratch, local, work, batches[local], gens[local]
+                ),
+                threads,
+            )
+
+
+def _rows_of(
+    pop: Population, index: int | torch.Tensor, cols: slice
+) -> Callable[[str], torch.Tensor]:
+    return lambda name: pop.rows[name][index, cols]
+
+
+def _train_worker(
+    pop: Population,
+    scratch: Scratch,
+    local: int,
+    work: PhaseWork,
+    batches: BatchOrder,
+    gen: torch.Generator,
+) -> None:
+    rows = pop.worker_rows(local, work.model)
+    cols = pop.layout.part(work.part)
+    inputs, targets = pop.train_x[local], pop.train_y[local]
+    stage = "full"
+    if work.part == "head":  # the body is frozen: its features are the same at every step
+        inputs, stage = scratch.outputs(rows, inputs, "body"), "head"
+    scratch.bind(rows, cols)
+    scratch.start(gen, training=True)
+    segment, grad = rows.params[cols], scratch.grad[cols]
+    velocity = pop.rows[row_key(work.model, "momentum")][local, cols]
+    others = _rows_of(pop, local, cols)
+    for idx in batches.batches():
+        grad.zero_()
+        pop.loss(scratch.module(inputs[idx], stage=stage), targets[idx]).backward()
+        with torch.no_grad():
+            if work.hook is not None:
+                work.hook(grad, segment, others)
+            _apply(segment, velocity, grad, work.rule)
+
+
+def _train_stacked(
+    pop: Population,
+    chosen: list[int],
+    work: PhaseWork,
+    batches: dict[int, BatchOrder],
+    threads: int,
+) -> None:
+    """SGD on `work.part` of all chosen workers, each step of a group of workers as one stacked
+    forward and backward; a head phase on body features computed once per worker.
+
+    Why: a step of a small module is mostly Python and autograd overhead when done worker by
+    worker. Workers with the same number of samples have batches of the same sizes, so each
+    such group steps together, cut into at most one chunk per thread. A worker's numbers do not
+    depend on which other workers share its chunk (tests/test_stacked.py).
+
+    A model stacked whole recomputes its small body at every head step, stacked, rather than
+    computing features worker by worker.
+    """
+    stage = "head" if work.part == "head" and not pop.stack_model else "full"
+    if stage == "head":  # the body is frozen: its features are the same at every step
+        features = pop.pool.each(
+            chosen,
+            lambda scratch, local: scratch.outputs(
+                pop.worker_rows(local, work.model), pop.train_x[local], "body"
+            ),
+            threads,
+        )
+        inputs = dict(zip(chosen, features, strict=True))
+    else:
+        inputs = {local: pop.train_x[local] for local in chosen}
+    pop.pool.each(
+        pop.pool.stacks(chosen, lambda local: len(pop.train_y[local]), threads),
+        lambda _, members: _train_group(
+            pop, members, work, stage, [inputs[m] for m in members], [batches[m] for m in members]
+        ),
+        threads,
+    )
+
+
+def _train_group(
+    pop: Population,
+    members: list[int],
+    work: PhaseWork,
+    stage: str,
+    inputs: list[torch.Tensor],
+    batches: list[BatchOrder],
+) -> None:
+    """SGD on `work.part` of `members` (equal sample counts), each with its own batch order."""
+    params_all = pop.rows[row_key(work.model, "params")]
+    momentum_all = pop.rows[row_key(work.model, "momentum")]
+    device = params_all.device
+    rows = torch.tensor(members, device=device)
+    cols = pop.layout.part(work.part)
+    order = torch.stack([b.order for b in batches]).to(device)  # (G, samples of the phase)
+    every = torch.arange(len(members), device=device)[:, None]
+    x_pool, y_pool = torch.stack(inputs), torch.stack([pop.train_y[m] for m in members])
+    segment = params_all[rows, cols].requires_grad_()  # a copy: a leaf updated in place
+    velocity = momentum_all[rows, cols]
+    params = pop.layout.views(segment, work.part)
+    other = {"body": "head", "head": "body"}.get(work.part)
+    if other and stage == "full":  # the frozen part takes part in the forward pass
+        params |= pop.layout.views(params_all[rows, pop.layout.part(other)], other)
+    others = _rows_of(pop, rows, cols)
+    for idx in order.split(batches[0].sizes, 1):
+        x, y = x_pool[every, idx], y_pool[every, idx]
+        out = stacked.model_forward(pop.model, params, x, stage)
+        losses = pop.loss(out.flatten(0, 1), y.flatten(), reduction="none")
+        (grad,) = torch.autograd.grad(losses.view(len(members), -1).mean(1).sum(), segment)
+        with torch.no_grad():
+            if work.hook is not None:
+                work.hook(grad, segment, others)
+            _apply(segment, velocity, grad, work.rule)
+    params_all[rows, cols] = segment.detach()
+    momentum_all[rows, cols] = velocity
+
+
+def _apply(
+    segment: torch.Tensor, velocity: torch.Tensor, grad: torch.Tensor, rule: StepRule
+) -> None:
+    if rule.weight_decay:
+        grad.add_(segment, alpha=rule.weight_decay)
+    if rule.momentum:
+        velocity.mul_(rule.momentum).add_(grad)
+        grad = velocity
+    segment.add_(grad, alpha=-rule.lr)

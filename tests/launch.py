@@ -1,0 +1,46 @@
+"""Launching `repgossip run` under torchrun from tests, and reading what it wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def torchrun(
+    nproc: int, out: Path, *sets: str, launch=(), env=None, timeout=240, resume=False, cwd=None
+):
+    """`torchrun ... -m repgossip run --set engine=dist SETS --out OUT`, as a finished process."""
+    argv = [sys.executable, "-m", "torch.distributed.run", *(launch or ["--standalone"]),
+            "--nproc-per-node", str(nproc), "-m", "repgossip", "run", "--quiet",
+            "--set", "engine=dist", *sets, "--out", str(out)] + (["--resume"] if resume else [])  # fmt: skip
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, env=env or ENV, cwd=cwd
+    )
+
+
+def summary(out: Path) -> dict:
+    """summary.json without the keys that differ between equal runs (time, wire bytes)."""
+    data = json.loads((out / "summary.json").read_text())
+    data.pop("wall_s")
+    data.pop("wire_bytes")
+    return data
+
+
+def assert_same_numbers(dist_summary: dict, sim: dict) -> None:
+    """Per-worker accuracies identical, losses equal to float rounding (in practice: bitwise)."""
+    assert dist_summary.get("per_worker_acc") == sim.get("per_worker_acc")
+    assert dist_summary["per_worker_test_loss"] == pytest.approx(
+        sim["per_worker_test_loss"], rel=1e-6
+    )
+    for key, value in sim.items():
+        if isinstance(value, float):
+            assert dist_summary[key] == pytest.approx(value, rel=1e-6, abs=1e-12), key
+        elif not isinstance(value, list):
+            assert dist_summary[key] == value, key

@@ -1,0 +1,171 @@
+"""The Python API: `repgossip.run` with the user's own model, tensors, graph, algorithm and
+callbacks; real networks (BatchNorm, Dropout) behave as a PyTorch user expects."""
+
+from __future__ import annotations
+
+import networkx as nx
+import pytest
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import repgossip
+from repgossip import Callback, Phase, StateSpec
+
+WORKERS, FEATURES, CLASSES = 6, 5, 3
+
+
+def bn_model(input_shape, num_classes):
+    model = nn.Module()
+    model.body = nn.Sequential(nn.Linear(input_shape[0], 8), nn.BatchNorm1d(8), nn.ReLU(),
+                               nn.Dropout(0.25))  # fmt: skip
+    model.head = nn.Linear(8, num_classes)
+    return model
+
+
+def tensors(seed: int = 0, n: int = 24):
+    gen = torch.Generator().manual_seed(seed)
+    out = [[], [], [], []]
+    for worker in range(WORKERS):
+        shift = torch.randn(FEATURES, generator=gen) * (1 + worker)  # unlike inputs per worker
+        for split in (0, 2):
+            y = torch.randint(0, CLASSES, (n,), generator=gen)
+            out[split].append(torch.randn(n, FEATURES, generator=gen) + shift + y[:, None])
+            out[split + 1].append(y)
+    return tuple(out)
+
+
+def run(**kwargs):
+    settings = {"rounds": 2, "lr": 0.05, "head_epochs": 1, "body_epochs": 1, "model": bn_model,
+                "data": tensors(), "graph": nx.cycle_graph(WORKERS), **kwargs}  # fmt: skip
+    return repgossip.run(**settings)
+
+
+def test_history_summary_and_worker_state_without_a_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run()
+    assert [r["round"] for r in result.history] == [0, 1, 2]
+    assert result.summary["rounds"] == 2 and len(result.summary["per_worker_acc"]) == WORKERS
+    state = result.worker_state(3)
+    assert set(state) == set(bn_model((FEATURES,), CLASSES).state_dict())
+    assert int(state["body.1.num_batches_tracked"]) > 0  # trained in train() mode
+    assert not list(tmp_path.iterdir())  # out=None writes nothing
+    with pytest.raises(repgossip.UsageError, match="worker 9 is not among"):
+        result.worker_state(9)
+
+
+def test_batchnorm_statistics_are_private_unless_shared():
+    private = run(graph=nx.complete_graph(WORKERS))
+    means = [private.worker_state(w)["body.1.running_mean"] for w in range(WORKERS)]
+    assert len({tuple(m.tolist()) for m in means}) == WORKERS
+    bodies = [private.worker_state(w)["body.0.weight"] for w in range(WORKERS)]
+    assert all(torch.equal(bodies[0], b) for b in bodies)  # complete graph: one body
+    shared = run(graph=nx.complete_graph(WORKERS), share_bn_stats=True)
+    means = [shared.worker_state(w)["body.1.running_mean"] for w in range(WORKERS)]
+    assert all(torch.equal(means[0], m) for m in means)
+    assert shared.summary["bytes_sent"] > private.summary["bytes_sent"]  # statistics travel
+
+
+def test_evaluation_runs_in_eval_mode_so_it_is_repeatable():
+    result = run(rounds=1)
+    exp = result.experiment
+    first, again = exp.population.evaluate(), exp.population.evaluate()
+    assert all((first[k] == again[k]).all() for k in first)  # no dropout, no moving statistics
+    assert torch.equal(
+        result.worker_state(0)["body.1.running_mean"],
+        run(rounds=1).worker_state(0)["body.1.running_mean"],
+    )
+
+
+def test_the_run_folder_records_references_and_resumes_with_the_same_objects(tmp_path):
+    whole = run(rounds=3, out=tmp_path / "whole")
+    saved = yaml.safe_load((tmp_path / "whole" / "config.yaml").read_text())
+    assert saved["model"] == "test_api:bn_model" and saved["dataset"] == "python:tuple"
+    assert saved["topology"] == "python:Graph" and saved["workers"] == WORKERS
+    assert (tmp_path / "whole" / "provenance.json").is_file()
+    run(rounds=1, out=tmp_path / "part")
+    resumed = run(rounds=3, out=tmp_path / "part", resume=True)
+    for w in range(WORKERS):
+        a, b = whole.worker_state(w), resumed.worker_state(w)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["round"] for r in resumed.history] == [0, 1, 2, 3]
+
+
+def test_callbacks_receive_every_evaluation_and_round():
+    class Recorder(Callback):
+        def __init__(self):
+            self.events = []
+
+        def on_evaluation(self, record):
+            self.events.append(("eval", record["round"]))
+
+        def on_round_end(self, round_done):
+            self.events.append(("round", round_done))
+
+        def on_run_end(self, summary):
+            self.events.append(("end", summary["rounds"]))
+
+    recorder = Recorder()
+    run(callbacks=[recorder])
+    assert recorder.events == [("eval", 0), ("eval", 1), ("round", 1), ("eval", 2), ("round", 2),
+                               ("end", 2)]  # fmt: skip
+
+
+class Anchored(repgossip.Algorithm):
+    """A proximal DePRL defined inside a test, handed over as a class."""
+
+    phases = (Phase("head", "head"), Phase("body", "body"))
+    shared = "body"
+
+    def extra_state(self):
+        return {"anchor": StateSpec()}
+
+    def init_state(self, population):
+        population.rows["anchor"].copy_(population.params)
+
+    def adjust_gradient(self, phase, grad, weights, rows):
+        if phase.part == "body":
+            grad.add_(weights - rows("anchor"), alpha=10.0)
+
+
+def test_an_algorithm_class_handed_over_runs_and_acts():
+    plain, anchored = run(), run(algorithm=Anchored)
+    assert plain.summary["per_worker_test_loss"] != anchored.summary["per_worker_test_loss"]
+    start = anchored.experiment.population.rows["anchor"]
+    moved = (anchored.experiment.population.params - start).abs().sum()
+    assert moved > 0
+
+
+def test_centralized_datasets_are_partitioned():
+    x = torch.randn(600, FEATURES)
+    y = torch.randint(0, CLASSES, (600,))
+    result = repgossip.run(
+        {"workers": 4, "rounds": 1, "partition": "shards", "classes_per_worker": 2},
+        data=(TensorDataset(x, y), (x[:120], y[:120])),
+    )
+    assert result.experiment.cfg.model == "mlp"
+    labels = [set(t.tolist()) for t in result.experiment.population.train_y]
+    assert all(len(s) == 2 for s in labels)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"wokers": 3}, "did you mean 'workers'"),
+        ({"graph": nx.path_graph(4)}, "6 entries but workers=4"),
+        ({"topology": "ring"}, "give topology or graph, not both"),
+        ({"graph": nx.Graph([(0, 1), (2, 3)]), "workers": 4}, "disconnected"),
+        (
+            {"data": ([torch.zeros(2, 3)],) * 4, "workers": 1, "graph": nx.empty_graph(1)},
+            "labels of shape (2, 3)",
+        ),
+        ({"algorithm": object}, "subclass of repgossip.Algorithm"),
+        ({"model": lambda: nn.Linear(2, 2)}, "'body' and 'head' submodules"),
+    ],
+)
+def test_bad_api_input_is_a_one_line_usage_error(kwargs, needle):
+    settings = {"model": bn_model, "data": tensors(), "graph": nx.cycle_graph(WORKERS), "rounds": 1}
+    with pytest.raises(repgossip.UsageError) as info:
+        repgossip.run(**{**settings, **kwargs})
+    assert needle in str(info.value) and "\n" not in str(info.value)

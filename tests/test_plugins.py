@@ -1,0 +1,158 @@
+"""Plug-ins from the command line: a user's model, dataset and algorithm named as
+`package.module:name`, importable from the working directory, on both engines; and every way a
+plug-in can be wrong, refused in one line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from repgossip.cli import main
+
+from launch import assert_same_numbers, summary, torchrun
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SYNTHETIC = ["dataset=synthetic", "workers=6", "samples_per_worker=30", "rounds=3"]
+
+
+@pytest.fixture
+def plugin_dir(tmp_path, monkeypatch):
+    """A working directory holding the example plug-ins, as a user's project folder would."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    for name in ("mymodels.py", "mydata.py", "proxdeprl.py"):
+        shutil.copy(EXAMPLES / name, folder / name)
+    monkeypatch.chdir(folder)
+    return folder
+
+
+def cli(*args: str) -> int:
+    return main(["run", "--quiet", *args])
+
+
+def test_a_model_plugin_runs_and_the_config_records_it(plugin_dir, capsys):
+    out = plugin_dir / "run"
+    assert cli("--set", "model=mymodels:tiny", "workers=4", "samples_per_worker=20", "rounds=2",
+               "--out", str(out)) == 0  # fmt: skip
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"] == "mymodels:tiny" and saved["dataset"] == "fmnist"
+    assert json.loads((out / "summary.json").read_text())["rounds"] == 2
+
+
+def test_a_dataset_plugin_is_partitioned_by_the_configured_partition(plugin_dir):
+    out = plugin_dir / "run"
+    sets = ["dataset=mydata:blobs", "workers=6", "partition=shards", "classes_per_worker=2",
+            "samples_per_worker=50", "rounds=3"]  # fmt: skip
+    assert cli("--set", *sets, "--out", str(out)) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["dataset"] == "mydata:blobs" and saved["model"] == "mlp"
+    result = json.loads((out / "summary.json").read_text())
+    assert len(result["per_worker_acc"]) == 6
+    assert result["test_acc_mean"] > 0.5  # six separable classes, two per worker
+
+
+def test_an_algorithm_plugin_changes_the_numbers_and_resumes_exactly(plugin_dir):
+    whole, part = plugin_dir / "whole", plugin_dir / "part"
+    assert cli("--set", "algorithm=proxdeprl:ProxDePRL", *SYNTHETIC, "--out", str(whole)) == 0
+    assert cli("--set", "algorithm=deprl", *SYNTHETIC, "--out", str(plugin_dir / "plain")) == 0
+    assert summary(whole) != summary(plugin_dir / "plain")  # the proximal term acts
+    assert cli("--set", "algorithm=proxdeprl:ProxDePRL", *SYNTHETIC, "rounds=1",
+               "--out", str(part)) == 0  # fmt: skip
+    assert cli("--set", "rounds=3", "--out", str(part), "--resume") == 0
+    assert summary(part) == summary(whole)  # the anchor state was checkpointed and restored
+
+
+@pytest.mark.slow
+def test_an_algorithm_plugin_gives_the_same_numbers_on_two_ranks(plugin_dir):
+    sets = ["algorithm=proxdeprl:ProxDePRL", *SYNTHETIC]
+    assert cli("--set", *sets, "--out", str(plugin_dir / "sim")) == 0
+    done = torchrun(2, plugin_dir / "dist", *sets, cwd=plugin_dir)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_numbers(summary(plugin_dir / "dist"), summary(plugin_dir / "sim"))
+
+
+@pytest.mark.slow
+def test_batchnorm_and_dropout_give_the_same_numbers_on_two_ranks(plugin_dir):
+    (plugin_dir / "bnmodels.py").write_text(
+        "from torch import nn\n"
+        "def bn(input_shape, num_classes):\n"
+        "    m = nn.Module()\n"
+        "    m.body = nn.Sequential(nn.Linear(input_shape[0], 8), nn.BatchNorm1d(8), nn.ReLU(),\n"
+        "                           nn.Dropout(0.3))\n"
+        "    m.head = nn.Sequential(nn.Dropout(0.1), nn.Linear(8, 1))\n"
+        "    return m\n"
+    )
+    sets = ["model=bnmodels:bn", *SYNTHETIC, "checkpoint_every=1"]
+    assert cli("--set", *sets, "--out", str(plugin_dir / "sim")) == 0
+    done = torchrun(2, plugin_dir / "dist", *sets, cwd=plugin_dir)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_numbers(summary(plugin_dir / "dist"), summary(plugin_dir / "sim"))
+
+
+BAD_PLUGINS = {
+    "nomodule.py": "",
+    "raising.py": "raise RuntimeError('broken at import')\n",
+    "shapes.py": (
+        "from torch import nn\n"
+        "def nobody(input_shape, num_classes):\n    return nn.Linear(3, 3)\n"
+        "def wide(input_shape, num_classes):\n"
+        "    m = nn.Module(); m.body = nn.Flatten(); m.head = nn.Linear(784, 3); return m\n"
+        "def crash(num_classes):\n    raise ValueError('no such size')\n"
+        "def outside(input_shape, num_classes):\n"
+        "    m = nn.Module(); m.body = nn.Flatten(); m.head = nn.Linear(784, num_classes)\n"
+        "    m.extra = nn.Linear(2, 2); return m\n"
+        "def tied(input_shape, num_classes):\n"
+        "    m = nn.Module(); layer = nn.Linear(784, 784)\n"
+        "    m.body = nn.Sequential(nn.Flatten(), layer)\n"
+        "    m.head = nn.Sequential(layer, nn.Linear(784, num_classes))\n"
+        "    return m\n"
+        "def alpha(input_shape, num_classes):\n"
+        "    m = nn.Module(); m.body = nn.Sequential(nn.Flatten(), nn.AlphaDropout(0.1))\n"
+        "    m.head = nn.Linear(784, num_classes); return m\n"
+        "def floats(seed):\n"
+        "    import torch\n"
+        "    x = torch.randn(40, 3)\n"
+        "    return (x, torch.rand(40) > 0.5), (x, torch.rand(40) > 0.5)\n"
+        "def lists(workers):\n"
+        "    import torch\n"
+        "    return [torch.zeros(2, 3)] * workers, [torch.tensor([0, 9])] * workers, "
+        "[torch.zeros(2, 3)] * workers, [torch.tensor([0, -1])] * workers\n"
+        "def garbage():\n    return 'data'\n"
+        "class NotAnAlgorithm:\n    pass\n"
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("sets", "needle"),
+    [
+        (["model=missing_module:tiny"], "no module 'missing_module'"),
+        (["model=raising:tiny"], "RuntimeError: broken at import"),
+        (["model=shapes:absent"], "has no 'absent'"),
+        (["model=shapes:nobody"], "'body' and 'head' submodules"),
+        (["model=shapes:wide"], "outputs of shape (2, 3)"),
+        (["model=shapes:crash"], "ValueError: no such size"),
+        (["model=shapes:outside"], "parameter 'extra.weight' outside 'body' and 'head'"),
+        (["model=shapes:tied"], "must not share weights"),
+        (["model=shapes:alpha"], "AlphaDropout"),
+        (["dataset=shapes:floats"], "integers (classes) or floats (regression), got bool"),
+        (["dataset=shapes:lists", "workers=2"], "label -1; classes must be 0..9"),
+        (["dataset=shapes:garbage"], "must be a Federation"),
+        (["algorithm=shapes:NotAnAlgorithm"], "subclass of repgossip.Algorithm"),
+        (["model=not a reference"], "valid: cnn, mlp, linear, or package.module:name"),
+    ],
+)
+def test_a_bad_plugin_is_one_line_with_exit_code_2(plugin_dir, capsys, sets, needle):
+    for name, text in BAD_PLUGINS.items():
+        if name != "nomodule.py":
+            (plugin_dir / name).write_text(text)
+    code = cli("--set", "workers=4", "samples_per_worker=20", "rounds=1", *sets,
+               "--out", str(plugin_dir / "run"))  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and needle in err, err
+    assert not (plugin_dir / "run").exists()
