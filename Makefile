@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 DEMO_DIR ?= runs/demo
 
-.PHONY: install install-test data demo test lint
+.PHONY: install install-test data demo test lint typecheck examples
 
 install:
 	$(PIP) install -q -e .
@@ -30,5 +30,12 @@ lint:
 	ruff check .
 	ruff format --check .
 
-test: install-test data lint
+typecheck:
+	$(PYTHON) -m mypy
+
+# Every plug-in route of examples/, run as a user would.
+examples:
+	bash examples/run_all.sh
+
+test: install-test data lint typecheck examples
 	$(PYTHON) -m pytest

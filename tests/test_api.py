@@ -169,3 +169,35 @@ def test_bad_api_input_is_a_one_line_usage_error(kwargs, needle):
     with pytest.raises(repgossip.UsageError) as info:
         repgossip.run(**{**settings, **kwargs})
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+API_SCRIPT = """
+import sys
+import networkx as nx
+import repgossip
+from test_api import bn_model, tensors, WORKERS
+result = repgossip.run({"rounds": 2, "engine": sys.argv[2], "head_epochs": 1},
+                       model=bn_model, data=tensors(), graph=nx.cycle_graph(WORKERS),
+                       out=sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_the_same_api_call_under_torchrun_gives_the_same_numbers(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from launch import ENV, assert_same_numbers, summary
+
+    script = tmp_path / "script.py"
+    script.write_text(API_SCRIPT)
+    env = {**ENV, "PYTHONPATH": str(Path(__file__).parent)}
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+            str(script), str(tmp_path / "dist"), "dist"]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sim = subprocess.run([sys.executable, str(script), str(tmp_path / "sim"), "sim"],
+                         capture_output=True, text=True, timeout=240, env=env)  # fmt: skip
+    assert sim.returncode == 0, sim.stderr[-2000:]
+    assert_same_numbers(summary(tmp_path / "dist"), summary(tmp_path / "sim"))

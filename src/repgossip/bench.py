@@ -17,6 +17,7 @@ processes on a shared machine falls on all of them alike; medians drop the distu
 from __future__ import annotations
 
 import copy
+import functools
 import resource
 import statistics
 import time
@@ -103,7 +104,7 @@ class Bound:
 
     def train(self, samples: int, batch: int) -> None:
         """Forward, backward and an SGD update over `samples` samples (cycling through the data)."""
-        params = list(self.model.parameters())
+        params: list[torch.Tensor] = list(self.model.parameters())
         for start in range(0, samples, batch):
             idx = torch.arange(start, min(start + batch, samples), device=self.y.device)
             idx %= len(self.y)
@@ -161,7 +162,7 @@ def measure_distributed(cfg: Config, rounds_measured: int) -> dict[str, Any]:
         for r in range(1, rounds_measured + 1):
             engine.all_sum(torch.zeros(1))  # barrier
             comm_before = engine.comm_s
-            seconds = timed(lambda r=r: (train_round(exp, r), engine.all_sum(torch.zeros(1))))
+            seconds = timed(functools.partial(_round_and_barrier, exp, engine, r))
             share = torch.tensor([(engine.comm_s - comm_before) / seconds])
             rounds.append(seconds)
             shares.append(float(engine.all_sum(share)) / engine.world)
@@ -181,6 +182,11 @@ def measure_distributed(cfg: Config, rounds_measured: int) -> dict[str, Any]:
         engine.close()
 
 
+def _round_and_barrier(exp: Experiment, engine: Any, round_index: int) -> None:
+    train_round(exp, round_index)
+    engine.all_sum(torch.zeros(1))  # every rank ends the round together
+
+
 def _interleaved(
     exp: Experiment, rounds_measured: int, reference: bool
 ) -> tuple[list[float], dict[BoundSetting, list[float]], list[float]]:
@@ -194,11 +200,11 @@ def _interleaved(
     rounds: list[float] = []
     refs: list[float] = []
     for r in range(1, rounds_measured + 1):
-        rounds.append(timed(lambda r=r: train_round(exp, r)))
+        rounds.append(timed(functools.partial(train_round, exp, r)))
         for setting, seconds in bounds.items():
-            seconds.append(timed(lambda s=setting: bound.round(s)))
+            seconds.append(timed(functools.partial(bound.round, setting)))
         if ref is not None:
-            refs.append(timed(lambda r=r: ref.train_round(r)))
+            refs.append(timed(functools.partial(ref.train_round, r)))
     return rounds, bounds, refs
 
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 from repgossip.errors import UsageError
 from repgossip.runfolder import atomic_write
@@ -153,7 +153,7 @@ class CSVLogger(Callback):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.handle: TextIO | None = None
+        self.handle: IO[str] | None = None
         self.writer: csv.DictWriter | None = None
 
     def on_run_start(self, info: RunInfo) -> None:
@@ -185,8 +185,9 @@ class CSVLogger(Callback):
 
     def _open(self, mode: str, fields: list[str]) -> csv.DictWriter:
         # open for the whole run, closed in close(): a `with` block cannot span the hooks
-        self.handle = open(self.path, mode, newline="")  # noqa: SIM115
-        self.writer = csv.DictWriter(self.handle, fields, restval="", extrasaction="ignore")
+        handle = open(self.path, mode, newline="")  # noqa: SIM115
+        self.handle = handle
+        self.writer = csv.DictWriter(handle, fields, restval="", extrasaction="ignore")
         return self.writer
 
     def close(self) -> None:

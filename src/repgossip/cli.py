@@ -43,18 +43,49 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def registries() -> dict[str, Any]:
+    """Every registry of named components, by the config key that names them."""
+    from repgossip.algorithms import ALGORITHMS
+    from repgossip.data.datasets import DATASETS
+    from repgossip.data.partition import PARTITIONS
+    from repgossip.models import MODELS
+    from repgossip.topology import MIXING_RULES, TOPOLOGIES
+
+    return {
+        "algorithm": ALGORITHMS,
+        "dataset": DATASETS,
+        "model": MODELS,
+        "partition": PARTITIONS,
+        "topology": TOPOLOGIES,
+        "mixing": MIXING_RULES,
+    }
+
+
+def _choices_epilog() -> str:
+    lines = [f"  {key}: {registry.valid()}" for key, registry in registries().items()]
+    return "choices (repgossip list shows them with descriptions):\n" + "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="repgossip", description="Personalized decentralized learning (DePRL).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    epilog, formatter = _choices_epilog(), argparse.RawDescriptionHelpFormatter
 
-    run_p = sub.add_parser("run", help="run one experiment")
+    run_p = sub.add_parser(
+        "run", help="run one experiment", epilog=epilog, formatter_class=formatter
+    )
     _add_config_options(run_p)
     run_p.add_argument(
         "--out", metavar="DIR", help="output folder (default runs/ALGO-DATASET-TIME)"
     )
     _add_output_options(run_p)
 
-    sweep_p = sub.add_parser("sweep", help="run the product of a grid of configs")
+    sweep_p = sub.add_parser(
+        "sweep",
+        help="run the product of a grid of configs",
+        epilog=epilog,
+        formatter_class=formatter,
+    )
     sweep_p.add_argument(
         "--grid", metavar="KEY=V1,V2", nargs="+", action="extend", default=[], required=True,
         help="keys and their values; repeatable",
@@ -69,9 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot_p.add_argument("--out", metavar="FILE.png", help="default FOLDER/curves.png")
 
     topo_p = sub.add_parser("topology", help="describe a graph and its mixing matrix as JSON")
-    topo_p.add_argument(
-        "name", help="ring, torus, erdos_renyi, complete, exponential, star or a file"
-    )
+    topo_p.add_argument("name", help=registries()["topology"].valid())
     topo_p.add_argument("--workers", type=int, required=True)
     topo_p.add_argument(
         "--set", dest="assignments", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
@@ -88,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="also time the straightforward per-worker simulator and report the speedup",
     )  # fmt: skip
     bench_p.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads")
+    list_p = sub.add_parser("list", help="the registered algorithms, datasets, models, ...")
+    list_p.add_argument("kind", nargs="?", choices=list(registries()), help="one registry only")
     return parser
 
 
@@ -152,7 +183,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_topology(args: argparse.Namespace) -> int:
     from repgossip.topology import describe
 
-    settings = {"edge_prob": 0.3, "mixing": "metropolis", "seed": 0}
+    settings: dict[str, Any] = {"edge_prob": 0.3, "mixing": "metropolis", "seed": 0}
     for key, value in parse_assignments(args.assignments).items():
         if key not in settings:
             raise UsageError(f"topology takes --set {', '.join(settings)}, not '{key}'")
@@ -176,12 +207,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_list(args: argparse.Namespace) -> int:
+    for key, registry in registries().items():
+        if args.kind not in (None, key):
+            continue
+        print(f"{key}:")
+        for name, item in registry.items():
+            print(f"  {name:<12} {_describe(item)}".rstrip())
+    return 0
+
+
+def _describe(item: Any) -> str:
+    """A registered item's one-line description: its summary, else its docstring's first line."""
+    summary = getattr(item, "summary", "")
+    doc = (getattr(item, "__doc__", None) or "").strip().splitlines()
+    return summary or (doc[0] if doc else "")
+
+
 COMMANDS = {
     "run": cmd_run,
     "sweep": cmd_sweep,
     "plot": cmd_plot,
     "topology": cmd_topology,
     "bench": cmd_bench,
+    "list": cmd_list,
 }
 
 

@@ -55,7 +55,9 @@ class SplitModel(nn.Module):
 
 
 def cnn(input_shape: tuple[int, ...], num_classes: int) -> SplitModel:
-    """The CNN of the DePRL/FedRep experiments for 28x28 images (benchmarks compare this exact net)."""
+    """The CNN of the DePRL/FedRep experiments, for 28x28 images.
+
+    The benchmarks compare this exact network."""
     channels, height, width = _image_shape(input_shape, "cnn")
     if (height, width) != (28, 28):
         raise UsageError(f"model 'cnn' needs 28x28 images, got {height}x{width}; use model 'mlp'")
@@ -68,7 +70,7 @@ def cnn(input_shape: tuple[int, ...], num_classes: int) -> SplitModel:
 
 
 def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 128) -> SplitModel:
-    """Two hidden layers for feature vectors (images are flattened); one output for regression."""
+    """Two hidden layers of 128 units; inputs flattened; one output for regression."""
     inputs = math.prod(input_shape)
     body = nn.Sequential(
         nn.Flatten(), nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
@@ -77,8 +79,9 @@ def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 128) -> Sp
 
 
 def linear(input_shape: tuple[int, ...], config: Config | None = None) -> SplitModel:
-    """The linear-representation model: body d->k (B^T, no bias), head k->1 (theta, no bias);
-    k is the config's `rank` (2 without a config, the config's default)."""
+    """The linear-representation model of the synthetic task: body B^T (d->k), head theta (k->1).
+
+    No biases; k is the config's `rank` (2 without a config, the config's default)."""
     if len(input_shape) != 1:
         raise UsageError(f"model 'linear' needs feature vectors, got inputs of shape {input_shape}")
     (dim,) = input_shape
@@ -145,6 +148,7 @@ def as_split_model(module: Any, name: str) -> SplitModel:
                 f"(output = head(body(x))), got {type(module).__name__}"
             )
         _check_nothing_outside(module, name)
+        assert isinstance(body, nn.Module) and isinstance(head, nn.Module)  # checked above
         split = SplitModel(body, head, squeeze_output=bool(getattr(module, "squeeze_output", 0)))
     _check_split(split, name)
     return split

@@ -323,7 +323,7 @@ class RunResult:
             )
         local = pop.worker_ids.index(worker)
         model = exp.algorithm.evaluated_model
-        tensors = {}
+        tensors: dict[str, torch.Tensor] = {}
         for kind, layout in (("params", pop.layout), ("buffers", pop.buffer_layout),
                              ("int_buffers", pop.int_buffer_layout)):  # fmt: skip
             tensors |= layout.views(pop.rows[row_key(model, kind)][local])

@@ -51,7 +51,7 @@ def _hasher(init: int, mult: int) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    result = np.uint32(_MIX_MULT_L) * x - np.uint32(_MIX_MULT_R) * y
+    result: np.ndarray = np.uint32(_MIX_MULT_L) * x - np.uint32(_MIX_MULT_R) * y
     return result ^ (result >> np.uint32(_XSHIFT))
 
 

@@ -20,6 +20,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -214,6 +215,7 @@ def _cayley(shape: tuple[int, ...], offsets: list[tuple[int, ...]]) -> Graph:
 
 
 def _ring(workers: int) -> Graph:
+    """Each worker linked to the next, in a cycle (degree 2)."""
     return _cayley((workers,), [(1,)])
 
 
@@ -235,18 +237,22 @@ def _torus_shape(workers: int) -> tuple[int, int]:
 
 
 def _torus(workers: int) -> Graph:
+    """The most square r x c grid with wrap-around (degree 4)."""
     return _cayley(_torus_shape(workers), [(0, 1), (1, 0)])
 
 
 def _complete(workers: int) -> Graph:
+    """Every pair linked: gossip is exact averaging."""
     return _cayley((workers,), [(o,) for o in range(1, workers)])
 
 
 def _exponential(workers: int) -> Graph:
+    """Each worker linked to those 1, 2, 4, ... positions away (degree ~2 log2 N)."""
     return _cayley((workers,), [(2**j,) for j in range(workers.bit_length()) if 2**j < workers])
 
 
 def _star(workers: int) -> Graph:
+    """Worker 0 linked to every other worker."""
     leaves = np.arange(1, workers)
     return Graph.from_pairs(workers, np.stack([np.zeros_like(leaves), leaves], axis=1))
 
@@ -265,7 +271,9 @@ def _erdos_renyi_pairs(workers: int, edge_prob: float, rng: np.random.Generator)
 
 
 def _erdos_renyi(workers: int, edge_prob: float, seed: int) -> Graph:
-    """Redraw (deterministically, by attempt) until connected, so gossip can reach consensus."""
+    """Each pair linked with probability edge_prob, redrawn until connected.
+
+    Redraws are deterministic, by attempt, so gossip can reach consensus and runs repeat."""
     if not (_is_real(edge_prob) and 0.0 < edge_prob <= 1.0):
         raise UsageError(f"edge_prob must be in (0, 1] for erdos_renyi, got {edge_prob!r}")
     for attempt in range(_ER_MAX_ATTEMPTS):
@@ -431,7 +439,7 @@ def _graph_from_adjacency(adjacency: np.ndarray, workers: int | None, source: st
     return Graph.from_pairs(len(a), np.argwhere(np.triu(a != 0, k=1)))
 
 
-def _networkx_graph(g: object, workers: int | None) -> Graph:
+def _networkx_graph(g: Any, workers: int | None) -> Graph:
     """A networkx graph whose nodes are the worker ids 0..N-1 (any other labels would need a
     mapping to workers that only the user knows); directed graphs are refused."""
     if callable(getattr(g, "is_directed", None)) and g.is_directed():
@@ -451,10 +459,10 @@ def _networkx_graph(g: object, workers: int | None) -> Graph:
 
 
 def _is_node_id(v: object, n: int) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v < n
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and bool(0 <= v < n)
 
 
-def _as_array(obj: object) -> np.ndarray:
+def _as_array(obj: Any) -> np.ndarray:
     """A numpy view of a numpy array, a torch tensor (duck-typed: torch is not imported here) or
     nested lists."""
     if callable(getattr(obj, "detach", None)) and callable(getattr(obj, "cpu", None)):
@@ -690,9 +698,10 @@ def spectral_gap(mixing: Mixing) -> float | None:
     elif graph.workers <= DENSE_SPECTRUM_LIMIT:
         slem = float(np.sort(np.abs(np.linalg.eigvalsh(mixing.dense())))[-2])
     else:
-        slem = _deflated_largest_modulus(mixing)
-        if slem is None:
+        largest = _deflated_largest_modulus(mixing)
+        if largest is None:
             return None
+        slem = largest
     return float(min(1.0, max(0.0, 1.0 - slem)))
 
 

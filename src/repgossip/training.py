@@ -65,6 +65,7 @@ def step_rule(cfg: Config, part: str, round_index: int) -> StepRule:
     """The SGD rule of a phase training `part`: lr_head or lr_body for a head or body phase, lr
     for the whole model, decayed per round."""
     base = {"head": cfg.lr_head, "body": cfg.lr_body}.get(part) or cfg.lr
+    assert base is not None, "a resolved config always has lr"
     lr = base * cfg.lr_decay**round_index
     return StepRule(lr=lr, momentum=cfg.momentum or 0.0, weight_decay=cfg.weight_decay)
 

@@ -45,9 +45,11 @@ def _synthetic(cfg: Config) -> Federation:
     task = make_synthetic(
         cfg.workers, cfg.dim, cfg.rank, cfg.samples_per_worker or 200, cfg.noise, seed=cfg.seed
     )
-    tensors = [[torch.from_numpy(a) for a in arrays]
-               for arrays in (task.x_train, task.y_train, task.x_test, task.y_test)]  # fmt: skip
-    return Federation(*tensors, input_shape=(cfg.dim,), num_classes=0, b_star=task.b_star)
+    train_x, train_y, test_x, test_y = (
+        [torch.from_numpy(a) for a in arrays]
+        for arrays in (task.x_train, task.y_train, task.x_test, task.y_test)
+    )
+    return Federation(train_x, train_y, test_x, test_y, (cfg.dim,), 0, b_star=task.b_star)
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset", plugins=True)

@@ -60,8 +60,10 @@ def as_federation(data: Any, cfg: Config, source: str) -> Federation:
     if isinstance(data, Federation):
         return check_federation(data, cfg.workers, source)
     if isinstance(data, (tuple, list)) and len(data) == 4:
-        lists = [_tensor_list(part, name, source) for part, name in zip(data, _SPLITS, strict=True)]
-        return check_federation(_from_lists(*lists, source), cfg.workers, source)
+        train_x, train_y, test_x, test_y = (
+            _tensor_list(part, name, source) for part, name in zip(data, _SPLITS, strict=True)
+        )
+        return check_federation(_from_lists(train_x, train_y, test_x, test_y), cfg.workers, source)
     if isinstance(data, (tuple, list)) and len(data) == 2:
         (x_tr, y_tr), (x_te, y_te) = (_centralized(d, name, source) for d, name in
                                        zip(data, ("train", "test"), strict=True))  # fmt: skip
@@ -118,7 +120,10 @@ def _centralized(data: Any, name: str, source: str) -> tuple[np.ndarray, np.ndar
 
 
 def _from_lists(
-    train_x: list, train_y: list, test_x: list, test_y: list, source: str
+    train_x: list[torch.Tensor],
+    train_y: list[torch.Tensor],
+    test_x: list[torch.Tensor],
+    test_y: list[torch.Tensor],
 ) -> Federation:
     shape = tuple(train_x[0].shape[1:]) if train_x else ()
     labels = [*train_y, *test_y]

@@ -226,7 +226,7 @@ def test_split(
     return _deal_wrapping(pools, demand)
 
 
-test_split.__test__ = False  # a library function, not a pytest test, wherever it is imported
+test_split.__test__ = False  # type: ignore[attr-defined]  # a library function, not a pytest test, wherever it is imported
 
 
 def _test_demand(

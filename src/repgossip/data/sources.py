@@ -72,8 +72,9 @@ def _find_fmnist_files(data_dir: str | None) -> list[Path]:
     first_missing = None
     for d in dirs:
         found = [_find_file(Path(d), name) for name in FMNIST_FILES]
-        if all(found):
-            return [p.resolve() for p in found]
+        present = [p for p in found if p is not None]
+        if len(present) == len(found):
+            return [p.resolve() for p in present]
         if first_missing is None:
             first_missing = FMNIST_FILES[found.index(None)]
     raise UsageError(

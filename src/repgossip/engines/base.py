@@ -7,12 +7,16 @@ identities; the distributed engine over torch.distributed. Algorithms never see 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
 from repgossip.gossip import RoundPlan, mix_rows
 from repgossip.metrics import bytes_per_round
 from repgossip.population import Population
+
+Fetch = Callable[[np.ndarray], torch.Tensor]  # global worker ids -> their rows
 
 
 class Engine:
@@ -41,8 +45,7 @@ class Engine:
         (the `bytes_sent` metric)."""
         blocks = pop.gossiped_blocks(part)
         block = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
-        before = block.clone()  # every worker mixes the blocks as they were before this gossip
-        fetch = self._fetcher(before, plan)
+        fetch = self.fetch_neighbours(block, plan)
         mix_rows(self.local_workers(), plan.slots, fetch, block)
         if len(blocks) > 1:  # mixing is column by column: write each block's columns back
             for target, mixed in zip(
@@ -51,7 +54,15 @@ class Engine:
                 target.copy_(mixed)
         return bytes_per_round(plan.graph.num_edges, block.shape[1])
 
-    def _fetcher(self, before: torch.Tensor, plan: RoundPlan):
+    def fetch_neighbours(self, block: torch.Tensor, plan: RoundPlan) -> Fetch:
+        """A snapshot of every local worker's row of `block` (local workers x columns) and of its
+        neighbours' rows under `plan`: `fetch(ids)` returns the rows of workers `ids` (global ids,
+        each a local worker or a neighbour of one) as they were at this call.
+
+        The one way rows travel between workers: gossip mixes what it fetches, and an algorithm
+        with its own messages (masked entries, a second block) exchanges them through this too,
+        so the same code runs in one process and across ranks."""
+        before = block.clone()
         return lambda ids: before[torch.from_numpy(ids)]
 
     # collectives: identities in one process

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from repgossip.engines.base import Engine
+from repgossip.engines.base import Engine, Fetch
 from repgossip.errors import DistributedError, UsageError
 from repgossip.gossip import RoundPlan
 
@@ -81,7 +81,8 @@ class DistEngine(Engine):
                 peers[q] = (send, recv)
         return peers
 
-    def _fetcher(self, before: torch.Tensor, plan: RoundPlan):
+    def fetch_neighbours(self, block: torch.Tensor, plan: RoundPlan) -> Fetch:
+        before = block.clone()
         mine = self.local_workers()
         position = np.full(self.workers, -1)
         position[mine] = np.arange(len(mine))
