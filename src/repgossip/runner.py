@@ -39,7 +39,7 @@ from repgossip.faults import maybe_fail_rank
 from repgossip.gossip import GossipSchedule
 from repgossip.layout import row_key
 from repgossip.metrics import accuracy_summary, squared_deviation, subspace_distance
-from repgossip.models import ModelFunction, build_model, check_fits
+from repgossip.models import ModelFunction, SplitModel, build_model, check_fits
 from repgossip.population import Population
 from repgossip.runfolder import (
     CHECKPOINT_FILE,
@@ -95,12 +95,22 @@ def build_engine(cfg: Config) -> Engine:
     return make_engine(cfg.engine, cfg.workers, resolve_device(cfg.device), cfg.dist_timeout_s)
 
 
-def build_experiment(
-    cfg: Config, engine: Engine | None = None, supplied: Supplied | None = None
-) -> Experiment:
-    """Data, model, graph and this process's workers; all workers start from one initialisation."""
+@dataclass
+class Parts:
+    """What an experiment is made of before any worker exists: everything that can refuse a
+    config (graph, data, model, mixing) is built here."""
+
+    algorithm: Algorithm
+    federation: Federation
+    schedule: GossipSchedule
+    model: SplitModel
+
+
+def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
+    """The algorithm, data, gossip schedule and initial model of `cfg`; raises UsageError for any
+    input that a run would trip over, so `preflight` can check a config before anything is
+    written or removed."""
     supplied = supplied or Supplied()
-    engine = engine or Engine(cfg.workers)
     algorithm = (supplied.algorithm or algorithm_class(cfg.algorithm))(cfg)
     # the graph first: it is cheaper than the data, and may be refused (too big, disconnected)
     graph = supplied.graph or build_graph(
@@ -117,9 +127,25 @@ def build_experiment(
             model_name, federation.input_shape, federation.num_classes, cfg, supplied.model
         )
     check_fits(model, federation.train_x[0], federation.num_classes, model_name)
+    return Parts(algorithm, federation, schedule, model)
+
+
+def preflight(cfg: Config, supplied: Supplied | None = None) -> None:
+    """Raise the UsageError a run of `cfg` would raise while being built, and nothing else: what a
+    sweep checks for every grid point, and `--force` before it replaces anything."""
+    build_parts(cfg, supplied)
+
+
+def build_experiment(
+    cfg: Config, engine: Engine | None = None, supplied: Supplied | None = None
+) -> Experiment:
+    """Data, model, graph and this process's workers; all workers start from one initialisation."""
+    engine = engine or Engine(cfg.workers)
+    parts = build_parts(cfg, supplied)
     mine = engine.local_workers().tolist()
+    federation, algorithm = parts.federation, parts.algorithm
     population = Population(
-        model,
+        parts.model,
         mine,
         ([federation.train_x[i] for i in mine], [federation.train_y[i] for i in mine]),
         ([federation.test_x[i] for i in mine], [federation.test_y[i] for i in mine]),
@@ -132,8 +158,8 @@ def build_experiment(
         share_buffers=cfg.share_bn_stats,
     )
     algorithm.init_state(population)
-    gap = spectral_gap(schedule.base_mixing)  # of the graph without failures
-    return Experiment(cfg, algorithm, federation, population, schedule, engine, gap)
+    gap = spectral_gap(parts.schedule.base_mixing)  # of the graph without failures
+    return Experiment(cfg, algorithm, federation, population, parts.schedule, engine, gap)
 
 
 def train_round(exp: Experiment, round_index: int) -> int:
