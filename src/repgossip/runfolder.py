@@ -7,11 +7,14 @@ it). Every file is replaced atomically, so a crash at any moment leaves the last
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
 import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,28 @@ CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE = (
     "config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt"
 )  # fmt: skip
 CHECKPOINT_KEYS = ("round", "params", "momentum", "wall_s", "bytes_sent")
+LOCK_FILE = ".lock"  # held (flock) by the one process writing a run or sweep folder
+
+
+@contextmanager
+def locked(folder: Path) -> Iterator[None]:
+    """Hold `folder`'s lock while the block runs: a second process that tries to write the same
+    run or sweep folder gets a one-line UsageError instead of writing every round twice.
+
+    The lock is an advisory flock on `folder/.lock`, released by the kernel when the process
+    dies, so a killed run never leaves a stale lock behind. `folder` must exist.
+    """
+    handle = open(folder / LOCK_FILE, "a+")  # noqa: SIM115  # held open for the whole block
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise UsageError(
+                f"'{folder}' is being written by another repgossip process; wait for it to end"
+            ) from None
+        yield
+    finally:
+        handle.close()
 
 
 def check_output(out: Path, *, keep: bool, force: bool) -> None:
