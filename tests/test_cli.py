@@ -294,11 +294,19 @@ def test_non_empty_out_is_not_overwritten_without_force(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     assert (out / "keep.txt").read_text() == "precious"
 
-    assert main([*tiny_run(out), "--force"]) == 0
+    code = main([*tiny_run(out), "--force"])  # --force replaces only what repgossip wrote
+    assert_one_line_error(code, capsys.readouterr().err, str(out), "not a repgossip folder")
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+    run = tmp_path / "run"
+    assert main(tiny_run(run)) == 0
+    first = (run / "metrics.jsonl").read_text()
+    assert main([*tiny_run(run), "--force", "--set", "seed=1"]) == 0
     capsys.readouterr()
-    names = {p.name for p in out.iterdir()}
-    assert "keep.txt" not in names
+    names = {p.name for p in run.iterdir()}
     assert {"config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt"} <= names
+    assert (run / "metrics.jsonl").read_text() != first
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.replaced")]
 
 
 def test_out_that_is_a_file_is_refused(tmp_path, capsys):

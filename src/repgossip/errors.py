@@ -29,3 +29,11 @@ class DistributedError(RepgossipError, RuntimeError):
     could not be formed. The CLI prints it in one line and exits with code 4."""
 
     exit_code = 4
+
+
+class StorageError(RepgossipError, OSError):
+    """A file of the run could not be written (a full disk, a lost mount): exit code 5. The
+    temporary file is removed and the last good checkpoint is kept, so `--resume` continues once
+    there is room again."""
+
+    exit_code = 5

@@ -1,15 +1,21 @@
 """The run folder: claiming it safely, writing it atomically, checkpoints in and out.
 
-Contract (DESIGN.md section 4): `config.yaml`, `metrics.jsonl`, `summary.json`, `checkpoint.pt`. A
-folder that holds anything is never overwritten unless asked (`resume` continues it, `force` clears
-it). Every file is replaced atomically, so a crash at any moment leaves the last good version.
+Contract: `config.yaml`, `metrics.jsonl`, `summary.json`, `checkpoint.pt`, `provenance.json`. A folder
+that holds anything is never overwritten unless asked (`resume` continues it, `force` replaces it),
+and `force` replaces only folders repgossip wrote, once the new run is under way. Every file is
+replaced atomically, so a crash at any moment leaves the last good version; a checkpoint carries its
+run's config, a digest of its data and a checksum of its payload, so it resumes only the run that
+wrote it, intact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import warnings
@@ -18,16 +24,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from repgossip.config import RESUMABLE_KEYS, Config, build_config, changed_keys, read_yaml
-from repgossip.errors import UsageError
+from repgossip.errors import StorageError, UsageError
 from repgossip.faults import maybe_crash_midwrite
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE = (
     "config.yaml", "metrics.jsonl", "summary.json", "checkpoint.pt"
 )  # fmt: skip
-CHECKPOINT_KEYS = ("round", "params", "momentum", "wall_s", "bytes_sent")
 LOCK_FILE = ".lock"  # held (flock) by the one process writing a run or sweep folder
 
 
@@ -52,67 +58,239 @@ def locked(folder: Path) -> Iterator[None]:
         handle.close()
 
 
-def check_output(out: Path, *, keep: bool, force: bool) -> None:
-    """Refuse a non-empty `out` unless it is kept (`keep`, for resuming) or may be cleared (`force`)."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output path '{out}' exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (keep or force):
+MARKER_FILE = ".repgossip"  # "run" or "sweep": what wrote this folder, so --force knows it
+MAX_NAME_BYTES = 255  # longest file name most file systems take
+
+
+def check_path(out: Path) -> None:
+    """Refuse in one line a path the file system cannot take, or one that is not a folder."""
+    long = [part for part in out.parts if len(part.encode()) > MAX_NAME_BYTES]
+    if long:
         raise UsageError(
-            f"output folder '{out}' is not empty; pass --resume to continue it or --force to overwrite it"
+            f"output path has a name of {len(long[0].encode())} bytes ({long[0][:40]!r}...); "
+            f"file systems take at most {MAX_NAME_BYTES}"
         )
-
-
-def claim_output(out: Path, *, keep: bool, force: bool) -> None:
-    """Make `out` ours, clearing it if `force` and not `keep`. Call once nothing can fail any more."""
-    check_output(out, keep=keep, force=force)
     try:
-        if force and not keep and out.is_dir():
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"output path '{out}' exists and is not a folder")
     except OSError as err:
-        raise UsageError(f"cannot use output folder '{out}': {err.strerror or err}") from None
+        raise UsageError(f"cannot use output path '{out}': {err.strerror or err}") from None
+
+
+def is_ours(folder: Path) -> bool:
+    """Whether `folder` was written by repgossip: a run folder or a sweep folder (marked, or
+    holding the files that earlier versions wrote)."""
+    if (folder / MARKER_FILE).is_file():
+        return True
+    run = (folder / CONFIG_FILE).is_file() and any(
+        (folder / f).is_file() for f in (METRICS_FILE, CHECKPOINT_FILE)
+    )
+    return run or (folder / "summary.csv").is_file()
+
+
+def _is_replaceable(folder: Path) -> bool:
+    """A run folder that holds no finished round (interrupted before its first checkpoint): a plain
+    rerun may replace it, as there is nothing to lose and nothing to resume."""
+    marker = folder / MARKER_FILE
+    kind = marker.read_text().strip() if marker.is_file() else ""
+    return kind == "run" and not (folder / CHECKPOINT_FILE).is_file()
+
+
+def _protected(folder: Path) -> str | None:
+    """Why `folder` must never be removed, or None."""
+    here, target = Path.cwd().resolve(), folder.resolve()
+    if target == here or target in here.parents:
+        return "it is the working directory or one of its parents"
+    if target == Path.home().resolve() or target.parent == target:
+        return "it is the home or root folder"
+    return None
+
+
+def check_output(out: Path, *, keep: bool, force: bool) -> None:
+    """Refuse a non-empty `out` unless it is kept (`keep`, for resuming) or may be replaced:
+    `force` on a folder repgossip wrote (never another folder, the working directory or its
+    parents), or a run folder interrupted before its first checkpoint."""
+    check_path(out)
+    if not out.is_dir() or not any(out.iterdir()) or keep:
+        return
+    if force or _is_replaceable(out):
+        reason = _protected(out) or (None if is_ours(out) else "it is not a repgossip folder")
+        if reason:
+            raise UsageError(f"will not replace '{out}': {reason}; choose another --out")
+        return
+    raise UsageError(
+        f"output folder '{out}' is not empty; pass --resume to continue it or --force to overwrite it"
+    )
+
+
+class FolderClaim:
+    """Makes `out` the folder of this run, replacing an old one only once the new run is safe.
+
+    `open()` moves an old folder that is being replaced aside (next to it, hidden), creates `out`
+    and locks it. `commit()`, once the new run has written its first record, deletes the old
+    folder. If the run fails before that, `close()` puts the old folder back: a bad config or a
+    crash in the first seconds never costs the results that were there.
+    """
+
+    def __init__(self, out: Path, *, keep: bool, force: bool, kind: str = "run") -> None:
+        self.out, self.keep, self.force, self.kind = out, keep, force, kind
+        self.aside: Path | None = None
+        self.created = False
+        self.committed = False
+        self._lock = contextlib.ExitStack()
+
+    def open(self) -> None:
+        check_output(self.out, keep=self.keep, force=self.force)
+        try:
+            if not self.keep and self.out.is_dir() and any(self.out.iterdir()):
+                self.aside = self.out.with_name(f".{self.out.name}.replaced-{os.getpid()}")
+                shutil.rmtree(self.aside, ignore_errors=True)
+                os.replace(self.out, self.aside)
+            self.created = not self.out.exists()
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            self.close()
+            raise UsageError(
+                f"cannot use output folder '{self.out}': {err.strerror or err}"
+            ) from None
+        self._lock.enter_context(locked(self.out))
+        if not (self.out / MARKER_FILE).is_file():
+            atomic_write(self.out / MARKER_FILE, f"{self.kind}\n".encode())
+
+    def commit(self) -> None:
+        """The new run has a record: the old folder is no longer needed."""
+        if not self.committed and self.aside is not None:
+            shutil.rmtree(self.aside, ignore_errors=True)
+        self.committed = True
+
+    def close(self) -> None:
+        """Release the lock; before a commit, undo what `open` did."""
+        self._lock.close()
+        if self.committed:
+            return
+        if self.aside is not None:
+            shutil.rmtree(self.out, ignore_errors=True)
+            os.replace(self.aside, self.out)
+        elif self.created:
+            shutil.rmtree(self.out, ignore_errors=True)
+
+    def __enter__(self) -> FolderClaim:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def claim_output(out: Path, *, keep: bool, force: bool, kind: str = "sweep") -> None:
+    """Make `out` ours at once (a sweep, whose points were all checked first), replacing an old
+    folder only where `check_output` allows."""
+    claim = FolderClaim(out, keep=keep, force=force, kind=kind)
+    claim.open()
+    claim.commit()
+    claim.close()
 
 
 def resumable_config(out: Path, cfg: Config) -> None:
-    """Refuse to resume `out` with a config whose results would differ from the saved run's."""
-    if not (out / CHECKPOINT_FILE).is_file() or not (out / CONFIG_FILE).is_file():
-        raise UsageError(f"cannot resume: '{out}' holds no {CHECKPOINT_FILE} and {CONFIG_FILE}")
+    """Refuse to resume `out` with a config whose results would differ from the saved run's. A
+    run folder without a checkpoint (stopped before its first) resumes from round 0."""
+    if not (out / CONFIG_FILE).is_file():
+        raise UsageError(f"cannot resume: '{out}' holds no {CONFIG_FILE}; start a new run there")
     saved = build_config(read_yaml(out / CONFIG_FILE))
+    refuse_changes(saved, cfg, f"resume '{out}'")
+
+
+def refuse_changes(saved: Config, cfg: Config, what: str) -> None:
+    """One line naming the first key whose change would make a continued run differ."""
     changed = changed_keys(saved, cfg)
     if changed:
         key = changed[0]
         raise UsageError(
-            f"cannot resume with a changed '{key}' ({getattr(saved, key)!r} -> {getattr(cfg, key)!r}); "
-            f"only {', '.join(RESUMABLE_KEYS)} may change"
+            f"cannot {what} with a changed '{key}' ({getattr(saved, key)!r} -> "
+            f"{getattr(cfg, key)!r}); only {', '.join(RESUMABLE_KEYS)} may change"
         )
 
 
 def atomic_write(path: Path, payload: bytes) -> None:
     """Write to a temporary file, fsync, rename, fsync the folder: a crash at any moment leaves the
-    old file or the new one, never a torn one."""
+    old file or the new one, never a torn one. A write that fails (a full disk) removes the
+    temporary file, keeps the old file, and raises StorageError in one line."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        maybe_crash_midwrite(path, handle, payload)
-        handle.write(payload)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+        with open(tmp, "wb") as handle:
+            maybe_crash_midwrite(path, handle, payload)
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(_cannot_write(path, err)) from None
+
+
+def _cannot_write(path: Path, err: OSError) -> str:
+    return (
+        f"cannot write '{path}': {err.strerror or err}; the last good checkpoint is kept, "
+        "--resume continues once the problem is fixed"
+    )
+
+
+# ---------------------------------------------------------------- checkpoints
+
+CHECKSUM_KEY = "checksum"
+
+
+def payload_checksum(state: dict[str, Any]) -> str:
+    """sha256 over a checkpoint's counters and every tensor's bytes, in a fixed order: a flipped
+    bit anywhere in the data is caught on load."""
+    digest = hashlib.sha256()
+    for key in sorted(k for k in state if k != CHECKSUM_KEY):
+        _hash_value(digest, key, state[key])
+    return digest.hexdigest()
+
+
+def _hash_value(digest: Any, key: str, value: Any) -> None:
+    digest.update(key.encode())
+    if isinstance(value, torch.Tensor):
+        array = value.detach().cpu().contiguous().numpy()
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.reshape(-1).view(np.uint8).data)
+    elif isinstance(value, dict):
+        for inner in sorted(value):
+            _hash_value(digest, f"{key}/{inner}", value[inner])
+    else:
+        digest.update(repr(value).encode())
 
 
 def checkpoint_bytes(state: dict[str, Any]) -> bytes:
+    """The checkpoint file's bytes, sealed with the checksum of its payload."""
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save({**state, CHECKSUM_KEY: payload_checksum(state)}, buffer)
     return buffer.getvalue()
 
 
+# (key, accepted types, what it must be) of the fields every checkpoint has
+_FIELDS = (
+    ("round", (int,), "a round number >= 0"),
+    ("wall_s", (int, float), "seconds >= 0"),
+    ("bytes_sent", (int,), "a byte count >= 0"),
+    ("params", (torch.Tensor,), "a tensor"),
+    ("momentum", (torch.Tensor,), "a tensor"),
+    ("rows", (dict,), "a mapping of row sets"),
+    ("config", (str,), "the run's resolved config"),
+    ("data_digest", (str,), "the digest of the run's data"),
+    (CHECKSUM_KEY, (str,), "the payload's checksum"),
+)
+
+
 def read_checkpoint(out: Path) -> dict[str, Any]:
-    """A checkpoint's tensors and counters. `weights_only=True`: a checkpoint is data, and a file
-    that asks to run code is refused unread."""
+    """A checkpoint's tensors and counters, checked field by field and against its checksum.
+    `weights_only=True`: a checkpoint is data, and a file that asks to run code is refused unread."""
     path = out / CHECKPOINT_FILE
     try:
         with warnings.catch_warnings():  # torch warns about foreign pickles before refusing them
@@ -121,22 +299,63 @@ def read_checkpoint(out: Path) -> dict[str, Any]:
     except Exception as err:  # truncated, foreign or malicious: one line, no traceback
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise UsageError(f"cannot read checkpoint '{path}': {reason}") from None
-    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
+    if not isinstance(state, dict):
+        raise UsageError(f"'{path}' is not a repgossip checkpoint (it holds no mapping)")
+    for key, types, what in _FIELDS:
+        value = state.get(key)
+        bad = not isinstance(value, types) or isinstance(value, bool)
+        if not bad and isinstance(value, (int, float)):
+            bad = not (math.isfinite(value) and value >= 0)
+        if bad:
+            raise UsageError(
+                f"'{path}' is not a repgossip checkpoint of this version: '{key}' must be {what}, "
+                f"got {type(value).__name__}"
+            )
+    if not all(isinstance(t, torch.Tensor) for t in state["rows"].values()):
+        raise UsageError(f"'{path}' is not a repgossip checkpoint: 'rows' must hold tensors")
+    if payload_checksum(state) != state[CHECKSUM_KEY]:
         raise UsageError(
-            f"'{path}' is not a repgossip checkpoint (needs {', '.join(CHECKPOINT_KEYS)})"
+            f"checkpoint '{path}' is corrupt (its checksum does not match its data); restore a "
+            "good copy, or start the run again without --resume"
         )
     return state
 
 
+# ---------------------------------------------------------------- metrics
+
+
 def read_metrics(path: Path, up_to_round: int | None = None) -> list[dict[str, Any]]:
+    """The evaluation records of a metrics.jsonl, skipping lines that are not whole records (a
+    full disk or a crash can leave a torn last line)."""
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if up_to_round is None or r["round"] <= up_to_round]
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        record = _record(line)
+        if record is not None and (up_to_round is None or record["round"] <= up_to_round):
+            records.append(record)
+    return records
+
+
+def _record(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    ok = isinstance(record, dict) and isinstance(record.get("round"), int)
+    return record if ok else None
 
 
 def append_metrics(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Append one record and fsync it; a failed write is cut back off, so the log stays whole."""
+    line = (json.dumps(record) + "\n").encode()
+    with open(path, "ab") as handle:
+        size = handle.tell()
+        try:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                handle.truncate(size)
+            raise StorageError(_cannot_write(path, err)) from None

@@ -30,7 +30,7 @@ from repgossip.callbacks import (
     TensorBoardLogger,
     default_callbacks,
 )
-from repgossip.config import Config, build_config, dump_yaml
+from repgossip.config import KEYS, RESUMABLE_KEYS, Config, build_config, dump_yaml
 from repgossip.data.datasets import load_federation
 from repgossip.data.federation import Federation
 from repgossip.engines import Engine, make_engine
@@ -46,11 +46,11 @@ from repgossip.runfolder import (
     CONFIG_FILE,
     METRICS_FILE,
     SUMMARY_FILE,
+    FolderClaim,
     append_metrics,
     atomic_write,
     check_output,
     checkpoint_bytes,
-    claim_output,
     read_checkpoint,
     read_metrics,
     resumable_config,
@@ -81,6 +81,7 @@ class Experiment:
     schedule: GossipSchedule
     engine: Engine
     spectral_gap: float | None  # None where it could not be computed (see topology.spectral_gap)
+    data_digest: str | None = None  # of the federation, once a checkpoint needs it
 
 
 def resolve_device(name: str) -> torch.device:
@@ -220,7 +221,7 @@ def consensus(exp: Experiment, part: str) -> float:
     return float(exp.engine.all_sum(deviation)) / exp.cfg.workers
 
 
-def evaluate(exp: Experiment) -> tuple[dict[str, float], dict[str, list[float]]]:
+def evaluate(exp: Experiment, round_done: int) -> tuple[dict[str, float], dict[str, list[float]]]:
     """(the metrics.jsonl record's metric keys, per-worker lists for summary.json), on every rank.
     Accuracy is that of the algorithm's evaluated model copy (Ditto: the personal model)."""
     local = exp.population.evaluate(exp.algorithm.evaluated_model)
@@ -239,9 +240,25 @@ def evaluate(exp: Experiment) -> tuple[dict[str, float], dict[str, list[float]]]
     if not exp.federation.regression:
         record.update(accuracy_summary(stats["correct"], stats["count"]))
         per_worker["per_worker_acc"] = (stats["correct"] / stats["count"]).tolist()
-    if not all(np.isfinite(v) for v in record.values()):
-        raise DivergenceError(f"training diverged: non-finite metric in {record}")
+    _check_metrics(record, stats, round_done)
     return record, per_worker
+
+
+def _check_metrics(record: dict[str, float], stats: dict[str, np.ndarray], round_done: int) -> None:
+    """Stop with the round and the first worker whose loss is NaN or infinite."""
+    if all(np.isfinite(v) for v in record.values()):
+        return
+    losses = np.stack([stats["train_loss"], stats["test_loss"]])
+    bad = np.flatnonzero(~np.isfinite(losses).all(axis=0))
+    key = next(k for k, v in record.items() if not np.isfinite(v))
+    who = (
+        f"worker {int(bad[0])}'s loss is {losses[:, bad[0]].max()}"
+        if len(bad)
+        else f"{key} is not finite"
+    )
+    raise DivergenceError(
+        f"training diverged by round {round_done}: {who}; lower lr (the last checkpoint is kept)"
+    )
 
 
 def _linear_body(exp: Experiment) -> bool:
@@ -267,23 +284,54 @@ def _stored_rows(exp: Experiment) -> list[str]:
 def save_checkpoint(out: Path, exp: Experiment, round_done: int, wall_s: float, sent: int) -> None:
     """Every worker's rows (parameters, optimizer state, buffers, algorithm state), gathered on
     rank 0, in one rank-agnostic file (so a run resumes on any number of ranks, or in one
-    process)."""
+    process), bound to the run's config and data split."""
     gathered = {n: exp.engine.gather_rows(exp.population.rows[n]) for n in _stored_rows(exp)}
     if exp.engine.is_writer:
         rows = {n: t.cpu() for n, t in gathered.items() if t is not None}
         state = {"round": round_done, "wall_s": wall_s, "bytes_sent": sent,
-                 **{n: rows.pop(n) for n in TOP_LEVEL_ROWS}, "rows": rows}  # fmt: skip
+                 **{n: rows.pop(n) for n in TOP_LEVEL_ROWS}, "rows": rows,
+                 "config": dump_yaml(exp.cfg), "data_digest": _data_digest(exp)}  # fmt: skip
         atomic_write(out / CHECKPOINT_FILE, checkpoint_bytes(state))
 
 
+def _data_digest(exp: Experiment) -> str:
+    """The federation's digest, computed once per experiment."""
+    if exp.data_digest is None:
+        exp.data_digest = exp.federation.digest()
+    return exp.data_digest
+
+
+def _check_binding(path: Path, state: dict[str, Any], exp: Experiment) -> None:
+    """Refuse a checkpoint written by another config or on other data, naming what differs."""
+    saved = yaml.safe_load(state["config"]) or {}
+    current = exp.cfg.to_dict()
+    changed = [k for k in KEYS if k not in RESUMABLE_KEYS and saved.get(k) != current[k]]
+    if changed:
+        key = changed[0]
+        raise UsageError(
+            f"checkpoint '{path}' was written with {key}={saved.get(key)!r}, not "
+            f"{current[key]!r}; it belongs to another run (was config.yaml edited?)"
+        )
+    if state["data_digest"] != _data_digest(exp):
+        raise UsageError(
+            f"checkpoint '{path}' was trained on other data than this config gives (the data "
+            "files or the dataset plug-in changed); it cannot be resumed"
+        )
+
+
 def restore_checkpoint(out: Path, exp: Experiment) -> tuple[int, float, int]:
-    """Load the checkpoint on rank 0 and hand every process its workers' rows."""
+    """Load the checkpoint on rank 0 and hand every process its workers' rows; a folder without
+    one (a run stopped before its first checkpoint) resumes from round 0."""
+    has_one = (out / CHECKPOINT_FILE).is_file() if exp.engine.is_writer else True
+    if not exp.engine.agree(has_one):
+        return 0, 0.0, 0
     state: dict[str, Any] = {}
     pop = exp.population
     names = _stored_rows(exp)
 
     def load() -> None:
         state.update(read_checkpoint(out))
+        _check_binding(out / CHECKPOINT_FILE, state, exp)
         saved = {**state.get("rows", {}), **{n: state[n] for n in TOP_LEVEL_ROWS}}
         for name in names:
             expected = (exp.cfg.workers, pop.rows[name].shape[1])
@@ -402,15 +450,20 @@ def _run(
             f"cannot resume with rounds={cfg.rounds}: the run already has {start} rounds"
         )
     history: list[dict[str, Any]] = []
-    if out is not None:
-        on_writer(engine, lambda: history.extend(_open_folder(out, cfg, resume, force, start)))
-    callbacks = _callbacks(engine, cfg, out, start, progress, user_callbacks)
+    claim = FolderClaim(out, keep=resume, force=force) if out and engine.is_writer else None
     try:
-        callbacks.on_run_start(RunInfo(cfg, out, start, cfg.rounds))
-        summary = _rounds(exp, out, start, wall_before, sent, history, callbacks)
-        callbacks.on_run_end(summary)
+        if out is not None:
+            on_writer(engine, lambda: history.extend(_open_folder(out, cfg, start, claim)))
+        callbacks = _callbacks(engine, cfg, out, start, progress, user_callbacks)
+        try:
+            callbacks.on_run_start(RunInfo(cfg, out, start, cfg.rounds))
+            summary = _rounds(exp, out, start, wall_before, sent, history, callbacks, claim)
+            callbacks.on_run_end(summary)
+        finally:
+            callbacks.close()
     finally:
-        callbacks.close()
+        if claim is not None:
+            claim.close()  # before its first record, a failed run puts a replaced folder back
     return RunResult(history, summary, exp)
 
 
@@ -447,6 +500,7 @@ def _rounds(
     sent: int,
     history: list[dict[str, Any]],
     callbacks: CallbackList,
+    claim: FolderClaim | None,
 ) -> dict[str, Any]:
     """Train rounds `start`..`cfg.rounds`, evaluating, logging and checkpointing as configured;
     returns the summary (written to `out` when there is one)."""
@@ -457,11 +511,13 @@ def _rounds(
         return wall_before + time.perf_counter() - began
 
     def log(done: int) -> tuple[dict[str, Any], dict[str, list[float]]]:
-        metrics, per_worker = evaluate(exp)
+        metrics, per_worker = evaluate(exp, done)
         record = {"round": done, "wall_s": round(elapsed(), 4), **metrics, "bytes_sent": sent}
         if engine.is_writer:
             if out is not None:
                 append_metrics(out / METRICS_FILE, record)
+            if claim is not None:
+                claim.commit()  # the new run is under way: a replaced folder may go
             history.append(record)
             callbacks.on_evaluation(record)
         return record, per_worker
@@ -481,7 +537,7 @@ def _rounds(
             save_checkpoint(out, exp, done, elapsed(), sent)
         callbacks.on_round_end(done)
     if record is None:  # resumed a finished run: re-evaluate for the summary
-        record, per_worker = evaluate(exp)
+        record, per_worker = evaluate(exp, start)
         record = {"round": start, "wall_s": elapsed(), **record, "bytes_sent": sent}
     summary = _summary(exp, record, per_worker)
     if engine.is_writer and out is not None:
@@ -490,14 +546,15 @@ def _rounds(
 
 
 def _open_folder(
-    out: Path, cfg: Config, resume: bool, force: bool, start: int
+    out: Path, cfg: Config, start: int, claim: FolderClaim | None
 ) -> list[dict[str, Any]]:
-    """Claim the folder, record the config and this session's provenance, and drop evaluations
-    past the checkpoint; returns the evaluations kept."""
-    claim_output(out, keep=resume, force=force)
+    """Claim and lock the folder, record the config and this session's provenance, and drop
+    evaluations past the checkpoint (and a torn last line); returns the evaluations kept."""
+    assert claim is not None  # the writer holds the claim
+    claim.open()
     atomic_write(out / CONFIG_FILE, dump_yaml(cfg).encode())
     provenance.record(out, provenance.collect())
-    kept = read_metrics(out / METRICS_FILE, up_to_round=start) if resume else []
+    kept = read_metrics(out / METRICS_FILE, up_to_round=start) if start > 0 else []
     atomic_write(out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept).encode())
     return kept
 

@@ -17,6 +17,7 @@ form.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -52,6 +53,17 @@ class Federation:
 
     def train_sizes(self) -> list[int]:
         return [len(y) for y in self.train_y]
+
+    def digest(self) -> str:
+        """sha256 over every worker's train and test tensors, in worker order: a checkpoint records
+        it, so a run resumes only on the data split it was trained on."""
+        hasher = hashlib.sha256()
+        for tensors in (self.train_x, self.train_y, self.test_x, self.test_y):
+            for tensor in tensors:
+                array = tensor.detach().cpu().contiguous().numpy()
+                hasher.update(f"{array.dtype}{array.shape}".encode())
+                hasher.update(array.reshape(-1).view(np.uint8).data)
+        return hasher.hexdigest()
 
 
 def as_federation(data: Any, cfg: Config, source: str) -> Federation:
