@@ -1,4 +1,4 @@
-"""Tests for the `repgossip` command line (DESIGN.md section 4): errors, output folders, run, resume,
+"""Tests for the `repgossip` command line: errors, output folders, run, resume,
 topology, sweep and plot. Runs use the synthetic task with tiny settings so each takes under a second.
 """
 

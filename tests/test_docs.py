@@ -1,0 +1,54 @@
+"""The README's tables agree with the registries and the config: a component added without its row
+(or a row left for a removed one) fails here, so the documentation cannot drift from the code."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from repgossip.cli import registries
+from repgossip.config import KEYS
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def table_rows(header: str) -> dict[str, str]:
+    """First-cell -> whole line of the Markdown table whose header row starts with `header`."""
+    lines = README.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows[line.split("|")[1].strip()] = line
+    return rows
+
+
+def test_the_algorithm_table_lists_exactly_the_registered_algorithms():
+    rows = table_rows("| `algorithm` | local phases")
+    assert set(rows) == {f"`{name}`" for name in registries()["algorithm"].names()}
+
+
+def test_the_config_table_documents_every_key():
+    documented = {
+        key.strip("` ") for cell in table_rows("| key | default") for key in re.split(r"[,/]", cell)
+    }
+    assert set(KEYS) <= documented, set(KEYS) - documented
+
+
+@pytest.mark.parametrize("key", list(registries()))
+def test_each_config_row_names_every_registered_choice(key):
+    row = table_rows("| key | default")[f"`{key}`"]
+    missing = [name for name in registries()[key].names() if name not in row]
+    assert not missing, f"README's `{key}` row lacks {missing}"
+
+
+def test_the_project_stands_on_its_own():
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    files = [ROOT / f for f in tracked.stdout.split() if f.endswith((".py", ".md", ".toml", ".sh"))]
+    pointing = [f.name for f in files if re.search(r"\.\./shared|DESIGN\.md", f.read_text())]
+    assert pointing == []
