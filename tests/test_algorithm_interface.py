@@ -43,11 +43,23 @@ def test_a_subclass_that_overrides_nothing_is_deprl(tmp_path):
 
 @pytest.mark.parametrize(
     ("kwargs", "needle"),
-    [({"part": "neck", "budget": "head"}, "part"), ({"part": "all", "budget": "all"}, "budget")],
+    [({"part": "", "budget": "head"}, "part"), ({"part": "all", "budget": "all"}, "budget")],
 )
 def test_phases_are_checked(kwargs, needle):
     with pytest.raises(ValueError, match=needle):
         repgossip.Phase(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("part", "needle"), [("neck", "names no parameter"), ("body.1+head", "apart")]
+)
+def test_a_part_must_name_one_block_of_the_model(part, needle):
+    class Odd(repgossip.Algorithm):
+        name = "odd"
+        phases = (repgossip.Phase(part, "head"),)
+
+    with pytest.raises(repgossip.UsageError, match=needle):
+        repgossip.run({**SETS, "model": "mlp", "dataset": "fmnist"}, algorithm=Odd)
 
 
 def test_masks_hold_and_bytes_are_exactly_the_masked_entries(sparse):

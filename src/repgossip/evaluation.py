@@ -7,6 +7,7 @@ by side on threads, as in training.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,24 +21,34 @@ if TYPE_CHECKING:
     from repgossip.scratch import Scratch
 
 Stats = tuple[float, float, int, int]  # test loss, train loss, correct test predictions, test count
+Predict = Callable[[torch.Tensor], torch.Tensor]  # model outputs -> class scores or values
+
+
+def _identity(outputs: torch.Tensor) -> torch.Tensor:
+    return outputs
 
 
 @torch.no_grad()
-def evaluate(pop: Population, model: str) -> dict[str, np.ndarray]:
+def evaluate(pop: Population, model: str, predict: Predict | None = None) -> dict[str, np.ndarray]:
     """Arrays over this process's workers: test_loss, train_loss, correct (empty for regression)
-    and count, for model copy `model`."""
+    and count, for model copy `model`, scoring `predict(outputs)` (default: the outputs)."""
+    predict = predict or _identity
     everyone = list(range(len(pop)))
     with pop.pool.one_thread_per_worker() as threads:
         if pop.stack_model:
             sizes = lambda local: (len(pop.train_y[local]), len(pop.test_y[local]))  # noqa: E731
             groups = pop.pool.stacks(everyone, sizes, threads)
-            done = pop.pool.each(groups, lambda _, members: _stack(pop, members, model), threads)
+            done = pop.pool.each(
+                groups, lambda _, members: _stack(pop, members, model, predict), threads
+            )
             by_worker = {m: r for members, rs in zip(groups, done, strict=True)
                          for m, r in zip(members, rs, strict=True)}  # fmt: skip
             rows = [by_worker[local] for local in everyone]
         else:
             rows = pop.pool.each(
-                everyone, lambda scratch, local: _worker(pop, scratch, local, model), threads
+                everyone,
+                lambda scratch, local: _worker(pop, scratch, local, model, predict),
+                threads,
             )
     keys = ("test_loss", "train_loss", "correct", "count")
     stats = {k: [r[i] for r in rows] for i, k in enumerate(keys)}
@@ -46,14 +57,14 @@ def evaluate(pop: Population, model: str) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=np.float64) for k, v in stats.items()}
 
 
-def _stack(pop: Population, members: list[int], model: str) -> list[Stats]:
+def _stack(pop: Population, members: list[int], model: str, predict: Predict) -> list[Stats]:
     """_worker for workers of equal train and test sizes, as one stacked forward."""
     rows = torch.tensor(members, device=pop.params.device)
     params = pop.layout.views(pop.rows[row_key(model, "params")][rows])
     stats = []
     for xs, ys in ((pop.test_x, pop.test_y), (pop.train_x, pop.train_y)):
         x, y = torch.stack([xs[m] for m in members]), torch.stack([ys[m] for m in members])
-        out = stacked.model_forward(pop.model, params, x, "full")
+        out = predict(stacked.model_forward(pop.model, params, x, "full"))
         losses = pop.loss(out.flatten(0, 1), y.flatten(), reduction="none")
         stats.append((losses.view(y.shape).mean(1), out, y))
     (test_loss, test_out, test_y), (train_loss, _, _) = stats
@@ -67,10 +78,10 @@ def _stack(pop: Population, members: list[int], model: str) -> list[Stats]:
     ]
 
 
-def _worker(pop: Population, scratch: Scratch, local: int, model: str) -> Stats:
+def _worker(pop: Population, scratch: Scratch, local: int, model: str, predict: Predict) -> Stats:
     rows = pop.worker_rows(local, model)
-    test_out = scratch.outputs(rows, pop.test_x[local])
-    train_out = scratch.outputs(rows, pop.train_x[local])
+    test_out = predict(scratch.outputs(rows, pop.test_x[local]))
+    train_out = predict(scratch.outputs(rows, pop.train_x[local]))
     correct = 0 if pop.regression else int((test_out.argmax(1) == pop.test_y[local]).sum())
     return (
         pop.loss(test_out, pop.test_y[local]).item(),

@@ -69,14 +69,23 @@ class RowLayout:
         return self.size - self.body_size
 
     def part(self, part: str) -> slice:
-        """Column slice of a part: 'body', 'head' or 'all'."""
+        """Column slice of a part: 'body', 'head', 'all', or module prefixes joined by '+' (such
+        as 'body+head.generic') whose tensors lie side by side in the row; an empty slice when
+        no tensor matches."""
         if part == "body":
             return slice(0, self.body_size)
         if part == "head":
             return slice(self.body_size, self.size)
         if part == "all":
             return slice(0, self.size)
-        raise ValueError(f"unknown part '{part}'; valid: {', '.join(PARTS)}")
+        prefixes = tuple(p.strip() for p in part.split("+"))
+        chosen = [e for e in self.entries if any(e.name.startswith(p + ".") for p in prefixes)]
+        if not chosen:
+            return slice(0, 0)
+        span = slice(chosen[0].start, chosen[-1].stop)
+        if sum(e.stop - e.start for e in chosen) != span.stop - span.start:
+            raise ValueError(f"part '{part}' is not one block of the row: its tensors are apart")
+        return span
 
     def entries_of(self, part: str) -> tuple[RowEntry, ...]:
         cols = self.part(part)

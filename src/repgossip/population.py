@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 
 from repgossip.algorithms.base import StateSpec
-from repgossip.evaluation import evaluate
+from repgossip.evaluation import Predict, evaluate
 from repgossip.layout import MAIN_MODEL, RowLayout, row_key
 from repgossip.models import SplitModel
 from repgossip.scratch import Scratch, WorkerPool, WorkerRows
-from repgossip.training import Budget, GradientHook, StepRule, stacks_well, train_phase
+from repgossip.training import Budget, GradientHook, LossHook, StepRule, stacks_well, train_phase
 
 
 class Population:
@@ -133,11 +133,16 @@ class Population:
         *,
         model: str = MAIN_MODEL,
         hook: GradientHook | None = None,
+        loss: LossHook | None = None,
     ) -> None:
         """One local phase on every worker (or those in `active`, by global id): SGD on `part` of
-        model copy `model`, the rest frozen; `hook` may change each gradient before the update."""
-        train_phase(self, part, budget, rule, round_index, phase, active, model, hook)
+        model copy `model`, the rest frozen; `hook` may change each gradient before the update,
+        `loss` replaces the task's loss."""
+        train_phase(self, part, budget, rule, round_index, phase, active, model, hook, loss)
 
-    def evaluate(self, model: str = MAIN_MODEL) -> dict[str, np.ndarray]:
-        """Per-worker loss and accuracy of model copy `model` on each worker's own splits."""
-        return evaluate(self, model)
+    def evaluate(
+        self, model: str = MAIN_MODEL, predict: Predict | None = None
+    ) -> dict[str, np.ndarray]:
+        """Per-worker loss and accuracy of model copy `model` on each worker's own splits;
+        `predict` turns outputs into class scores (default: the outputs are the scores)."""
+        return evaluate(self, model, predict)

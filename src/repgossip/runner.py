@@ -37,7 +37,7 @@ from repgossip.engines import Engine, make_engine
 from repgossip.errors import DivergenceError, UsageError
 from repgossip.faults import maybe_fail_rank
 from repgossip.gossip import GossipSchedule
-from repgossip.layout import row_key
+from repgossip.layout import RowLayout, row_key
 from repgossip.metrics import accuracy_summary, squared_deviation, subspace_distance
 from repgossip.models import ModelFunction, SplitModel, build_model, check_fits
 from repgossip.population import Population
@@ -128,7 +128,26 @@ def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
             model_name, federation.input_shape, federation.num_classes, cfg, supplied.model
         )
     check_fits(model, federation.train_x[0], federation.num_classes, model_name)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = algorithm.adapt_model(model, federation.num_classes)
+    _check_parts(algorithm, model)
     return Parts(algorithm, federation, schedule, model)
+
+
+def _check_parts(algorithm: Algorithm, model: SplitModel) -> None:
+    """Every part an algorithm trains or gossips names parameters of the model, in one block."""
+    layout = RowLayout.parameters(model)
+    parts = [p.part for p in algorithm.phases] + ([algorithm.shared] if algorithm.shared else [])
+    for part in parts:
+        try:
+            cols = layout.part(part)
+        except ValueError as err:
+            raise UsageError(f"algorithm '{algorithm.name}': {err}") from None
+        if cols.stop <= cols.start:
+            raise UsageError(
+                f"algorithm '{algorithm.name}': part '{part}' names no parameter of the model"
+            )
 
 
 def preflight(cfg: Config, supplied: Supplied | None = None) -> None:
@@ -178,6 +197,7 @@ def train_round(exp: Experiment, round_index: int) -> int:
             active,
             model=phase.model,
             hook=_gradient_hook(algorithm, phase),
+            loss=_loss_hook(algorithm, phase, pop),
         )
     ctx = RoundContext(pop, exp.engine, plan, round_index, cfg)
     sent = algorithm.communicate(ctx)
@@ -191,6 +211,13 @@ def _gradient_hook(algorithm: Algorithm, phase: Any) -> Callable[..., None] | No
     if type(algorithm).adjust_gradient is Algorithm.adjust_gradient:
         return None
     return lambda grad, weights, rows: algorithm.adjust_gradient(phase, grad, weights, rows)
+
+
+def _loss_hook(algorithm: Algorithm, phase: Any, pop: Population) -> Callable[..., Any] | None:
+    """The algorithm's loss for `phase`, or None where it keeps the task's loss."""
+    if type(algorithm).loss is Algorithm.loss:
+        return None
+    return lambda outputs, targets, rows: algorithm.loss(phase, outputs, targets, pop.loss, rows)
 
 
 def check_finite(exp: Experiment, round_index: int) -> None:
@@ -224,7 +251,11 @@ def consensus(exp: Experiment, part: str) -> float:
 def evaluate(exp: Experiment, round_done: int) -> tuple[dict[str, float], dict[str, list[float]]]:
     """(the metrics.jsonl record's metric keys, per-worker lists for summary.json), on every rank.
     Accuracy is that of the algorithm's evaluated model copy (Ditto: the personal model)."""
-    local = exp.population.evaluate(exp.algorithm.evaluated_model)
+    algorithm = exp.algorithm
+    predict = (
+        None if type(algorithm).predictions is Algorithm.predictions else algorithm.predictions
+    )
+    local = exp.population.evaluate(algorithm.evaluated_model, predict)
     names = [k for k in ("test_loss", "train_loss", "correct", "count") if len(local[k])]
     table = exp.engine.assemble(torch.from_numpy(np.stack([local[k] for k in names], axis=1)))
     stats = {k: table[:, i].numpy() for i, k in enumerate(names)}

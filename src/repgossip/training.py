@@ -35,8 +35,12 @@ if TYPE_CHECKING:
 # and gradients no longer fit in cache and the per-worker loop is faster (docs/performance.md).
 STACK_MAX_PARAMS = 4096
 
+Rows = Callable[[str], torch.Tensor]
 # (grad, weights, rows) -> None, in place: see Algorithm.adjust_gradient.
-GradientHook = Callable[[torch.Tensor, torch.Tensor, Callable[[str], torch.Tensor]], None]
+GradientHook = Callable[[torch.Tensor, torch.Tensor, Rows], None]
+# (outputs, targets, rows) -> loss: see Algorithm.loss.
+LossHook = Callable[[torch.Tensor, torch.Tensor, Rows], torch.Tensor]
+STACKABLE_PARTS = ("body", "head", "all")
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class PhaseWork:
     model: str  # the model copy trained
     rule: StepRule
     hook: GradientHook | None
+    loss: LossHook | None = None
 
 
 def train_phase(
@@ -122,6 +127,7 @@ def train_phase(
     active: Collection[int] | None,
     model: str,
     hook: GradientHook | None,
+    loss: LossHook | None = None,
 ) -> None:
     """Run one local phase on every worker of `pop` (or those in `active`, by global id)."""
     chosen = [
@@ -134,9 +140,10 @@ def train_phase(
         local: batch_schedule(len(pop.train_y[local]), pop.batch_size, budget, gens[local])
         for local in chosen
     }  # drawn first: dropout masks continue each worker's stream after its batch order
-    work = PhaseWork(part, model, rule, hook)
+    work = PhaseWork(part, model, rule, hook, loss)
+    stackable = loss is None and part in STACKABLE_PARTS
     with pop.pool.one_thread_per_worker() as threads:
-        if pop.stack_model or (part == "head" and pop.stack_head):
+        if stackable and (pop.stack_model or (part == "head" and pop.stack_head)):
             _train_stacked(pop, chosen, work, batches, threads)
         else:
             pop.pool.each(
@@ -166,20 +173,32 @@ def _train_worker(
     cols = pop.layout.part(work.part)
     inputs, targets = pop.train_x[local], pop.train_y[local]
     stage = "full"
-    if work.part == "head":  # the body is frozen: its features are the same at every step
+    if cols.start >= pop.layout.body_size:  # body frozen: its features are the same every step
         inputs, stage = scratch.outputs(rows, inputs, "body"), "head"
     scratch.bind(rows, cols)
     scratch.start(gen, training=True)
     segment, grad = rows.params[cols], scratch.grad[cols]
     velocity = pop.rows[row_key(work.model, "momentum")][local, cols]
     others = _rows_of(pop, local, cols)
+    loss = _loss_of(pop, work, local)
     for idx in batches.batches():
         grad.zero_()
-        pop.loss(scratch.module(inputs[idx], stage=stage), targets[idx]).backward()
+        loss(scratch.module(inputs[idx], stage=stage), targets[idx]).backward()
         with torch.no_grad():
             if work.hook is not None:
                 work.hook(grad, segment, others)
             _apply(segment, velocity, grad, work.rule)
+
+
+def _loss_of(
+    pop: Population, work: PhaseWork, local: int
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The phase's loss for worker `local`: the task's, or the algorithm's with that worker's rows."""
+    hook = work.loss
+    if hook is None:
+        return pop.loss
+    whole_rows = _rows_of(pop, local, slice(None))
+    return lambda outputs, targets: hook(outputs, targets, whole_rows)
 
 
 def _train_stacked(

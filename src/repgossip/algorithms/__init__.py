@@ -19,10 +19,12 @@ from repgossip.algorithms.base import (
 )
 from repgossip.algorithms.deprl import DePRL
 from repgossip.algorithms.dfedavgm import DFedAvgM
+from repgossip.algorithms.ditto import Ditto
 from repgossip.algorithms.dpsgd import DPSGD
 from repgossip.algorithms.fedavg import FedAvg
 from repgossip.algorithms.fedper import FedPer
 from repgossip.algorithms.fedrep import FedRep
+from repgossip.algorithms.fedrod import FedRoD
 from repgossip.algorithms.local import Local
 from repgossip.errors import UsageError
 from repgossip.registry import Registry
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     from repgossip.config import Config
 
 ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm", plugins=True)
-for _cls in (DePRL, DPSGD, Local, DFedAvgM, FedPer, FedRep, FedAvg):
+for _cls in (DePRL, DPSGD, Local, DFedAvgM, FedPer, FedRep, FedAvg, Ditto, FedRoD):
     ALGORITHMS.register(_cls.name, _cls)
 
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from repgossip.config import Config
     from repgossip.engines.base import Engine
     from repgossip.gossip import RoundPlan
+    from repgossip.models import SplitModel
     from repgossip.population import Population
 
 BUDGETS = ("head", "body")
@@ -39,6 +40,9 @@ BUDGETS = ("head", "body")
 @dataclass(frozen=True)
 class Phase:
     """One local phase of a round: SGD on `part` of the worker's `model` copy, the rest frozen.
+
+    `part` is "body", "head", "all", or module prefixes joined by "+" that form one block of the
+    model's parameters (FedRoD's "head.personal"); the model must have parameters there.
 
     `budget` names whose keys set its length: "head" (head_steps/head_epochs, lr_head) or "body"
     (body_steps/body_epochs, lr_body). Joint-training phases use both budgets in turn, so every
@@ -50,8 +54,8 @@ class Phase:
     model: str = MAIN_MODEL
 
     def __post_init__(self) -> None:
-        if self.part not in PARTS:
-            raise ValueError(f"Phase part must be one of {', '.join(PARTS)}, got '{self.part}'")
+        if not self.part or not isinstance(self.part, str):
+            raise ValueError(f"Phase part must be {', '.join(PARTS)} or module prefixes")
         if self.budget not in BUDGETS:
             raise ValueError(f"Phase budget must be 'head' or 'body', got '{self.budget}'")
 
@@ -116,7 +120,34 @@ class Algorithm:
     def init_state(self, population: Population) -> None:
         """Fill the extra state once, after the common initialisation (default: the specs' fill)."""
 
+    # ------------------------------------------------------------------ the model
+
+    def adapt_model(self, model: SplitModel, num_classes: int) -> SplitModel:
+        """The architecture every worker trains, from the configured one (default: unchanged);
+        `num_classes` is 0 for regression. FedRoD adds a personal head beside the generic one
+        here. Called under the run's seed, before any worker exists."""
+        return model
+
+    def predictions(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Class scores (or regression values) from the model's outputs, for evaluation
+        (default: the outputs themselves)."""
+        return outputs
+
     # ------------------------------------------------------------------ the local step
+
+    def loss(
+        self,
+        phase: Phase,
+        outputs: torch.Tensor,
+        targets: torch.Tensor,
+        task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        rows: Rows,
+    ) -> torch.Tensor:
+        """The loss a phase minimises on one worker's batch (default: the task's loss, cross
+        entropy or mean squared error). `rows(name)` gives that worker's whole row of a row set,
+        e.g. its class counts for a balanced softmax. An algorithm that overrides this trains
+        worker by worker (the stacked path computes the task loss only)."""
+        return task_loss(outputs, targets)
 
     def adjust_gradient(
         self, phase: Phase, grad: torch.Tensor, weights: torch.Tensor, rows: Rows

@@ -1,0 +1,99 @@
+"""FedRoD (Chen & Chao, ICLR 2022), decentralized: one body and a generic head, trained with the
+balanced softmax loss and gossiped; a personal head trained on the body's features with plain cross
+entropy on the sum of both heads' logits; a worker predicts with that sum.
+
+The balanced softmax adds each worker's log class frequencies to the generic logits during
+training (Ren et al., 2020), so the generic head learns the class-balanced decision rule however
+skewed a worker's labels are; the personal head then adds back what is particular to the worker.
+
+Per round: the generic model (body and generic head) trains for the head budget and then the body
+budget, as the joint-training baselines do; the personal head then trains for the head budget on
+features the frozen body computes once. The personal head starts at zero, so the first prediction
+is the generic one.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from repgossip.algorithms.base import Algorithm, Phase, Rows, StateSpec
+from repgossip.errors import UsageError
+from repgossip.models import SplitModel
+
+if TYPE_CHECKING:
+    from repgossip.population import Population
+
+GENERIC, PERSONAL = "head.generic", "head.personal"
+LOG_PRIOR = "class_log_prior"
+SMALLEST_FREQUENCY = 1e-8  # a class a worker never saw: its logit is pushed down by log(1e-8)
+
+
+class TwoHeads(nn.Module):
+    """The generic and the personal head side by side: outputs are their logits concatenated, so
+    the loss of each phase and the prediction can take the half they need."""
+
+    def __init__(self, generic: nn.Module) -> None:
+        super().__init__()
+        self.generic = generic
+        self.personal = copy.deepcopy(generic)
+        with torch.no_grad():
+            for param in self.personal.parameters():
+                param.zero_()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.generic(features), self.personal(features)], dim=-1)
+
+
+def halves(outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    generic, personal = outputs.chunk(2, dim=-1)
+    return generic, personal
+
+
+class FedRoD(Algorithm):
+    name = "fedrod"
+    summary = "balanced-softmax generic model gossiped; personal head added to its logits"
+    phases = (
+        Phase(f"body+{GENERIC}", "head"),
+        Phase(f"body+{GENERIC}", "body"),
+        Phase(PERSONAL, "head"),
+    )
+    shared = f"body+{GENERIC}"
+    num_classes = 0
+
+    def adapt_model(self, model: SplitModel, num_classes: int) -> SplitModel:
+        if num_classes == 0:
+            raise UsageError("fedrod needs a classification task; this dataset is a regression")
+        self.num_classes = num_classes
+        return SplitModel(model.body, TwoHeads(model.head), model.squeeze_output)
+
+    def extra_state(self) -> Mapping[str, StateSpec]:
+        return {LOG_PRIOR: StateSpec(width=self.num_classes)}
+
+    def init_state(self, population: Population) -> None:
+        """Each worker's log class frequencies, from its own training labels."""
+        for local, labels in enumerate(population.train_y):
+            counts = torch.bincount(labels.cpu(), minlength=self.num_classes).float()
+            frequency = (counts / counts.sum()).clamp_min(SMALLEST_FREQUENCY)
+            population.rows[LOG_PRIOR][local] = frequency.log().to(population.params.device)
+
+    def loss(
+        self,
+        phase: Phase,
+        outputs: torch.Tensor,
+        targets: torch.Tensor,
+        task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        rows: Rows,
+    ) -> torch.Tensor:
+        generic, personal = halves(outputs)
+        if phase.part == PERSONAL:
+            return task_loss(generic.detach() + personal, targets)
+        return task_loss(generic + rows(LOG_PRIOR), targets)  # the balanced softmax
+
+    def predictions(self, outputs: torch.Tensor) -> torch.Tensor:
+        generic, personal = halves(outputs)
+        return generic + personal
