@@ -27,7 +27,15 @@ from repgossip.evaluation import Predict, evaluate
 from repgossip.layout import MAIN_MODEL, RowLayout, row_key
 from repgossip.models import SplitModel
 from repgossip.scratch import Scratch, WorkerPool, WorkerRows
-from repgossip.training import Budget, GradientHook, LossHook, StepRule, stacks_well, train_phase
+from repgossip.training import (
+    Budget,
+    GradientHook,
+    LossHook,
+    StepRule,
+    dense_gradients,
+    stacks_well,
+    train_phase,
+)
 
 
 class Population:
@@ -121,6 +129,13 @@ class Population:
         if self.share_buffers and self.buffer_layout.size:
             blocks.append(self.rows["buffers"][:, self.buffer_layout.part(part)])
         return [b for b in blocks if b.shape[1]] or blocks[:1]
+
+    def gradients(
+        self, batches: dict[int, torch.Tensor], model: str = MAIN_MODEL
+    ) -> dict[int, torch.Tensor]:
+        """Each local worker's dense gradient of the task loss on its samples `batches[local]`
+        (eval mode; nothing is updated): DisPFL's regrowth reads these."""
+        return dense_gradients(self, batches, model)
 
     def train(
         self,

@@ -187,6 +187,8 @@ def train_round(exp: Experiment, round_index: int) -> int:
     pop, cfg, algorithm = exp.population, exp.cfg, exp.algorithm
     plan = exp.schedule.round_plan(round_index)
     active = None if plan.active.all() else set(np.flatnonzero(plan.active).tolist())
+    ctx = RoundContext(pop, exp.engine, plan, round_index, cfg)
+    sent = algorithm.communicate(ctx) if algorithm.communicate_first else 0
     for phase_index, phase in enumerate(algorithm.phases):
         pop.train(
             phase.part,
@@ -199,8 +201,8 @@ def train_round(exp: Experiment, round_index: int) -> int:
             hook=_gradient_hook(algorithm, phase),
             loss=_loss_hook(algorithm, phase, pop),
         )
-    ctx = RoundContext(pop, exp.engine, plan, round_index, cfg)
-    sent = algorithm.communicate(ctx)
+    if not algorithm.communicate_first:
+        sent = algorithm.communicate(ctx)
     algorithm.end_round(ctx)
     return sent
 

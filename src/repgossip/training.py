@@ -277,6 +277,28 @@ def _train_group(
     momentum_all[rows, cols] = velocity
 
 
+def dense_gradients(
+    pop: Population, batches: dict[int, torch.Tensor], model: str
+) -> dict[int, torch.Tensor]:
+    """The gradient of the task loss with respect to every parameter of model copy `model`, for
+    each local worker in `batches` on its samples `batches[local]`, as a flat row. Eval mode, so
+    no BatchNorm statistic moves and no dropout mask is drawn: a measurement, not a step."""
+
+    def one(scratch: Scratch, local: int) -> torch.Tensor:
+        rows = pop.worker_rows(local, model)
+        scratch.bind(rows, slice(0, pop.layout.size))
+        scratch.start(None, training=False)
+        scratch.grad.zero_()
+        idx = batches[local]
+        pop.loss(scratch.module(pop.train_x[local][idx]), pop.train_y[local][idx]).backward()
+        return scratch.grad.clone()
+
+    chosen = list(batches)
+    with pop.pool.one_thread_per_worker() as threads:
+        grads = pop.pool.each(chosen, one, threads)
+    return dict(zip(chosen, grads, strict=True))
+
+
 def _apply(
     segment: torch.Tensor, velocity: torch.Tensor, grad: torch.Tensor, rule: StepRule
 ) -> None:

@@ -19,6 +19,7 @@ from repgossip.algorithms.base import (
 )
 from repgossip.algorithms.deprl import DePRL
 from repgossip.algorithms.dfedavgm import DFedAvgM
+from repgossip.algorithms.dispfl import DisPFL
 from repgossip.algorithms.ditto import Ditto
 from repgossip.algorithms.dpsgd import DPSGD
 from repgossip.algorithms.fedavg import FedAvg
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from repgossip.config import Config
 
 ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm", plugins=True)
-for _cls in (DePRL, DPSGD, Local, DFedAvgM, FedPer, FedRep, FedAvg, Ditto, FedRoD):
+for _cls in (DePRL, DPSGD, Local, DFedAvgM, FedPer, FedRep, FedAvg, Ditto, FedRoD, DisPFL):
     ALGORITHMS.register(_cls.name, _cls)
 
 

@@ -15,6 +15,8 @@ One round, as the run loop performs it:
     for phase in algorithm.phases: population trains phase.model's phase.part for phase.budget
     bytes = algorithm.communicate(context)          # default: gossip `shared` with W
     algorithm.end_round(context)
+
+(with `communicate_first`, communication comes before the phases instead).
 """
 
 from __future__ import annotations
@@ -102,6 +104,9 @@ class Algorithm:
     exact_average: ClassVar[bool] = False  # centralized references: complete graph, W = 11^T/N
     default_momentum: ClassVar[float] = 0.0
     evaluated_model: ClassVar[str] = MAIN_MODEL  # the copy whose accuracy is reported
+    # Communicate before the local phases instead of after (the DePRL authors' code and DisPFL
+    # do): a worker is then evaluated on the model it trained last, not on a fresh mix.
+    communicate_first: ClassVar[bool] = False
 
     def __init__(self, config: Config | None = None) -> None:
         self.config = config
