@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 from repgossip.config import build_config, coerce, parse_assignments, read_yaml
 from repgossip.errors import RepgossipError, UsageError
 
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141  # 128 + SIGINT, 128 + SIGPIPE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -160,16 +160,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from repgossip.sweep import RESULT_COLUMNS, markdown_table, parse_grid, sweep
+    """Run the grid; print its table, then one line on stderr per point that failed. Exits 0 when
+    every point ran, else with the failed points' largest exit code (3: one diverged)."""
+    from repgossip.sweep import columns, markdown_table, one_line, parse_grid, sweep
 
     grid = parse_grid(args.grid)
     base, overrides = _config_from(args)
-    rows = sweep(grid, {**base, **overrides}, args.out, resume=args.resume, force=args.force,
-                 progress=None if not args.quiet else False)  # fmt: skip
-    shown = list(grid) + [c for c in RESULT_COLUMNS if c in rows[0] and c != "rounds"]
-    print(markdown_table(rows, shown), end="")
+    result = sweep(grid, {**base, **overrides}, args.out, resume=args.resume, force=args.force,
+                   progress=None if not args.quiet else False)  # fmt: skip
+    shown = [c for c in columns(result.rows, result.keys) if c != "rounds" or c in grid]
+    print(markdown_table(result.rows, shown), end="")
     print(f"tables in {Path(args.out) / 'summary.csv'} and summary.md")
-    return 0
+    for name, err in result.failed.items():
+        print(f"repgossip: error: grid point {name} failed: {one_line(err)}", file=sys.stderr)
+    return result.exit_code
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -241,6 +245,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RepgossipError as err:
         print(f"repgossip: error: {err}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:  # `repgossip ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("repgossip: interrupted; continue with --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
