@@ -88,6 +88,12 @@ def is_ours(folder: Path) -> bool:
     return run or (folder / "summary.csv").is_file()
 
 
+def has_content(folder: Path) -> bool:
+    """Whether `folder` holds anything besides a lock file left by a run (an empty folder the user
+    made, or one a run claimed and gave back, is free to use)."""
+    return any(entry.name != LOCK_FILE for entry in folder.iterdir())
+
+
 def _is_replaceable(folder: Path) -> bool:
     """A run folder that holds no finished round (interrupted before its first checkpoint): a plain
     rerun may replace it, as there is nothing to lose and nothing to resume."""
@@ -111,7 +117,7 @@ def check_output(out: Path, *, keep: bool, force: bool) -> None:
     `force` on a folder repgossip wrote (never another folder, the working directory or its
     parents), or a run folder interrupted before its first checkpoint."""
     check_path(out)
-    if not out.is_dir() or not any(out.iterdir()) or keep:
+    if not out.is_dir() or not has_content(out) or keep:
         return
     if force or _is_replaceable(out):
         reason = _protected(out) or (None if is_ours(out) else "it is not a repgossip folder")
@@ -135,25 +141,30 @@ class FolderClaim:
     def __init__(self, out: Path, *, keep: bool, force: bool, kind: str = "run") -> None:
         self.out, self.keep, self.force, self.kind = out, keep, force, kind
         self.aside: Path | None = None
-        self.created = False
+        self.created = False  # `out` did not exist, or was empty: undo by removing what we wrote
+        self.existed = False
         self.committed = False
         self._lock = contextlib.ExitStack()
 
     def open(self) -> None:
         check_output(self.out, keep=self.keep, force=self.force)
+        self.existed = self.out.is_dir()
+        if self.existed:  # a folder another process writes is neither resumed nor replaced
+            self._lock.enter_context(locked(self.out))
         try:
-            if not self.keep and self.out.is_dir() and any(self.out.iterdir()):
+            if not self.keep and self.out.is_dir() and has_content(self.out):
                 self.aside = self.out.with_name(f".{self.out.name}.replaced-{os.getpid()}")
                 shutil.rmtree(self.aside, ignore_errors=True)
                 os.replace(self.out, self.aside)
-            self.created = not self.out.exists()
+            self.created = not self.out.exists() or not has_content(self.out)
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             self.close()
             raise UsageError(
                 f"cannot use output folder '{self.out}': {err.strerror or err}"
             ) from None
-        self._lock.enter_context(locked(self.out))
+        if self.aside is not None or not self.existed:  # a new folder: lock it too
+            self._lock.enter_context(locked(self.out))
         if not (self.out / MARKER_FILE).is_file():
             atomic_write(self.out / MARKER_FILE, f"{self.kind}\n".encode())
 
@@ -173,6 +184,8 @@ class FolderClaim:
             os.replace(self.aside, self.out)
         elif self.created:
             shutil.rmtree(self.out, ignore_errors=True)
+            if self.existed:
+                self.out.mkdir()  # as the user had it: there, and empty
 
     def __enter__(self) -> FolderClaim:
         self.open()
