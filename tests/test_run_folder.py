@@ -201,9 +201,19 @@ def test_an_interrupt_before_the_first_checkpoint_resumes_from_round_0_or_reruns
     assert without_time(metrics(out)) == without_time(metrics(whole))
     monkeypatch.setattr(runner, "train_round", interrupted)
     assert run(out, "checkpoint_every=10", "seed=3", flags=("--force",)) == 130
-    monkeypatch.setattr(runner, "train_round", real)
-    assert run(out, "checkpoint_every=10") == 0  # no finished round: a plain rerun replaces it
-    assert without_time(metrics(out)) == without_time(metrics(whole))
+    assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == 3  # a round was trained
+    capsys.readouterr()
+    assert run(out, "checkpoint_every=10") == 2  # finished rounds are not replaced unasked
+    one_line(capsys, "--resume", "--force")
+
+
+def test_a_run_stopped_in_its_first_round_leaves_nothing_behind(tmp_path, monkeypatch):
+    def interrupted(exp, round_index):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "train_round", interrupted)
+    assert run(tmp_path / "run") == 130
+    assert not (tmp_path / "run").exists()
 
 
 def test_divergence_names_the_round_and_the_worker(tmp_path, capsys):
@@ -221,3 +231,65 @@ def test_the_config_recorded_in_the_checkpoint_is_the_run_s(tmp_path):
     assert run(out, "rounds=1") == 0
     state = torch.load(out / CHECKPOINT_FILE, weights_only=True)
     assert yaml.safe_load(state["config"]) == yaml.safe_load((out / "config.yaml").read_text())
+
+
+@pytest.mark.parametrize(
+    ("files", "needle"),
+    [
+        ({"summary.csv": "a,b", "src/thesis.tex": "important"}, "not write (src)"),
+        ({"config.yaml": "lr: 1", "metrics.jsonl": "", "train.py": "print()"}, "(train.py)"),
+    ],
+)
+def test_force_refuses_folders_that_only_look_like_ours(tmp_path, capsys, files, needle):
+    out = tmp_path / "proj"
+    for name, text in files.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    assert run(out, flags=("--force",)) == 2
+    one_line(capsys, needle)
+    assert all((out / name).read_text() == text for name, text in files.items())
+
+
+def test_a_folder_being_written_is_not_replaced_by_force(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(out) == 0
+    before = snapshot(out)
+    with locked(out):
+        assert run(out, "seed=2", flags=("--force",)) == 2
+    one_line(capsys, "another repgossip process")
+    assert snapshot(out) == before
+
+
+def test_a_folder_a_killed_force_left_aside_is_reported(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(out) == 0
+    aside = tmp_path / ".run.replaced-99999"
+    out.rename(aside)  # as a --force killed before its first round leaves it
+    assert run(out) == 2
+    one_line(capsys, ".run.replaced-99999", "put it back")
+    assert (aside / "summary.json").is_file()
+
+
+def test_a_user_file_in_an_unfinished_run_folder_is_never_replaced(tmp_path, capsys, monkeypatch):
+    def interrupted(exp, round_index):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    assert run(out, "rounds=1") == 0
+    (out / "checkpoint.pt").unlink()
+    (out / "metrics.jsonl").write_text('{"round": 0}\n')  # as a SIGKILL in round 1 leaves it
+    (out / "notes.txt").write_text("mine")
+    assert run(out) == 2
+    one_line(capsys, "not empty")
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    assert run(out) == 0  # now only the stub of a run that never finished a round: replaced
+
+
+def test_force_refuses_a_symbolic_link(tmp_path, capsys):
+    real, link = tmp_path / "real", tmp_path / "link"
+    assert run(real) == 0
+    link.symlink_to(real)
+    assert run(link, flags=("--force",)) == 2
+    one_line(capsys, "symbolic link")
+    assert (real / "summary.json").is_file()

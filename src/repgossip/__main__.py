@@ -2,6 +2,9 @@
 
 import sys
 
-from repgossip.cli import main
+try:
+    from repgossip.cli import main
+except KeyboardInterrupt:  # Ctrl-C while torch imports: nothing has started, nothing to say
+    sys.exit(130)
 
 sys.exit(main())

@@ -51,6 +51,12 @@ def run(
     everything in memory. `progress` None shows a bar on a terminal and plain lines elsewhere.
     """
     base = _base_config(config)
+    _check_callbacks(callbacks)
+    if isinstance(graph, (str, Path)):
+        raise UsageError(
+            f"graph must be a networkx graph or an (N, N) adjacency; to name a topology or a "
+            f"file, use topology={str(graph)!r}"
+        )
     unknown = [k for k in keys if k not in KEYS]
     if unknown:
         raise UsageError(suggest_key(unknown[0]))
@@ -85,6 +91,18 @@ def run(
         cfg, out, resume=resume, force=force, progress=progress, callbacks=callbacks,
         supplied=supplied,
     )  # fmt: skip
+
+
+def _check_callbacks(callbacks: Any) -> None:
+    """A list of Callback instances (a class or a bare function is a common slip)."""
+    if isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
+        raise UsageError(f"callbacks must be a list of Callback objects, got {callbacks!r}")
+    for callback in callbacks:
+        if not isinstance(callback, Callback):
+            raise UsageError(
+                f"each callback must be an instance of a repgossip.Callback subclass, got "
+                f"{callback!r}"
+            )
 
 
 def _base_config(config: Mapping[str, Any] | Config | str | Path | None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -135,6 +136,18 @@ def restarted_by_torchrun() -> bool:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
 
 
+def default_out(algorithm: str, dataset: str) -> Path:
+    """runs/ALGO-DATASET-TIME, in characters any file system takes, and not one that exists (two
+    runs started in the same second get -2, -3, ...)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{algorithm}-{dataset}")[:100]
+    base = Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, count = base, 1
+    while out.exists():
+        count += 1
+        out = base.with_name(f"{base.name}-{count}")
+    return out
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from repgossip.runner import run_experiment
 
@@ -146,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     base, overrides = _config_from(args, out if args.resume else None)
     cfg = build_config(base, overrides)
     if out is None:
-        out = Path("runs") / f"{cfg.algorithm}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = default_out(cfg.algorithm, cfg.dataset)
     result = run_experiment(
         cfg, out, resume=args.resume, force=args.force, progress=None if not args.quiet else False
     )

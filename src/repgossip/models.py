@@ -185,6 +185,29 @@ def _check_split(model: SplitModel, name: str) -> None:
             )
     if not any(True for _ in model.parameters()):
         raise UsageError(f"model '{name}' has no parameters to train")
+    _check_tensors(model, name)
+
+
+def _check_tensors(model: SplitModel, name: str) -> None:
+    """Parameters are float32 rows trained whole, buffers float32 or int64 rows (BatchNorm's
+    kinds): anything else would be silently converted or ignored, so it is refused."""
+    for qualified, param in model.named_parameters():
+        if param.dtype != torch.float32:
+            raise UsageError(
+                f"model '{name}': parameter '{qualified}' is {param.dtype}; repgossip trains "
+                "float32 parameters"
+            )
+        if not param.requires_grad:
+            raise UsageError(
+                f"model '{name}': parameter '{qualified}' has requires_grad=False; repgossip "
+                "trains every parameter of a phase's part (register a fixed tensor as a buffer)"
+            )
+    for qualified, buffer in model.named_buffers():
+        if buffer.dtype not in (torch.float32, torch.int64):
+            raise UsageError(
+                f"model '{name}': buffer '{qualified}' is {buffer.dtype}; per-worker buffers are "
+                "float32 or int64 (as BatchNorm's)"
+            )
 
 
 def model_reference(function: ModelFunction) -> str:
@@ -207,7 +230,7 @@ class WorkerDropout(nn.Module):
         if not self.training or self.p == 0.0:
             return x
         if self.p == 1.0:
-            return torch.zeros_like(x)
+            return x * 0.0  # all dropped, the graph kept (as torch's dropout does)
         shape = (*x.shape[:2], *([1] * (x.dim() - 2))) if self.channelwise else x.shape
         keep = torch.rand(shape, generator=self.generator) >= self.p
         return x * keep.to(device=x.device, dtype=x.dtype) / (1.0 - self.p)
@@ -237,7 +260,19 @@ def check_fits(model: SplitModel, sample: torch.Tensor, num_classes: int, name: 
     was_training = model.training
     model.eval()
     try:
-        out = model(sample[:2])
+        features = model.body(sample[:2])
+        if not isinstance(features, torch.Tensor):
+            raise UsageError(
+                f"model '{name}': its body must return a tensor of features, got "
+                f"{type(features).__name__}"
+            )
+        out = model.head_forward(features)
+        if not isinstance(out, torch.Tensor):
+            raise UsageError(
+                f"model '{name}': its head must return a tensor, got {type(out).__name__}"
+            )
+    except UsageError:
+        raise
     except Exception as err:
         raise UsageError(
             f"model '{name}' cannot take inputs of shape {tuple(sample.shape[1:])}: "

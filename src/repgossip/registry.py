@@ -24,8 +24,9 @@ API_PREFIX = "python:"  # an object handed to repgossip.run() that has no import
 
 
 def is_plugin_ref(name: str) -> bool:
-    """Whether `name` reads `package.module:attribute`."""
-    return bool(PLUGIN_REF.match(name))
+    """Whether `name` reads `package.module:attribute` (and not `python:...`, an object handed to
+    the Python API)."""
+    return bool(PLUGIN_REF.match(name)) and not name.startswith(API_PREFIX)
 
 
 def _first_line(err: BaseException) -> str:
@@ -132,6 +133,11 @@ class Registry(Generic[T]):
             return self._items[name]
         if self.plugins and is_plugin_ref(name):
             return import_object(name, self.kind)
+        if name.startswith(API_PREFIX):
+            raise UsageError(
+                f"{self.kind} '{name}' was an object handed to repgossip.run(); pass it again "
+                "there to run or resume this config"
+            )
         raise UsageError(f"unknown {self.kind} '{name}'; valid: {self.valid()}")
 
     def check(self, name: str) -> None:

@@ -77,15 +77,47 @@ def check_path(out: Path) -> None:
         raise UsageError(f"cannot use output path '{out}': {err.strerror or err}") from None
 
 
+PLOT_NAMES = ("curves.png", "curves.pdf", "curves.svg")
+TENSORBOARD_DIR = "tensorboard"
+RUN_NAMES = frozenset(
+    (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE, "provenance.json", MARKER_FILE,
+     LOCK_FILE, TENSORBOARD_DIR, *PLOT_NAMES)
+)  # fmt: skip
+SWEEP_NAMES = frozenset(("summary.csv", "summary.md", MARKER_FILE, LOCK_FILE, *PLOT_NAMES))
+
+
+def _kind(folder: Path) -> str:
+    marker = folder / MARKER_FILE
+    try:
+        return marker.read_text().strip() if marker.is_file() else ""
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """What in `folder` repgossip did not write: a run folder holds only the run's files; a sweep
+    folder its tables, plots and run folders. Empty when the folder is wholly ours."""
+    kind = _kind(folder) or ("sweep" if (folder / "summary.csv").is_file() else "run")
+    foreign = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.endswith(".tmp") or entry.name in (
+            RUN_NAMES if kind == "run" else SWEEP_NAMES
+        ):
+            continue
+        if kind == "sweep" and entry.is_dir() and not entry.is_symlink() and is_ours(entry):
+            continue
+        foreign.append(entry.name)
+    return foreign
+
+
 def is_ours(folder: Path) -> bool:
-    """Whether `folder` was written by repgossip: a run folder or a sweep folder (marked, or
-    holding the files that earlier versions wrote)."""
-    if (folder / MARKER_FILE).is_file():
-        return True
-    run = (folder / CONFIG_FILE).is_file() and any(
-        (folder / f).is_file() for f in (METRICS_FILE, CHECKPOINT_FILE)
-    )
-    return run or (folder / "summary.csv").is_file()
+    """Whether `folder` is a run or sweep folder that holds only what repgossip wrote: marked, or
+    (written before markers) holding a config.yaml or summary.csv and nothing foreign. A folder
+    with anything else in it is never replaced."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    known = _kind(folder) or any((folder / name).is_file() for name in (CONFIG_FILE, "summary.csv"))
+    return bool(known) and not foreign_entries(folder)
 
 
 def has_content(folder: Path) -> bool:
@@ -95,11 +127,29 @@ def has_content(folder: Path) -> bool:
 
 
 def _is_replaceable(folder: Path) -> bool:
-    """A run folder that holds no finished round (interrupted before its first checkpoint): a plain
-    rerun may replace it, as there is nothing to lose and nothing to resume."""
-    marker = folder / MARKER_FILE
-    kind = marker.read_text().strip() if marker.is_file() else ""
-    return kind == "run" and not (folder / CHECKPOINT_FILE).is_file()
+    """A run folder with no finished round (stopped before round 1 was evaluated or any checkpoint
+    was written) and nothing else in it: a plain rerun may replace it, as there is nothing to
+    lose and nothing to resume."""
+    if _kind(folder) != "run" or (folder / CHECKPOINT_FILE).exists() or not is_ours(folder):
+        return False
+    return all(r["round"] == 0 for r in read_metrics(folder / METRICS_FILE))
+
+
+def _stale_replacement(out: Path) -> Path | None:
+    """A folder a killed --force moved aside and never put back or deleted."""
+    stale = sorted(out.parent.glob(f".{out.name}.replaced-*")) if out.parent.is_dir() else []
+    return stale[0] if stale else None
+
+
+def _not_ours(folder: Path) -> str | None:
+    if is_ours(folder):
+        return None
+    foreign = foreign_entries(folder) if folder.is_dir() else []
+    telltale = _kind(folder) or any((folder / n).is_file() for n in (CONFIG_FILE, "summary.csv"))
+    if foreign and telltale:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        return f"it holds files repgossip did not write ({shown})"
+    return "it is not a repgossip folder"
 
 
 def _protected(folder: Path) -> str | None:
@@ -114,13 +164,21 @@ def _protected(folder: Path) -> str | None:
 
 def check_output(out: Path, *, keep: bool, force: bool) -> None:
     """Refuse a non-empty `out` unless it is kept (`keep`, for resuming) or may be replaced:
-    `force` on a folder repgossip wrote (never another folder, the working directory or its
-    parents), or a run folder interrupted before its first checkpoint."""
+    `force` on a folder that holds only what repgossip wrote (never another folder, the working
+    directory or its parents), or a run folder with no finished round."""
     check_path(out)
+    stale = _stale_replacement(out)
+    if stale is not None:
+        raise UsageError(
+            f"'{stale}' holds the folder a killed --force was replacing; put it back "
+            f"(mv '{stale}' '{out}') or delete it, then run again"
+        )
+    if out.is_symlink() and (force or keep):
+        raise UsageError(f"'{out}' is a symbolic link; give the folder it points to")
     if not out.is_dir() or not has_content(out) or keep:
         return
     if force or _is_replaceable(out):
-        reason = _protected(out) or (None if is_ours(out) else "it is not a repgossip folder")
+        reason = _protected(out) or _not_ours(out)
         if reason:
             raise UsageError(f"will not replace '{out}': {reason}; choose another --out")
         return
@@ -132,10 +190,11 @@ def check_output(out: Path, *, keep: bool, force: bool) -> None:
 class FolderClaim:
     """Makes `out` the folder of this run, replacing an old one only once the new run is safe.
 
-    `open()` moves an old folder that is being replaced aside (next to it, hidden), creates `out`
-    and locks it. `commit()`, once the new run has written its first record, deletes the old
-    folder. If the run fails before that, `close()` puts the old folder back: a bad config or a
-    crash in the first seconds never costs the results that were there.
+    `open()` locks `out`, moves an old folder that is being replaced aside (next to it, hidden),
+    creates `out` and locks it too. `commit()`, once the new run has trained and evaluated a round
+    (or checkpointed), deletes the old folder. If the run fails before that, `close()` puts the old
+    folder back: a bad config or a crash in the first round never costs the results that were
+    there.
     """
 
     def __init__(self, out: Path, *, keep: bool, force: bool, kind: str = "run") -> None:
@@ -314,6 +373,11 @@ def read_checkpoint(out: Path) -> dict[str, Any]:
         raise UsageError(f"cannot read checkpoint '{path}': {reason}") from None
     if not isinstance(state, dict):
         raise UsageError(f"'{path}' is not a repgossip checkpoint (it holds no mapping)")
+    if "params" in state and "config" not in state:
+        raise UsageError(
+            f"'{path}' was written by repgossip 0.1, which did not record the run's config and "
+            "data with it, so it cannot be resumed safely; run it again"
+        )
     for key, types, what in _FIELDS:
         value = state.get(key)
         bad = not isinstance(value, types) or isinstance(value, bool)

@@ -34,7 +34,7 @@ from repgossip.config import KEYS, RESUMABLE_KEYS, Config, build_config, dump_ya
 from repgossip.data.datasets import load_federation
 from repgossip.data.federation import Federation
 from repgossip.engines import Engine, make_engine
-from repgossip.errors import DivergenceError, UsageError
+from repgossip.errors import DivergenceError, RepgossipError, UsageError
 from repgossip.faults import maybe_fail_rank
 from repgossip.gossip import GossipSchedule
 from repgossip.layout import RowLayout, row_key
@@ -56,7 +56,7 @@ from repgossip.runfolder import (
     resumable_config,
 )
 from repgossip.topology import Graph, build_graph, spectral_gap
-from repgossip.training import budget, step_rule
+from repgossip.training import budget, check_batch_norm_batches, step_rule
 
 TENSORBOARD_DIR = "tensorboard"
 
@@ -112,7 +112,7 @@ def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
     input that a run would trip over, so `preflight` can check a config before anything is
     written or removed."""
     supplied = supplied or Supplied()
-    algorithm = (supplied.algorithm or algorithm_class(cfg.algorithm))(cfg)
+    algorithm = _instantiate(supplied.algorithm or algorithm_class(cfg.algorithm), cfg)
     # the graph first: it is cheaper than the data, and may be refused (too big, disconnected)
     graph = supplied.graph or build_graph(
         cfg.topology, cfg.workers, edge_prob=cfg.edge_prob, seed=cfg.seed
@@ -128,26 +128,29 @@ def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
             model_name, federation.input_shape, federation.num_classes, cfg, supplied.model
         )
     check_fits(model, federation.train_x[0], federation.num_classes, model_name)
+    check_batch_norm_batches(model, federation.train_sizes(), cfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = algorithm.adapt_model(model, federation.num_classes)
-    _check_parts(algorithm, model)
+    algorithm.check(RowLayout.parameters(model))
     return Parts(algorithm, federation, schedule, model)
 
 
-def _check_parts(algorithm: Algorithm, model: SplitModel) -> None:
-    """Every part an algorithm trains or gossips names parameters of the model, in one block."""
-    layout = RowLayout.parameters(model)
-    parts = [p.part for p in algorithm.phases] + ([algorithm.shared] if algorithm.shared else [])
-    for part in parts:
-        try:
-            cols = layout.part(part)
-        except ValueError as err:
-            raise UsageError(f"algorithm '{algorithm.name}': {err}") from None
-        if cols.stop <= cols.start:
-            raise UsageError(
-                f"algorithm '{algorithm.name}': part '{part}' names no parameter of the model"
-            )
+def _instantiate(cls: type[Algorithm], cfg: Config) -> Algorithm:
+    """`cls(cfg)`, a plug-in's failure reported in one line."""
+    try:
+        return cls(cfg)
+    except RepgossipError:
+        raise
+    except Exception as err:
+        raise UsageError(
+            f"algorithm '{cfg.algorithm}' cannot be built from a config: {_first_line(err)}"
+        ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = (str(err).strip().splitlines() or [""])[0][:300]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def preflight(cfg: Config, supplied: Supplied | None = None) -> None:
@@ -177,7 +180,14 @@ def build_experiment(
         extra_state=algorithm.extra_state(),
         share_buffers=cfg.share_bn_stats,
     )
-    algorithm.init_state(population)
+    try:
+        algorithm.init_state(population)
+    except RepgossipError:
+        raise
+    except Exception as err:
+        raise UsageError(
+            f"algorithm '{cfg.algorithm}': init_state raised {_first_line(err)}"
+        ) from None
     gap = spectral_gap(parts.schedule.base_mixing)  # of the graph without failures
     return Experiment(cfg, algorithm, federation, population, parts.schedule, engine, gap)
 
@@ -204,7 +214,12 @@ def train_round(exp: Experiment, round_index: int) -> int:
     if not algorithm.communicate_first:
         sent = algorithm.communicate(ctx)
     algorithm.end_round(ctx)
-    return sent
+    if isinstance(sent, bool) or not isinstance(sent, (int, np.integer)) or sent < 0:
+        raise UsageError(
+            f"algorithm '{cfg.algorithm}': communicate() must return the bytes sent as an int "
+            f">= 0, got {sent!r}"
+        )
+    return int(sent)
 
 
 def _gradient_hook(algorithm: Algorithm, phase: Any) -> Callable[..., None] | None:
@@ -336,7 +351,12 @@ def _data_digest(exp: Experiment) -> str:
 
 def _check_binding(path: Path, state: dict[str, Any], exp: Experiment) -> None:
     """Refuse a checkpoint written by another config or on other data, naming what differs."""
-    saved = yaml.safe_load(state["config"]) or {}
+    try:
+        saved = yaml.safe_load(state["config"]) or {}
+    except yaml.YAMLError:
+        saved = None
+    if not isinstance(saved, dict):
+        raise UsageError(f"'{path}' is not a repgossip checkpoint: its config is not a mapping")
     current = exp.cfg.to_dict()
     changed = [k for k in KEYS if k not in RESUMABLE_KEYS and saved.get(k) != current[k]]
     if changed:
@@ -491,7 +511,7 @@ def _run(
         try:
             callbacks.on_run_start(RunInfo(cfg, out, start, cfg.rounds))
             summary = _rounds(exp, out, start, wall_before, sent, history, callbacks, claim)
-            callbacks.on_run_end(summary)
+            callbacks.on_run_end(dict(summary))
         finally:
             callbacks.close()
     finally:
@@ -549,10 +569,10 @@ def _rounds(
         if engine.is_writer:
             if out is not None:
                 append_metrics(out / METRICS_FILE, record)
-            if claim is not None:
-                claim.commit()  # the new run is under way: a replaced folder may go
+            if claim is not None and done > 0:
+                claim.commit()  # the new run has trained a round: a replaced folder may go
             history.append(record)
-            callbacks.on_evaluation(record)
+            callbacks.on_evaluation(dict(record))  # a copy: a callback cannot change the log
         return record, per_worker
 
     record: dict[str, Any] | None = None
@@ -568,6 +588,8 @@ def _rounds(
             record, per_worker = log(done)
         if out is not None and (done % cfg.checkpoint_every == 0 or done == cfg.rounds):
             save_checkpoint(out, exp, done, elapsed(), sent)
+            if claim is not None:
+                claim.commit()  # the new run can be resumed
         callbacks.on_round_end(done)
     if record is None:  # resumed a finished run: re-evaluate for the summary
         record, per_worker = evaluate(exp, start)
@@ -575,6 +597,8 @@ def _rounds(
     summary = _summary(exp, record, per_worker)
     if engine.is_writer and out is not None:
         atomic_write(out / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
+    if claim is not None:
+        claim.commit()
     return summary
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from repgossip import stacked
+from repgossip.errors import UsageError
 from repgossip.layout import row_key
 from repgossip.streams import generator, worker_seeds
 
@@ -97,6 +98,23 @@ def batch_schedule(n: int, batch_size: int, budget: Budget, gen: torch.Generator
     needed = steps * batch_size
     stream = torch.cat([torch.randperm(n, generator=gen) for _ in range(math.ceil(needed / n))])
     return BatchOrder(stream[:needed], (batch_size,) * steps)
+
+
+def check_batch_norm_batches(model: nn.Module, sizes: list[int], cfg: Config) -> None:
+    """BatchNorm cannot normalise a batch of one sample in train mode: refuse, before training,
+    a batch size that would leave some worker such a batch (a whole batch of one, or an epoch's
+    last one)."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    size = cfg.batch_size
+    epochs = any(getattr(cfg, f"{which}_epochs") is not None for which in ("head", "body"))
+    lonely = [n for n in sizes if size == 1 or n == 1 or (epochs and n % size == 1)]
+    if lonely:
+        raise UsageError(
+            f"the model has BatchNorm, which cannot train on a batch of one sample, and "
+            f"batch_size={size} leaves one to a worker with {lonely[0]} samples; choose a "
+            "batch_size (or samples_per_worker) that leaves no batch of one"
+        )
 
 
 def stacks_well(module: nn.Module) -> bool:
@@ -183,11 +201,21 @@ def _train_worker(
     loss = _loss_of(pop, work, local)
     for idx in batches.batches():
         grad.zero_()
-        loss(scratch.module(inputs[idx], stage=stage), targets[idx]).backward()
+        try:
+            loss(scratch.module(inputs[idx], stage=stage), targets[idx]).backward()
+        except Exception as err:  # the user's model or loss failed: say where, in one line
+            raise _step_failed(pop, local, err) from None
         with torch.no_grad():
             if work.hook is not None:
                 work.hook(grad, segment, others)
             _apply(segment, velocity, grad, work.rule)
+
+
+def _step_failed(pop: Population, local: int, err: Exception) -> UsageError:
+    line = (str(err).strip().splitlines() or [""])[0][:300]
+    return UsageError(
+        f"a training step failed on worker {pop.worker_ids[local]}: {type(err).__name__}: {line}"
+    )
 
 
 def _loss_of(

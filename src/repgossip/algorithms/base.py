@@ -21,13 +21,15 @@ One round, as the run loop performs it:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from repgossip.layout import MAIN_MODEL, PARTS
+from repgossip.errors import UsageError
+from repgossip.layout import MAIN_MODEL, PARTS, ROW_KINDS, RowLayout, row_key
 
 if TYPE_CHECKING:
     from repgossip.config import Config
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from repgossip.population import Population
 
 BUDGETS = ("head", "body")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # row-set names: no dots (those join copy and kind)
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,53 @@ class Algorithm:
 
     def end_round(self, ctx: RoundContext) -> None:
         """Anything after communication (mask evolution, schedules); default: nothing."""
+
+    # ------------------------------------------------------------------ checks
+
+    def check(self, layout: RowLayout) -> None:
+        """Refuse in one line declarations the engine cannot honour for a model of `layout`:
+        called once when a run is built, so a plug-in's mistake is not a traceback mid-run."""
+        label = f"algorithm '{self.name or type(self).__name__}'"
+        phases = self.phases
+        if not isinstance(phases, (tuple, list)) or not phases:
+            raise UsageError(f"{label}: phases must be a non-empty tuple of Phase")
+        for phase in phases:
+            if not isinstance(phase, Phase):
+                raise UsageError(f"{label}: phases must hold Phase objects, got {phase!r}")
+        models = self.extra_models()
+        taken = {MAIN_MODEL, *ROW_KINDS}
+        for model in models:
+            if not _NAME.match(model) or model in taken:
+                raise UsageError(
+                    f"{label}: model copy '{model}' must be a plain name other than "
+                    f"{', '.join(sorted(taken))}"
+                )
+        rows = {row_key(m, kind) for m in (MAIN_MODEL, *models) for kind in ROW_KINDS}
+        for name, spec in self.extra_state().items():
+            if not _NAME.match(name) or name in rows:
+                raise UsageError(
+                    f"{label}: extra state '{name}' must be a plain name that no model row "
+                    f"uses ({', '.join(sorted(rows))})"
+                )
+            width = spec.width
+            ok = width == "params" or (type(width) is int and width > 0)
+            if not ok or not isinstance(spec.fill, (int, float)):
+                raise UsageError(
+                    f"{label}: extra state '{name}' needs width 'params' or an int > 0 and a "
+                    f"numeric fill, got width={width!r} fill={spec.fill!r}"
+                )
+        if self.evaluated_model not in (MAIN_MODEL, *models):
+            raise UsageError(
+                f"{label}: evaluated_model '{self.evaluated_model}' is not one of its model "
+                f"copies ({', '.join((MAIN_MODEL, *models))})"
+            )
+        for part in [p.part for p in phases] + ([self.shared] if self.shared else []):
+            try:
+                cols = layout.part(part)
+            except ValueError as err:
+                raise UsageError(f"{label}: {err}") from None
+            if cols.stop <= cols.start:
+                raise UsageError(f"{label}: part '{part}' names no parameter of the model")
 
     # ------------------------------------------------------------------ description
 

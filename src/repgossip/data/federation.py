@@ -11,8 +11,8 @@ arrive here in one of three forms:
   each worker's test split following its own train label distribution.
 
 Labels of an integer dtype make a classification task (labels 0..C-1); floating labels a regression
-task. Inputs are converted to float32. Anything else is refused in one line naming the expected
-form.
+task. Floating-point inputs are converted to float32; integer inputs are kept as int64 (token ids
+for an embedding). Anything else is refused in one line naming the expected form.
 """
 
 from __future__ import annotations
@@ -115,10 +115,14 @@ def _centralized(data: Any, name: str, source: str) -> tuple[np.ndarray, np.ndar
     if isinstance(data, (tuple, list)) and len(data) == 2:
         x, y = (_tensor(v, f"{name} {w}", source) for v, w in zip(data, "xy", strict=True))
     elif isinstance(data, torch.utils.data.Dataset):
-        items = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
+        if not hasattr(data, "__len__"):
+            raise UsageError(f"dataset {source}: the {name} Dataset needs a __len__")
+        items = [data[i] for i in range(len(data))]
         if not items or not all(isinstance(it, (tuple, list)) and len(it) == 2 for it in items):
             raise UsageError(f"dataset {source}: the {name} Dataset must yield (x, y) items")
         x = torch.stack([_tensor(torch.as_tensor(it[0]), f"{name} x", source) for it in items])
+        if any(torch.as_tensor(it[1]).numel() != 1 for it in items):
+            raise UsageError(f"dataset {source}: the {name} Dataset must yield one label per item")
         y = torch.as_tensor([int(it[1]) if not torch.is_floating_point(torch.as_tensor(it[1]))
                              else float(it[1]) for it in items])  # fmt: skip
     else:
@@ -172,6 +176,11 @@ def partitioned(
         samples_per_worker=cfg.samples_per_worker,
         seed=cfg.seed,
     )
+    if len(y_test) < cfg.workers:
+        raise UsageError(
+            f"the test set has {len(y_test)} samples, fewer than the {cfg.workers} workers; use "
+            f"workers <= {len(y_test)}"
+        )
     # As many test samples as training samples, up to an even share of the global test set.
     ratio = min(1.0, (len(y_test) // cfg.workers) / max(len(i) for i in train_idx))
     test_idx = test_split([y_train[i] for i in train_idx], y_test, ratio, seed=cfg.seed)
@@ -211,7 +220,10 @@ def check_federation(fed: Federation, workers: int, source: str) -> Federation:
         for split in ("train", "test"):
             x, y = getattr(fed, f"{split}_x")[i], getattr(fed, f"{split}_y")[i]
             _check_worker(fed, x, y, f"{split} split of worker {i}", source)
-    fed.train_x, fed.test_x = ([x.float() for x in xs] for xs in (fed.train_x, fed.test_x))
+    fed.train_x, fed.test_x = (
+        [x.float() if x.is_floating_point() else x.long() for x in xs]
+        for xs in (fed.train_x, fed.test_x)
+    )
     fed.train_y, fed.test_y = (
         [y.float() if fed.regression else y.long() for y in ys] for ys in (fed.train_y, fed.test_y)
     )
@@ -226,12 +238,13 @@ def _check_worker(
             f"dataset {source}: the {where} has inputs of shape {tuple(x.shape[1:])}; expected "
             f"{tuple(fed.input_shape)} like the others"
         )
-    if not (
-        x.is_floating_point() or x.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32)
-    ):
+    if x.dtype in (torch.bool, torch.complex64, torch.complex128):
         raise UsageError(
-            f"dataset {source}: the {where} has inputs of dtype {x.dtype}; expected floats"
+            f"dataset {source}: the {where} has inputs of dtype {x.dtype}; expected floats (or "
+            "integer token ids)"
         )
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise UsageError(f"dataset {source}: the {where} has NaN or infinite inputs")
     if y.dim() != 1 or len(y) != len(x) or len(x) == 0:
         raise UsageError(
             f"dataset {source}: the {where} needs as many 1-D labels as inputs (at least one), "
