@@ -83,7 +83,8 @@ def test_missing_file_error(tmp_path, no_system_dirs):
     with pytest.raises(UsageError) as info:
         load_fmnist(str(tmp_path))
     message = str(info.value)
-    assert NAMES[2] in message and str(tmp_path) in message and "nowhere" in message
+    assert NAMES[2] in message and str(tmp_path) in message
+    assert "nowhere" not in message  # a given data_dir is the only place looked at
     assert "dataset-fashion-mnist" in message and "data_dir" in message and "\n" not in message
 
 
@@ -133,11 +134,17 @@ def test_label_out_of_range(tmp_path, no_system_dirs):
         load_fmnist(str(tmp_path))
 
 
-def test_data_dir_searched_before_system_dirs(tmp_path, monkeypatch):
+def test_data_dir_is_the_only_place_looked_at_when_given(tmp_path, monkeypatch):
+    """The system copy is used only without data_dir: a data_dir that misses a file is an error
+    naming that file, never a silent switch to other data."""
     system = tmp_path / "system"
     write_fake_fmnist(system, gz=True, n_train=30)
     monkeypatch.setattr(sources, "FMNIST_DIRS", (str(system),))
-    assert len(load_fmnist(str(tmp_path / "empty")).y_train) == 30
+    assert len(load_fmnist().y_train) == 30
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match=NAMES[0]) as info:
+        load_fmnist(str(tmp_path / "empty"))
+    assert str(tmp_path / "empty") in str(info.value) and str(system) not in str(info.value)
     write_fake_fmnist(tmp_path / "mine", gz=False, n_train=12)
     assert len(load_fmnist(str(tmp_path / "mine")).y_train) == 12
 

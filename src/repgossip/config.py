@@ -8,10 +8,14 @@ is what `config.yaml` records, so a run folder says exactly what produced it. Ba
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import math
+import re
+import reprlib
 import types
 import typing
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -19,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from repgossip import memory
 from repgossip.algorithms import ALGORITHMS, Algorithm, algorithm_class
 from repgossip.data.datasets import DATASETS, dataset_defaults, fitting_models
 from repgossip.data.partition import PARTITIONS
@@ -34,6 +39,21 @@ DEVICES = ("auto", "cpu", "cuda")
 # the epoch default applies (the authors' setting: several head epochs, one body epoch).
 BUDGET_PAIRS = {"head": ("head_steps", "head_epochs"), "body": ("body_steps", "body_epochs")}
 DEFAULT_EPOCHS = {"head": 3, "body": 1}
+
+MAX_CONFIG_BYTES = 1 << 20  # a config is a short mapping; a bigger file is a mistake or an attack
+MAX_YAML_DEPTH = 20  # a config is flat (depth 2); deeper nesting only risks a RecursionError
+# torch.manual_seed takes an unsigned 64-bit integer; numpy's seeding takes any integer >= 0.
+SEED_MAX = 2**64 - 1
+# Sizes and counts end up in int64 numpy arrays and torch tensors; samples_per_worker is exempt
+# (it only caps a dataset's share per worker, and more than exists means all of it).
+INT_MAX = 2**63 - 1
+# datetime.timedelta overflows around 10^9 days; a peer silent for a week is surely gone.
+MAX_DIST_TIMEOUT_S = 7 * 24 * 3600.0
+_MAX_DIGITS = 100  # longer integers are refused before int() (which fails past 4,300 digits)
+_INT_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
+# Line and paragraph separators, control and format characters (newline, tab, ESC, zero-width
+# and bidi marks): no key or value needs them, and echoed back they split or garble the error line.
+_UNPRINTABLE = ("Cc", "Cf", "Zl", "Zp")
 
 
 @dataclass(frozen=True)
@@ -97,11 +117,60 @@ def _base_type(annotation: Any) -> tuple[type, bool]:
     return annotation, False
 
 
+# Integer keys bounded by INT_MAX; the seed has its own range, samples_per_worker none (see INT_MAX).
+_BOUNDED_INT_KEYS = tuple(
+    k
+    for k in KEYS
+    if _base_type(_FIELD_TYPES[k])[0] is int and k not in ("seed", "samples_per_worker")
+)
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 80
+_SHOWN.maxlong = 40
+_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxtuple, _SHOWN.maxset = 2, 4, 4, 4, 4
+
+
+def shown(value: Any) -> str:
+    """User input quoted for a one-line error message.
+
+    repr escapes line breaks and control characters, so the message stays one line; reprlib
+    shortens long values and never renders a nested value in full (the repr of a YAML alias bomb
+    is gigabytes); an int too long for str() is described instead of printed.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = _SHOWN.repr(value)
+    except Exception:  # an object whose repr fails: name its type
+        return f"a {type(value).__name__}"
+    if not text.isprintable():  # an object's own repr may hold a raw line break
+        text = text.encode("unicode_escape").decode("ascii")
+    return text
+
+
+def _quoted_path(path: str | Path) -> str:
+    """A path in full (unlike `shown`), quoted and escaped: the user needs all of it."""
+    return repr(str(path))
+
+
+def check_printable(what: str, text: str) -> None:
+    """Refuse text with control or format characters: no key or value needs them (a newline in a
+    value is a quoting mistake), and echoed in an error they would break its one line."""
+    if text.isprintable():
+        return  # the fast path: isprintable is false for every character refused below
+    bad = next((c for c in text if unicodedata.category(c) in _UNPRINTABLE), None)
+    if bad is not None:
+        raise UsageError(
+            f"{what} {shown(text)} contains the control character {bad!r}; "
+            "keys and values must be printable text on one line"
+        )
+
+
 def suggest_key(key: str) -> str:
     """The one-line error for an unknown key, with the closest valid key when there is one."""
-    close = difflib.get_close_matches(key, KEYS, n=1)
+    close = difflib.get_close_matches(key, KEYS, n=1) if len(key) < 100 else []
     hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(KEYS)}"
-    return f"unknown config key '{key}'{hint}"
+    return f"unknown config key {shown(key)}{hint}"
 
 
 def coerce(key: str, value: Any) -> Any:
@@ -109,87 +178,200 @@ def coerce(key: str, value: Any) -> Any:
     if key not in _FIELD_TYPES:
         raise UsageError(suggest_key(key))
     scalar, optional = _base_type(_FIELD_TYPES[key])
-    if isinstance(value, str) and value.strip().lower() in _NONE_WORDS:
-        if optional:
-            return None
-        raise UsageError(f"{key} cannot be empty; it needs a {scalar.__name__}")
-    if value is None:
+    if isinstance(value, str):
+        check_printable(f"{key} value", value)
+    if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS):
         if optional:
             return None
         raise UsageError(f"{key} cannot be empty; it needs a {scalar.__name__}")
     if scalar is str:
-        return str(value)
+        return _text(key, value)
     if scalar is bool:
         return _boolean(key, value)
-    kind = "an integer" if scalar is int else "a number"
-    if isinstance(value, bool):
-        raise UsageError(f"{key} must be {kind}, got '{value}'")
-    if (
-        scalar is int
-        and isinstance(value, (int, str))
-        and str(value).strip().lstrip("+-").isdigit()
-    ):
-        return int(value)  # exact, also for integers beyond float precision
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{key} must be {kind}, got '{value}'") from None
-    if not math.isfinite(number):
-        raise UsageError(f"{key} must be a finite number, got '{value}'")
-    if scalar is int:
-        if number != int(number):
-            raise UsageError(f"{key} must be an integer, got '{value}'")
-        return int(number)
-    return number
+    return _number(key, value, scalar is int)
+
+
+def _text(key: str, value: Any) -> str:
+    """A string field from a YAML scalar (a name, a path, or a number or date YAML typed), never
+    from a list or mapping, whose str() would be meaningless or, for an alias bomb, gigabytes."""
+    if isinstance(value, str):
+        return value
+    small_int = isinstance(value, int) and value.bit_length() <= 128
+    if small_int or isinstance(value, (float, datetime.date)):
+        return str(value)
+    raise UsageError(f"{key} must be a string, got {shown(value)}")
 
 
 def _boolean(key: str, value: Any) -> bool:
     """true/false (yes/no, on/off, 1/0) as YAML or `--set` gives them; nothing else."""
     if isinstance(value, bool):
         return value
-    word = str(value).strip().lower()
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    word = value.strip().lower() if isinstance(value, str) else None
     if word in _TRUE_WORDS:
         return True
     if word in _FALSE_WORDS:
         return False
-    raise UsageError(f"{key} must be true or false, got '{value}'")
+    raise UsageError(f"{key} must be true or false, got {shown(value)}")
+
+
+def _number(key: str, value: Any, integer: bool) -> int | float:
+    """An int or float field from a YAML number or a `--set` string. Strings must be ASCII: int()
+    and float() also read other scripts' digits, and str.isdigit() is true for '²', which int()
+    then refuses with a ValueError."""
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise UsageError(f"{key} must be {kind}, got {shown(value)}")
+    if isinstance(value, int):
+        return value if integer else _finite(key, value)
+    if isinstance(value, str):
+        text = value.strip()
+        if integer and _INT_TEXT.fullmatch(text):
+            if len(text) > _MAX_DIGITS:
+                raise UsageError(
+                    f"{key} must be an integer of at most {_MAX_DIGITS} digits, got one of "
+                    f"{len(text)} digits: {shown(text)}"
+                )
+            return int(text)  # exact, also for integers beyond float precision
+        if not text.isascii():
+            raise UsageError(f"{key} must be {kind} in ASCII digits, got {shown(value)}")
+        try:
+            value = float(text)
+        except ValueError:
+            raise UsageError(f"{key} must be {kind}, got {shown(value)}") from None
+    number = _finite(key, value)
+    if not integer:
+        return number
+    if number != int(number):
+        raise UsageError(f"{key} must be an integer, got {shown(value)}")
+    return int(number)
+
+
+def _finite(key: str, value: int | float) -> float:
+    """A finite float: nan and inf are refused, and so is an int too large for a float."""
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise UsageError(f"{key} must be a finite number, got {shown(value)}")
+    return number
 
 
 def parse_assignments(pairs: Iterable[str]) -> dict[str, Any]:
     """`["a=1", "b=x"]` -> raw strings by key, later pairs winning. Values are coerced later."""
     result: dict[str, Any] = {}
     for pair in pairs:
+        check_printable("--set", pair)
         key, sep, value = pair.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise UsageError(f"--set takes key=value, got '{pair}'")
+            raise UsageError(f"--set takes key=value, got {shown(pair)}")
         if key not in KEYS:
             raise UsageError(suggest_key(key))
         result[key] = value.strip()
     return result
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A config file's mapping. Safe YAML only; every failure is one line naming the file."""
-    path = Path(path)
+class _Refused(Exception):
+    """A construct that a config file may not use, and where in the file it is."""
+
+    def __init__(self, problem: str, mark: Any) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.line = getattr(mark, "line", -1) + 1
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """SafeLoader without anchors and aliases, and with a nesting limit.
+
+    A config needs neither, and both are attacks on memory: a few hundred bytes of nested aliases
+    ("billion laughs") stand for gigabytes once anything walks the value, and thousands of nested
+    brackets overflow the composer's recursion. Both are refused while composing, before any value
+    is built.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _Refused(
+                "uses a YAML anchor or alias (& or *); write each value out", event.start_mark
+            )
+        if self._depth >= MAX_YAML_DEPTH:
+            raise _Refused(
+                f"nests deeper than {MAX_YAML_DEPTH} levels; a config is a mapping of key: value",
+                event.start_mark,
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _read_config_text(path: Path) -> str:
+    """The file's text, reading at most MAX_CONFIG_BYTES + 1 bytes (so /dev/zero or a huge file
+    costs nothing); every failure is one line naming the file."""
+    name = _quoted_path(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
-        raise UsageError(f"config file '{path}' not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"cannot read config file '{path}': {err}") from None
+        raise UsageError(f"config file {name} not found") from None
+    except OSError as err:
+        raise UsageError(f"cannot read config file {name}: {err.strerror or err}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise UsageError(
+            f"config file {name} is larger than {MAX_CONFIG_BYTES >> 20} MiB; "
+            "a config is a short mapping of key: value"
+        )
     try:
-        data = yaml.safe_load(text)
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"config file {name} is not UTF-8 text (byte {err.start})") from None
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
+    """Safe YAML without anchors, aliases or deep nesting; every failure is one line."""
+    name = _quoted_path(path)
+    try:
+        return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: no arbitrary objects
+    except _Refused as err:
+        raise UsageError(f"config file {name} {err.problem} (line {err.line})") from None
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
-        raise UsageError(f"config file '{path}' is not valid YAML{line}") from None
+        raise UsageError(f"config file {name} is not valid YAML{line}") from None
+    except RecursionError:
+        raise UsageError(f"config file {name} nests too deeply to read") from None
+    except (ValueError, TypeError, OverflowError) as err:
+        # a scalar that YAML's constructors cannot build: a date in year 0, an int past 4,300 digits
+        reason = " ".join(str(err).split())[:200]
+        raise UsageError(f"config file {name} holds a value YAML cannot read: {reason}") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file's mapping. Safe YAML only; every failure is one line naming the file."""
+    path = Path(path)
+    data = _parse_yaml(_read_config_text(path), path)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UsageError(
-            f"config file '{path}' must hold a mapping of key: value, not a list or scalar"
+            f"config file {_quoted_path(path)} must hold a mapping of key: value, "
+            "not a list or scalar"
         )
+    for key in data:
+        if not isinstance(key, str):
+            raise UsageError(
+                f"config file {_quoted_path(path)}: key {shown(key)} is not a name; "
+                f"valid keys: {', '.join(KEYS)}"
+            )
     return data
 
 
@@ -206,7 +388,10 @@ def build_config(
     given: dict[str, Any] = {}
     for source in (base or {}, overrides or {}):
         for key, value in source.items():
-            given[str(key)] = coerce(str(key), value)
+            if not isinstance(key, str):
+                raise UsageError(f"config keys must be strings, got {shown(key)}")
+            check_printable("config key", key)
+            given[key] = coerce(key, value)
     given = _resolve(given, algorithm)
     cfg = Config(**given)
     validate(cfg)
@@ -238,7 +423,7 @@ def _resolve(given: dict[str, Any], algorithm: type[Algorithm] | None) -> dict[s
         if topology != "complete":
             raise UsageError(
                 f"{name} averages exactly over all workers, so topology must be "
-                f"'complete', got '{topology}' (use deprl or dpsgd for a sparse graph)"
+                f"'complete', got {shown(topology)} (use deprl or dpsgd for a sparse graph)"
             )
         resolved["topology"] = "complete"
     return resolved
@@ -247,7 +432,7 @@ def _resolve(given: dict[str, Any], algorithm: type[Algorithm] | None) -> dict[s
 def _choice(key: str, value: str, valid: Iterable[str]) -> None:
     valid = tuple(valid)
     if value not in valid:
-        raise UsageError(f"unknown {key} '{value}'; valid: {', '.join(valid)}")
+        raise UsageError(f"unknown {key} {shown(value)}; valid: {', '.join(valid)}")
 
 
 def _at_least(cfg: Config, key: str, low: float, strict: bool = False) -> None:
@@ -256,7 +441,7 @@ def _at_least(cfg: Config, key: str, low: float, strict: bool = False) -> None:
         return
     if value < low or (strict and value == low):
         bound = f"> {low}" if strict else f">= {low}"
-        raise UsageError(f"{key} must be {bound}, got {value}")
+        raise UsageError(f"{key} must be {bound}, got {shown(value)}")
 
 
 def _within(cfg: Config, key: str, low: float, high: float, *, high_open: bool = False) -> None:
@@ -265,7 +450,13 @@ def _within(cfg: Config, key: str, low: float, high: float, *, high_open: bool =
         return
     if not (low <= value <= high) or (high_open and value == high):
         bracket = ")" if high_open else "]"
-        raise UsageError(f"{key} must be in [{low}, {high}{bracket}, got {value}")
+        raise UsageError(f"{key} must be in [{low}, {high}{bracket}, got {shown(value)}")
+
+
+def _at_most(cfg: Config, key: str, high: float, why: str = "") -> None:
+    value = getattr(cfg, key)
+    if value is not None and value > high:
+        raise UsageError(f"{key} must be <= {high}{why}, got {shown(value)}")
 
 
 def validate(cfg: Config) -> None:
@@ -310,8 +501,23 @@ def validate(cfg: Config) -> None:
     _within(cfg, "worker_dropout_prob", 0.0, 1.0, high_open=True)
     _within(cfg, "lr_decay", 0.0, 1.0)
     _at_least(cfg, "lr_decay", 0, strict=True)
+    _check_limits(cfg)
     if cfg.rank > cfg.dim:
         raise UsageError(f"rank must be <= dim, got rank={cfg.rank} dim={cfg.dim}")
+    memory.check_config(cfg)  # last: it needs every size checked
+
+
+def _check_limits(cfg: Config) -> None:
+    """Upper bounds that the libraries downstream impose: int64 sizes, torch's 64-bit seed,
+    datetime.timedelta's range for the distributed timeout."""
+    for key in _BOUNDED_INT_KEYS:
+        _at_most(cfg, key, INT_MAX, " (a 64-bit integer)")
+    if not 0 <= cfg.seed <= SEED_MAX:
+        raise UsageError(
+            f"seed must be an integer in [0, {SEED_MAX}] (an unsigned 64-bit integer, as "
+            f"torch.manual_seed takes), got {shown(cfg.seed)}"
+        )
+    _at_most(cfg, "dist_timeout_s", MAX_DIST_TIMEOUT_S, " seconds (7 days)")
 
 
 # Keys that may differ between a checkpointed run and its resumption without changing its numbers.

@@ -11,6 +11,7 @@ matrices exist only as views for small graphs (tests, the reference simulator).
 
 from __future__ import annotations
 
+import errno
 import math
 import numbers
 import os
@@ -27,6 +28,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
+from repgossip import memory
 from repgossip.errors import UsageError
 from repgossip.registry import Registry, call_with_accepted
 
@@ -54,6 +56,12 @@ _LANCZOS_RESTARTS = 100
 # Peak bytes per link of building a graph and its gossip plan (edge list, sort keys, W, slots):
 # 145-147 measured for complete and erdos_renyi graphs of 3,000 workers.
 PLAN_BYTES_PER_LINK = 150
+# Peak bytes per node beyond its links (node ids, degrees, W's diagonal): a ring of 10^6 workers
+# peaks at 194 bytes per node, 150 of them for its one link per node.
+PLAN_BYTES_PER_NODE = 44
+# Peak bytes of parsing an edge list, per byte of the file (lines, tuples, ints): 20 measured.
+EDGE_LIST_BYTES_PER_FILE_BYTE = 20
+_MAX_NODES = 1 << 64  # sizes are computed as if a larger N were this one: it is refused anyway
 
 
 def _valid_topologies() -> str:
@@ -309,19 +317,48 @@ def _parse_edge_line(line: str, path: Path, lineno: int) -> tuple[int, int] | No
     return i, j
 
 
+def _user_path(name: str | os.PathLike) -> Path:
+    """`name` with a leading ~ expanded; left as it is where that fails (`~nosuchuser/x`), which
+    then reads as a missing file instead of a RuntimeError traceback."""
+    try:
+        return Path(name).expanduser()
+    except RuntimeError:
+        return Path(name)
+
+
+def _file_problem(path: Path) -> str | None:
+    """None if `path` is a file, else why not, in words for a one-line error. `is_file` raises
+    OSError for a name the OS refuses to look up (a component over 255 bytes, a permission)."""
+    try:
+        if path.is_file():
+            return None
+    except OSError as exc:
+        hint = "; each name in a path may have at most 255 bytes"
+        reason = (exc.strerror or _one_line(exc)) + (
+            hint if exc.errno == errno.ENAMETOOLONG else ""
+        )
+        return f"cannot look up {str(path)!r}: {reason}"
+    return f"no such file: {str(path)!r}"
+
+
 def _topology_file(name: str) -> Path:
     """The file a topology name that is not a built-in one must be; else the list of valid names."""
-    path = Path(name).expanduser()
-    if not path.is_file():
-        raise UsageError(
-            f"unknown topology {name!r}; valid: {_valid_topologies()} (no such file: {str(path)!r})"
-        )
+    path = _user_path(name)
+    problem = _file_problem(path)
+    if problem is not None:
+        raise UsageError(f"unknown topology {name!r}; valid: {_valid_topologies()} ({problem})")
     return path
 
 
 def _edge_list(path: Path, workers: int) -> Graph:
     """Read a user-supplied graph; node count must match `workers` so no worker is silently idle."""
     try:
+        size = path.stat().st_size
+        memory.check_fits(
+            size * EDGE_LIST_BYTES_PER_FILE_BYTE,
+            f"parsing edge list {str(path)!r} ({memory.count_text(size)} bytes)",
+            "save the graph as a .npy adjacency or use a named topology",
+        )
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read edge list {path}: {exc}") from None
@@ -351,7 +388,7 @@ def build_graph(name: str, workers: int, *, edge_prob: float = 0.3, seed: int = 
     workers = _check_workers(workers)
     seed = _check_nonneg_int("seed", seed)
     name = str(name)
-    _check_fits_in_memory(name, workers, edge_prob)
+    check_graph_fits(name, workers, edge_prob)
     if name in TOPOLOGIES:
         graph = call_with_accepted(
             TOPOLOGIES.get(name), workers=workers, edge_prob=edge_prob, seed=seed
@@ -496,33 +533,51 @@ def graph_from_object(obj: object, workers: int | None) -> Graph:
     return graph
 
 
-def _expected_links(name: str, workers: int, edge_prob: float) -> float:
+def _expected_links(name: str, workers: int, edge_prob: float) -> int:
     """Links a named topology will have (in expectation for erdos_renyi); 0 for edge-list files,
-    whose size the file itself bounds."""
-    pairs = workers * (workers - 1) / 2
+    whose size the file itself bounds. Integer arithmetic, so no N overflows a float."""
+    n = min(workers, _MAX_NODES)
+    pairs = n * (n - 1) // 2
     if name == "complete":
         return pairs
-    if name == "erdos_renyi" and _is_real(edge_prob):
-        return float(edge_prob) * pairs
-    return 0.0  # ring, torus, exponential, star: O(N log N) at most
+    if name == "erdos_renyi":
+        usable = _is_real(edge_prob) and 0.0 <= edge_prob <= 1.0  # else the builder refuses it
+        return int(float(edge_prob) * pairs) if usable else pairs
+    if name == "exponential":  # one link per node for each offset 2^j < N; N/2 for the offset N/2
+        offsets = [1 << j for j in range(n.bit_length()) if 1 << j < n]
+        return sum(n // 2 if 2 * o == n else n for o in offsets)
+    return {"ring": n if n > 2 else n - 1, "torus": 2 * n, "star": n - 1}.get(name, 0)
+
+
+def graph_bytes(name: str, workers: int, edge_prob: float) -> int:
+    """Peak bytes of building the graph and its gossip plan: its links and its O(N) node arrays."""
+    links = _expected_links(name, workers, edge_prob)
+    return links * PLAN_BYTES_PER_LINK + min(workers, _MAX_NODES) * PLAN_BYTES_PER_NODE
 
 
 def _physical_memory_bytes() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return memory.physical_memory_bytes()
 
 
-def _check_fits_in_memory(name: str, workers: int, edge_prob: float) -> None:
+def check_graph_fits(name: str, workers: int, edge_prob: float) -> None:
     """Refuse in one line a graph whose gossip plan cannot fit in this machine's memory, rather
-    than letting the operating system kill the run partway through building it."""
-    need = _expected_links(name, workers, edge_prob) * PLAN_BYTES_PER_LINK
-    have = _physical_memory_bytes()
-    if need > have:
-        raise UsageError(
-            f"topology {name!r} with {workers} workers has ~{need / PLAN_BYTES_PER_LINK:,.0f} "
-            f"links; planning gossip over them needs ~{need / 2**30:,.1f} GiB, more than this "
-            f"machine's {have / 2**30:,.1f} GiB; use a sparser graph (ring, torus, exponential, "
-            "or erdos_renyi with a smaller edge_prob)"
-        )
+    than letting numpy raise MemoryError or the operating system kill the run partway through
+    building it. Counts the node arrays too, so a ring of 10^12 workers is refused."""
+    need, have = graph_bytes(name, workers, edge_prob), _physical_memory_bytes()
+    if need <= have:
+        return
+    dense = name in ("complete", "erdos_renyi")
+    advice = (
+        "use a sparser graph (ring, torus, exponential, or erdos_renyi with a smaller edge_prob)"
+        if dense
+        else "use fewer workers"
+    )
+    raise UsageError(
+        f"topology {name!r} with {memory.int_text(workers)} workers has "
+        f"~{memory.count_text(_expected_links(name, workers, edge_prob))} links; planning gossip "
+        f"over them needs ~{memory.format_bytes(need)}, more than this machine's "
+        f"{memory.format_bytes(have)}; {advice}"
+    )
 
 
 def is_connected(graph: Graph) -> bool:
@@ -587,11 +642,11 @@ def check_mixing_rule(rule: str) -> None:
         return
     if not isinstance(rule, (str, os.PathLike)):
         raise UsageError(f"unknown mixing rule {rule!r}; valid: {MIXING_RULES.valid()}")
-    path = Path(rule).expanduser()
+    path = _user_path(rule)
     if path.suffix.lower() not in MIXING_FILE_SUFFIXES:
         why = f" (suffix {path.suffix!r} is not .npy/.npz/.txt/.csv)" if path.suffix else ""
-    elif not path.is_file():
-        why = f" (no such file: {str(path)!r})"
+    elif (problem := _file_problem(path)) is not None:
+        why = f" ({problem})"
     else:
         return
     raise UsageError(f"unknown mixing rule {str(rule)!r}; valid: {MIXING_RULES.valid()}{why}")
@@ -607,7 +662,7 @@ def mixing_matrix(graph: Graph, rule: str = "metropolis") -> Mixing:
     """
     check_mixing_rule(rule)
     if not (isinstance(rule, str) and rule in MIXING_RULES):
-        return _mixing_file(graph, Path(rule).expanduser())
+        return _mixing_file(graph, _user_path(rule))
     weights = MIXING_RULES.get(rule)(graph)
     sources, _ = graph.both_ways()
     off_diagonal = np.bincount(sources, np.concatenate([weights, weights]), minlength=graph.workers)

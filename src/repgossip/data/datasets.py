@@ -17,6 +17,7 @@ import torch
 from repgossip.data.federation import Federation, as_federation, partitioned
 from repgossip.data.sources import load_fmnist, make_synthetic
 from repgossip.errors import UsageError
+from repgossip.memory import SYNTHETIC_DEFAULT_SAMPLES
 from repgossip.registry import Registry, call_with_accepted, is_plugin_ref
 
 if TYPE_CHECKING:
@@ -42,9 +43,8 @@ def _fmnist(cfg: Config) -> Federation:
 
 
 def _synthetic(cfg: Config) -> Federation:
-    task = make_synthetic(
-        cfg.workers, cfg.dim, cfg.rank, cfg.samples_per_worker or 200, cfg.noise, seed=cfg.seed
-    )
+    samples = cfg.samples_per_worker or SYNTHETIC_DEFAULT_SAMPLES  # what memory.py counts too
+    task = make_synthetic(cfg.workers, cfg.dim, cfg.rank, samples, cfg.noise, seed=cfg.seed)
     train_x, train_y, test_x, test_y = (
         [torch.from_numpy(a) for a in arrays]
         for arrays in (task.x_train, task.y_train, task.x_test, task.y_test)

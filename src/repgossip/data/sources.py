@@ -6,6 +6,7 @@ get it, never a crash-then-retry.
 
 from __future__ import annotations
 
+import errno
 import functools
 import gzip
 import math
@@ -13,9 +14,11 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, NoReturn
 
 import numpy as np
 
+from repgossip import memory
 from repgossip.errors import UsageError
 
 FMNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
@@ -32,6 +35,9 @@ _HOW_TO_GET = (
     "apt-get install dataset-fashion-mnist, "
     "or put the four IDX files (optionally .gz) into data_dir"
 )
+IDX_MAX_DIMS = 4  # Fashion-MNIST needs 3 (images) and 1 (labels); numpy allows at most 64
+# Bytes a loaded image byte costs: the uint8 file, its normalized float32 copy, the workers' shares.
+_BYTES_PER_PIXEL = 1 + 2 * memory.FLOAT_BYTES
 
 
 @dataclass
@@ -49,7 +55,8 @@ class ArrayDataset:
 def load_fmnist(data_dir: str | None = None) -> ArrayDataset:
     """Fashion-MNIST as (n, 1, 28, 28) float32, normalized with the usual mean 0.2860 / std 0.3530.
 
-    Looks in `data_dir` first (if given), then FMNIST_DIRS; each file may be plain or gzipped.
+    Looks only in `data_dir` when it is given (a user who names a folder means that copy), else in
+    FMNIST_DIRS; each file may be plain or gzipped.
     The parsed uint8 arrays are cached per file set, and normalized afresh on each call, so callers
     get arrays they may modify without corrupting the cache.
     """
@@ -67,10 +74,13 @@ def load_fmnist(data_dir: str | None = None) -> ArrayDataset:
 
 
 def _find_fmnist_files(data_dir: str | None) -> list[Path]:
-    """The four files from the first directory that holds all of them."""
-    dirs = ([os.path.expanduser(data_dir)] if data_dir else []) + list(FMNIST_DIRS)
+    """The four files from `data_dir` alone when it is given, else from the first system
+    directory that holds all of them. Falling back from a data_dir to the system copy would
+    silently train on other data than the user named."""
+    if data_dir:
+        return _files_in_data_dir(Path(os.path.expanduser(data_dir)))
     first_missing = None
-    for d in dirs:
+    for d in FMNIST_DIRS:
         found = [_find_file(Path(d), name) for name in FMNIST_FILES]
         present = [p for p in found if p is not None]
         if len(present) == len(found):
@@ -78,16 +88,50 @@ def _find_fmnist_files(data_dir: str | None) -> list[Path]:
         if first_missing is None:
             first_missing = FMNIST_FILES[found.index(None)]
     raise UsageError(
-        f"Fashion-MNIST file {first_missing!r} (or .gz) not found in {', '.join(dirs)}; "
+        f"Fashion-MNIST file {first_missing!r} (or .gz) not found in {', '.join(FMNIST_DIRS)}; "
         f"{_HOW_TO_GET}"
     )
+
+
+def _files_in_data_dir(directory: Path) -> list[Path]:
+    """The four files inside the user's data_dir, or one line naming the first one missing."""
+    where = f"data_dir {str(directory)!r}"
+    if not _is_dir(directory):
+        raise UsageError(f"{where} is not a directory; {_HOW_TO_GET}")
+    found = [_find_file(directory, name) for name in FMNIST_FILES]
+    if None in found:
+        missing = FMNIST_FILES[found.index(None)]
+        raise UsageError(
+            f"Fashion-MNIST file {missing!r} (or .gz) not found in {where} (only data_dir is "
+            "searched when it is given); put the four IDX files there, or unset data_dir to use "
+            "the system copy (apt-get install dataset-fashion-mnist)"
+        )
+    return [p.resolve() for p in found if p is not None]
+
+
+def _is_dir(path: Path) -> bool:
+    """path.is_dir(), but a path the OS refuses to look up (a name over 255 bytes) is one line."""
+    try:
+        return path.is_dir()
+    except OSError as exc:
+        raise _lookup_error(path, exc) from None
+
+
+def _lookup_error(path: Path, exc: OSError) -> UsageError:
+    """The one-line error for a path that is/stat cannot even look up (ENAMETOOLONG, EACCES)."""
+    hint = "; each name in a path may have at most 255 bytes"
+    reason = (exc.strerror or str(exc)) + (hint if exc.errno == errno.ENAMETOOLONG else "")
+    return UsageError(f"cannot look up Fashion-MNIST path {str(path)!r}: {reason}")
 
 
 def _find_file(directory: Path, name: str) -> Path | None:
     """`name` or `name.gz` inside `directory`, preferring the plain file (faster to read)."""
     for candidate in (directory / name, directory / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
+        try:
+            if candidate.is_file():
+                return candidate
+        except OSError as exc:
+            raise _lookup_error(candidate, exc) from None
     return None
 
 
@@ -127,36 +171,66 @@ def _normalize(images: np.ndarray) -> np.ndarray:
 def _read_idx(path: Path) -> np.ndarray:
     """A read-only uint8 IDX array (plain or .gz), validating magic, dims and payload size.
 
-    Read-only because it is cached and shared between callers.
+    The header is read and checked first (at most IDX_MAX_DIMS dims, a payload that matches the
+    file's size and fits in memory), so a corrupt or hostile header never leads to a huge read,
+    a gzip bomb's expansion, or a reshape numpy refuses. Read-only because it is cached and shared
+    between callers.
     """
-    data = _read_bytes(path)
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise UsageError(f"{path}: not an unsigned-byte IDX file (bad magic number {data[:4]!r})")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if ndim < 1 or len(data) < header:
-        raise UsageError(f"{path}: corrupt IDX header ({ndim} dims, {len(data)} bytes)")
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    expected = header + math.prod(dims)
-    if len(data) != expected:
-        raise UsageError(
-            f"{path}: truncated or corrupt IDX file: {len(data)} bytes, expected {expected} "
-            f"for dims {dims}"
-        )
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
-
-
-def _read_bytes(path: Path) -> bytes:
-    """File contents, gunzipped if the name ends in .gz; a broken gzip stream is a UsageError."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        with _open_idx(path) as f:
+            header, dims = _read_idx_header(path, f)
+            payload_size = math.prod(dims)
+            _check_payload(path, header, dims)
+            payload = f.read(payload_size + 1)  # one byte more reveals trailing garbage
     except (OSError, EOFError, zlib.error) as exc:
         raise UsageError(
-            f"{path}: cannot read ({exc}); the file is corrupt, re-install it"
+            f"{path}: cannot read ({' '.join(str(exc).split())}); the file is corrupt, re-install it"
         ) from None
+    if len(payload) != payload_size:
+        _size_mismatch(path, header + len(payload), dims)
+    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
+
+
+def _open_idx(path: Path) -> BinaryIO:
+    """The file as a binary stream, gunzipped on the fly if its name ends in .gz."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return path.open("rb")
+
+
+def _read_idx_header(path: Path, f: BinaryIO) -> tuple[int, tuple[int, ...]]:
+    """(header size, dims) from the magic number 0x00 0x00 0x08 ndim and ndim big-endian u32."""
+    magic = f.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] != 0x08:
+        raise UsageError(f"{path}: not an unsigned-byte IDX file (bad magic number {magic!r})")
+    ndim = magic[3]
+    if not 1 <= ndim <= IDX_MAX_DIMS:
+        raise UsageError(f"{path}: corrupt IDX header ({ndim} dims; valid: 1 to {IDX_MAX_DIMS})")
+    raw = f.read(4 * ndim)
+    if len(raw) < 4 * ndim:
+        raise UsageError(f"{path}: corrupt IDX header ({ndim} dims, {4 + len(raw)} bytes)")
+    return 4 + 4 * ndim, tuple(int(d) for d in np.frombuffer(raw, dtype=">u4"))
+
+
+def _check_payload(path: Path, header: int, dims: tuple[int, ...]) -> None:
+    """Before reading the payload: a plain file's size must match the dims, and the array (with
+    its normalized copy) must fit in memory; a .gz file's size says nothing about its content."""
+    if path.suffix != ".gz":
+        size = path.stat().st_size
+        if size != header + math.prod(dims):
+            _size_mismatch(path, size, dims)
+    memory.check_fits(
+        math.prod(dims) * _BYTES_PER_PIXEL,
+        f"{path}: an IDX array of dims {dims}",
+        "the file is corrupt or not Fashion-MNIST; re-install it",
+    )
+
+
+def _size_mismatch(path: Path, size: int, dims: tuple[int, ...]) -> NoReturn:
+    expected = 4 + 4 * len(dims) + math.prod(dims)
+    raise UsageError(
+        f"{path}: truncated or corrupt IDX file: {size} bytes, expected {expected} for dims {dims}"
+    )
 
 
 @dataclass
@@ -192,6 +266,13 @@ def make_synthetic(
     """
     n_test = samples_per_worker if test_samples_per_worker is None else test_samples_per_worker
     _check_synthetic(workers, dim, rank, samples_per_worker, n_test, noise)
+    memory.check_fits(
+        memory.synthetic_bytes(workers, dim, rank, samples_per_worker, n_test),
+        f"the synthetic task ({memory.int_text(workers)} workers x "
+        f"{memory.int_text(samples_per_worker)} + {memory.int_text(n_test)} samples x dim "
+        f"{memory.int_text(dim)})",
+        "use fewer workers, a smaller samples_per_worker or a smaller dim",
+    )
     rng = np.random.default_rng(seed)
     b_star, _ = np.linalg.qr(rng.standard_normal((dim, rank)))
     theta = rng.standard_normal((workers, rank))

@@ -1,0 +1,157 @@
+"""What a run will need in memory, estimated from its config before anything is built.
+
+A config that cannot fit (a ring of 10^12 workers, a synthetic task of dimension 10^10) would
+otherwise fail deep inside numpy or torch with a MemoryError traceback, or be killed by the
+operating system partway through a run. Checking the estimate first turns that into one line that
+says what the config needs and what this machine has.
+
+The estimates count only what a run surely allocates (the graph's arrays, the data, each worker's
+parameter and momentum rows), so they are lower bounds: a config refused here cannot run on this
+machine, while one accepted may still be tight.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import TYPE_CHECKING
+
+from repgossip.errors import UsageError
+
+if TYPE_CHECKING:
+    from repgossip.config import Config
+
+FLOAT_BYTES = 4  # data and parameter rows are float32
+# Per model copy, every worker holds a parameter row and a momentum row (Population._add_model_rows).
+ROWS_PER_PARAMETER = 2
+SYNTHETIC_DEFAULT_SAMPLES = 200  # what the synthetic dataset uses when samples_per_worker is unset
+FMNIST_TRAIN, FMNIST_TEST, FMNIST_PIXELS, FMNIST_CLASSES = 60_000, 10_000, 28 * 28, 10
+# The built-in models' sizes (repgossip.models): the CNN is fixed for 28x28 images; the MLP has two
+# hidden layers of this width.
+CNN_PARAMETERS = (25 * 16 + 16) + (16 * 25 * 32 + 32) + (512 * 128 + 128) + (128 * 10 + 10)
+MLP_HIDDEN = 128
+_HUGE_BITS = 100  # past this an integer is shown as a power of two (str() fails past 4,300 digits)
+
+
+def physical_memory_bytes() -> int:
+    """This machine's RAM: what a single process can use at most, swap aside."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def count_text(n: int | float) -> str:
+    """A count with thousands separators; huge integers (from the Python API) as ~2^k, since
+    formatting an int of more than 4,300 digits raises."""
+    if isinstance(n, int) and n.bit_length() > _HUGE_BITS:
+        return f"~2^{n.bit_length() - 1}"
+    return f"{n:,.0f}" if math.isfinite(n) else str(n)
+
+
+def int_text(n: int) -> str:
+    """An integer as the user wrote it, or ~2^k when too long to print (see count_text)."""
+    return str(n) if n.bit_length() <= _HUGE_BITS else f"~2^{n.bit_length() - 1}"
+
+
+def format_bytes(n: int | float) -> str:
+    """Bytes as GiB for an error message, safe for integers too big for a float."""
+    if isinstance(n, int) and n.bit_length() > _HUGE_BITS:
+        return f"2^{n.bit_length() - 31} GiB"
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def check_fits(need: int | float, what: str, advice: str) -> None:
+    """Refuse in one line what needs more bytes than this machine has, before allocating any of it
+    (a MemoryError or the kernel's OOM killer would end the run with no useful message)."""
+    have = physical_memory_bytes()
+    if need > have:
+        raise UsageError(
+            f"{what} needs ~{format_bytes(need)}, more than this machine's "
+            f"{format_bytes(have)}; {advice}"
+        )
+
+
+def synthetic_bytes(workers: int, dim: int, rank: int, samples: int, test_samples: int) -> int:
+    """The synthetic task's arrays: per worker (train + test) rows of dim float32 inputs plus a
+    float32 target, the (dim, rank) representation and each worker's rank-sized head (float64)."""
+    rows = workers * (samples + test_samples)
+    return rows * (dim + 1) * FLOAT_BYTES + (dim * rank + workers * rank) * 8
+
+
+def _data_bytes(cfg: Config) -> int:
+    """The built-in datasets' arrays; 0 for a plug-in dataset, whose size only it knows."""
+    if cfg.dataset == "synthetic":
+        samples = cfg.samples_per_worker or SYNTHETIC_DEFAULT_SAMPLES
+        return synthetic_bytes(cfg.workers, cfg.dim, cfg.rank, samples, samples)
+    if cfg.dataset == "fmnist":
+        everything = FMNIST_TRAIN + FMNIST_TEST
+        loaded = everything * FMNIST_PIXELS * (1 + FLOAT_BYTES)  # uint8 files, normalized copy
+        wanted = cfg.workers * (cfg.samples_per_worker or FMNIST_TRAIN)
+        shares = min(wanted, FMNIST_TRAIN) + min(wanted, FMNIST_TEST)  # capped by what exists
+        return loaded + shares * FMNIST_PIXELS * FLOAT_BYTES
+    return 0
+
+
+def _input_size(cfg: Config) -> tuple[int, int] | None:
+    """(flattened input size, outputs) of a built-in dataset; None for a plug-in one."""
+    if cfg.dataset == "synthetic":
+        return cfg.dim, 1
+    if cfg.dataset == "fmnist":
+        return FMNIST_PIXELS, FMNIST_CLASSES
+    return None
+
+
+def model_parameters(cfg: Config) -> int:
+    """Parameters of a built-in model on a built-in dataset; 0 where either is a plug-in."""
+    shape = _input_size(cfg)
+    if shape is None:
+        return 0
+    inputs, outputs = shape
+    if cfg.model == "linear":
+        return inputs * cfg.rank + cfg.rank
+    if cfg.model == "mlp":
+        hidden = MLP_HIDDEN
+        return inputs * hidden + hidden + hidden * hidden + hidden + hidden * outputs + outputs
+    if cfg.model == "cnn":
+        return CNN_PARAMETERS
+    return 0
+
+
+def _workers_per_process(cfg: Config) -> int:
+    """Workers whose rows one process holds: all of them under `sim`, an even share under `dist`
+    when torchrun's WORLD_SIZE says how many processes there are."""
+    if cfg.engine != "dist":
+        return cfg.workers
+    world = os.environ.get("WORLD_SIZE", "1")
+    processes = int(world) if world.isascii() and world.isdigit() and int(world) > 0 else 1
+    return -(-cfg.workers // processes)
+
+
+def estimate(cfg: Config) -> dict[str, int]:
+    """Bytes one process of a run of `cfg` surely needs, by part: graph, data and model rows."""
+    from repgossip.topology import graph_bytes  # here: topology imports this module
+
+    rows = _workers_per_process(cfg) * model_parameters(cfg) * ROWS_PER_PARAMETER * FLOAT_BYTES
+    return {
+        "graph": graph_bytes(cfg.topology, cfg.workers, cfg.edge_prob),
+        "data": _data_bytes(cfg),
+        "model rows": rows,
+    }
+
+
+def check_config(cfg: Config) -> None:
+    """Refuse a config that cannot fit in this machine's memory, from the config alone.
+
+    The graph is checked first with its own message (it says which topology is too dense); then
+    the sum of all parts, naming the largest so the user knows which knob to turn.
+    """
+    from repgossip.topology import check_graph_fits  # here: topology imports this module
+
+    check_graph_fits(cfg.topology, cfg.workers, cfg.edge_prob)
+    parts = estimate(cfg)
+    largest = max(parts, key=lambda k: parts[k])
+    shown = ", ".join(f"{name} {format_bytes(size)}" for name, size in parts.items())
+    check_fits(
+        sum(parts.values()),
+        f"this config (workers={int_text(cfg.workers)}, dataset {cfg.dataset!r}: {shown})",
+        f"most of it is the {largest}; use fewer workers or smaller sizes "
+        "(samples_per_worker, dim, rank)",
+    )
