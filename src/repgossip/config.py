@@ -97,6 +97,9 @@ class Config:
     noise: float = 0.1
     share_bn_stats: bool = False
     tensorboard: bool = False
+    ditto_lambda: float = 0.1
+    density: float = 0.5
+    prune_rate: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -499,6 +502,10 @@ def validate(cfg: Config) -> None:
     _at_least(cfg, "edge_prob", 0, strict=True)
     _within(cfg, "link_failure_prob", 0.0, 1.0, high_open=True)
     _within(cfg, "worker_dropout_prob", 0.0, 1.0, high_open=True)
+    _at_least(cfg, "ditto_lambda", 0)
+    _within(cfg, "density", 0.0, 1.0)
+    _at_least(cfg, "density", 0, strict=True)
+    _within(cfg, "prune_rate", 0.0, 1.0)
     _within(cfg, "lr_decay", 0.0, 1.0)
     _at_least(cfg, "lr_decay", 0, strict=True)
     _check_limits(cfg)
@@ -522,7 +529,8 @@ def _check_limits(cfg: Config) -> None:
 
 # Keys that may differ between a checkpointed run and its resumption without changing its numbers.
 RESUMABLE_KEYS = (
-    "rounds", "eval_every", "checkpoint_every", "data_dir", "engine", "dist_timeout_s"
+    "rounds", "eval_every", "checkpoint_every", "data_dir", "engine", "dist_timeout_s",
+    "tensorboard",
 )  # fmt: skip
 
 

@@ -51,11 +51,11 @@ class DisPFL(Algorithm):
 
     @property
     def density(self) -> float:
-        return float(getattr(self.config, "density", DEFAULT_DENSITY))
+        return self.config.density if self.config else DEFAULT_DENSITY
 
     @property
     def prune_rate(self) -> float:
-        return float(getattr(self.config, "prune_rate", DEFAULT_PRUNE_RATE))
+        return self.config.prune_rate if self.config else DEFAULT_PRUNE_RATE
 
     def extra_state(self) -> Mapping[str, StateSpec]:
         return {MASK: StateSpec(width="params", fill=1.0)}

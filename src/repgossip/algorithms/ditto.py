@@ -35,9 +35,7 @@ class Ditto(Algorithm):
 
     @property
     def strength(self) -> float:
-        return (
-            getattr(self.config, "ditto_lambda", DEFAULT_LAMBDA) if self.config else DEFAULT_LAMBDA
-        )
+        return self.config.ditto_lambda if self.config else DEFAULT_LAMBDA
 
     def adjust_gradient(
         self, phase: Phase, grad: torch.Tensor, weights: torch.Tensor, rows: Rows

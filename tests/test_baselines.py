@@ -1,0 +1,137 @@
+"""The personalized baselines on the algorithm interface: Ditto's limits, FedRoD's two heads, and
+for both: the gossiped part, exact resume, and the numbers of one process on two ranks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import repgossip
+from repgossip.algorithms.fedrod import LOG_PRIOR
+from repgossip.cli import main
+from repgossip.metrics import consensus_distance
+
+from launch import assert_same_numbers, summary, torchrun
+
+FMNIST = {"workers": 6, "samples_per_worker": 40, "rounds": 2, "head_epochs": 1, "lr": 0.05}
+
+
+def run(**keys):
+    return repgossip.run({**FMNIST, **keys})
+
+
+def test_ditto_with_lambda_0_is_local_training_bit_for_bit():
+    ditto = run(algorithm="ditto", ditto_lambda=0.0)
+    local = run(algorithm="local")
+    assert ditto.summary["per_worker_test_loss"] == local.summary["per_worker_test_loss"]
+    assert ditto.summary["per_worker_acc"] == local.summary["per_worker_acc"]
+    assert ditto.summary["bytes_sent"] > 0  # the global model still travels
+
+
+def test_ditto_with_a_large_lambda_ties_the_personal_model_to_the_global_one():
+    """At lambda = 1/lr each personal step lands one plain SGD step from the global model, so the
+    personal model's loss tracks the global (D-PSGD) model's; at lambda = 0 it does not."""
+
+    def gaps(strength: float) -> tuple[float, float]:
+        pop = run(algorithm="ditto", ditto_lambda=strength, lr=0.01, rounds=3).experiment.population
+        distance = float(((pop.rows["personal"] - pop.params) ** 2).sum(1).mean())
+        personal, shared = pop.evaluate("personal"), pop.evaluate("params")
+        return distance, float(abs(personal["test_loss"] - shared["test_loss"]).mean())
+
+    (far, loss_far), (near, loss_near) = gaps(0.0), gaps(100.0)
+    assert near < far / 5 and loss_near < loss_far / 3
+
+
+def test_fedrod_gossips_the_body_and_generic_head_and_keeps_personal_heads():
+    result = run(algorithm="fedrod", topology="complete")
+    exp = result.experiment
+    layout, params = exp.population.layout, exp.population.params
+    shared, personal = layout.part("body+head.generic"), layout.part("head.personal")
+    assert shared.stop == personal.start and personal.stop == layout.size
+    assert consensus_distance(params[:, shared]) < 1e-12  # complete graph: one generic model
+    assert consensus_distance(params[:, personal]) > 0
+    assert result.summary["params_shared"] == shared.stop
+    per_round = 2 * exp.schedule.base_graph.num_edges * shared.stop * 4
+    assert result.summary["bytes_sent"] == 2 * per_round
+
+
+def test_fedrod_starts_from_the_generic_prediction_and_knows_each_workers_classes():
+    from repgossip.config import build_config
+    from repgossip.runner import build_experiment
+
+    pop = build_experiment(build_config({**FMNIST, "algorithm": "fedrod"})).population
+    assert bool((pop.params[:, pop.layout.part("head.personal")] == 0).all())
+    for local, labels in enumerate(pop.train_y):
+        seen = torch.bincount(labels, minlength=10) > 0
+        prior = pop.rows[LOG_PRIOR][local]
+        frequency = torch.bincount(labels, minlength=10)[seen] / len(labels)
+        torch.testing.assert_close(prior[seen], frequency.float().log())
+        assert bool((prior[~seen] < prior[seen].min() - 10).all())
+
+
+def test_fedrod_refuses_a_regression_task():
+    with pytest.raises(repgossip.UsageError, match="classification"):
+        repgossip.run({"algorithm": "fedrod", "dataset": "synthetic", "workers": 4, "rounds": 1})
+
+
+@pytest.mark.parametrize("algorithm", ["ditto", "fedrod"])
+def test_resumes_exactly(tmp_path, algorithm):
+    sets = ["dataset=fmnist", f"algorithm={algorithm}", "workers=4", "samples_per_worker=30",
+            "head_epochs=1", "checkpoint_every=1"]  # fmt: skip
+    assert main(["run", "--quiet", "--set", *sets, "rounds=3", "--out", str(tmp_path / "a")]) == 0
+    assert main(["run", "--quiet", "--set", *sets, "rounds=1", "--out", str(tmp_path / "b")]) == 0
+    assert (
+        main(["run", "--quiet", "--set", "rounds=3", "--out", str(tmp_path / "b"), "--resume"]) == 0
+    )
+    assert summary(tmp_path / "a") == summary(tmp_path / "b")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["ditto", "fedrod"])
+def test_two_ranks_give_the_numbers_of_one_process(tmp_path, algorithm):
+    sets = [f"algorithm={algorithm}", "workers=5", "samples_per_worker=30", "rounds=2",
+            "head_epochs=1"]  # fmt: skip
+    assert main(["run", "--quiet", "--set", *sets, "--out", str(tmp_path / "sim")]) == 0
+    done = torchrun(2, tmp_path / "dist", *sets)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_numbers(summary(tmp_path / "dist"), summary(tmp_path / "sim"))
+
+
+def masked_counts(pop):
+    from repgossip.algorithms.dispfl import MASK, _masked_entries
+
+    mask = pop.rows[MASK]
+    return torch.stack([mask[:, e.start : e.stop].sum(1) for e in _masked_entries(pop)], 1)
+
+
+def test_dispfl_masks_keep_their_density_evolve_and_pruned_weights_stay_zero():
+    from repgossip.config import build_config
+    from repgossip.runner import build_experiment, train_round
+
+    exp = build_experiment(build_config({**FMNIST, "algorithm": "dispfl", "rounds": 3}))
+    pop = exp.population
+    before, counts = pop.rows["mask"].clone(), masked_counts(pop)
+    sizes = torch.tensor([e.stop - e.start for e in pop.layout.entries if len(e.shape) > 1])
+    assert torch.equal(counts, (0.5 * sizes.float()).round().expand_as(counts))
+    assert not torch.equal(before[0], before[1])  # personal masks
+    sent = train_round(exp, 0)
+    assert torch.equal(masked_counts(pop), counts)  # prune and regrow the same number
+    assert not torch.equal(pop.rows["mask"], before)  # ...of other weights
+    assert bool((pop.params[pop.rows["mask"] == 0] == 0).all())
+    dense = 2 * exp.schedule.base_graph.num_edges * pop.layout.size * 4
+    expected = (4 * before.sum(1).double() + math.ceil(pop.layout.size / 8)) @ torch.from_numpy(
+        exp.schedule.base_graph.degrees
+    ).double()
+    assert sent == int(expected) < dense  # what round 0 sent: masks before evolution
+
+
+@pytest.mark.parametrize("algorithm", ["dispfl"])
+def test_dispfl_resumes_exactly(tmp_path, algorithm):
+    test_resumes_exactly(tmp_path, algorithm)
+
+
+@pytest.mark.slow
+def test_dispfl_gives_the_numbers_of_one_process_on_two_ranks(tmp_path):
+    test_two_ranks_give_the_numbers_of_one_process(tmp_path, "dispfl")
