@@ -100,6 +100,8 @@ class Config:
     ditto_lambda: float = 0.1
     density: float = 0.5
     prune_rate: float = 0.5
+    directed: bool = False
+    augment: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
