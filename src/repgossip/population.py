@@ -55,6 +55,7 @@ class Population:
         models: Sequence[str] = (),
         extra_state: Mapping[str, StateSpec] | None = None,
         share_buffers: bool = False,
+        augment: bool = False,
     ) -> None:
         self.model = model.to(device)
         self.layout = RowLayout.parameters(model)
@@ -68,6 +69,7 @@ class Population:
         self.seed = seed
         self.device = device
         self.share_buffers = share_buffers  # BatchNorm statistics travel with the body
+        self.augment = augment  # crop and flip every training batch (repgossip.augment)
         self.models = (MAIN_MODEL, *models)
         self.rows: dict[str, torch.Tensor] = {}
         for name in self.models:

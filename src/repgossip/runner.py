@@ -129,6 +129,11 @@ def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
         )
     check_fits(model, federation.train_x[0], federation.num_classes, model_name)
     check_batch_norm_batches(model, federation.train_sizes(), cfg)
+    if cfg.augment and len(federation.input_shape) != 3:
+        raise UsageError(
+            f"augment crops and flips images (channels, height, width); this dataset's inputs "
+            f"are {federation.input_shape}"
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = algorithm.adapt_model(model, federation.num_classes)
@@ -179,6 +184,7 @@ def build_experiment(
         models=algorithm.extra_models(),
         extra_state=algorithm.extra_state(),
         share_buffers=cfg.share_bn_stats,
+        augment=cfg.augment,
     )
     try:
         algorithm.init_state(population)

@@ -88,6 +88,17 @@ class Scratch:
             layer.generator = generator
 
     @torch.no_grad()
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen body's features of one batch, in eval mode (as `outputs` computes them),
+        leaving the module in train mode for the step that follows."""
+        body = self.module.body
+        body.eval()
+        try:
+            return body(x)
+        finally:
+            body.train()
+
+    @torch.no_grad()
     def outputs(self, rows: WorkerRows, inputs: torch.Tensor, stage: str = "full") -> torch.Tensor:
         """The worker's model (or one stage of it) in eval mode on all `inputs`, FORWARD_CHUNK at
         a time: evaluation, and the features of a frozen body."""

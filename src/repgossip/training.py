@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from repgossip import stacked
+from repgossip.augment import crop_and_flip
 from repgossip.errors import UsageError
 from repgossip.layout import row_key
 from repgossip.streams import generator, worker_seeds
@@ -159,7 +160,7 @@ def train_phase(
         for local in chosen
     }  # drawn first: dropout masks continue each worker's stream after its batch order
     work = PhaseWork(part, model, rule, hook, loss)
-    stackable = loss is None and part in STACKABLE_PARTS
+    stackable = loss is None and part in STACKABLE_PARTS and not pop.augment
     with pop.pool.one_thread_per_worker() as threads:
         if stackable and (pop.stack_model or (part == "head" and pop.stack_head)):
             _train_stacked(pop, chosen, work, batches, threads)
@@ -190,9 +191,10 @@ def _train_worker(
     rows = pop.worker_rows(local, work.model)
     cols = pop.layout.part(work.part)
     inputs, targets = pop.train_x[local], pop.train_y[local]
-    stage = "full"
-    if cols.start >= pop.layout.body_size:  # body frozen: its features are the same every step
-        inputs, stage = scratch.outputs(rows, inputs, "body"), "head"
+    head_only = cols.start >= pop.layout.body_size  # the body is frozen
+    stage = "head" if head_only else "full"
+    if head_only and not pop.augment:  # the body's features are the same at every step
+        inputs = scratch.outputs(rows, inputs, "body")
     scratch.bind(rows, cols)
     scratch.start(gen, training=True)
     segment, grad = rows.params[cols], scratch.grad[cols]
@@ -201,8 +203,12 @@ def _train_worker(
     loss = _loss_of(pop, work, local)
     for idx in batches.batches():
         grad.zero_()
+        x = inputs[idx]
+        if pop.augment:  # a new crop and flip each step, from the worker's stream
+            x = crop_and_flip(x, gen)
+            x = scratch.features(x) if head_only else x
         try:
-            loss(scratch.module(inputs[idx], stage=stage), targets[idx]).backward()
+            loss(scratch.module(x, stage=stage), targets[idx]).backward()
         except Exception as err:  # the user's model or loss failed: say where, in one line
             raise _step_failed(pop, local, err) from None
         with torch.no_grad():
