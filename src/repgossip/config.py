@@ -268,15 +268,22 @@ def parse_assignments(pairs: Iterable[str]) -> dict[str, Any]:
     """`["a=1", "b=x"]` -> raw strings by key, later pairs winning. Values are coerced later."""
     result: dict[str, Any] = {}
     for pair in pairs:
-        check_printable("--set", pair)
-        key, sep, value = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UsageError(f"--set takes key=value, got {shown(pair)}")
-        if key not in KEYS:
-            raise UsageError(suggest_key(key))
+        key, value = split_assignment(pair, "--set", "key=value")
         result[key] = value.strip()
     return result
+
+
+def split_assignment(pair: str, option: str, form: str) -> tuple[str, str]:
+    """(key, value) of one `key=value` given to `option`, refusing control characters, a missing
+    `=` or key (the message shows `form`), and an unknown key."""
+    check_printable(option, pair)
+    key, sep, value = pair.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UsageError(f"{option} takes {form}, got {shown(pair)}")
+    if key not in KEYS:
+        raise UsageError(suggest_key(key))
+    return key, value
 
 
 class _Refused(Exception):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from repgossip.config import KEYS, Config, build_config, changed_keys, load_resolved, suggest_key
+from repgossip.config import Config, build_config, changed_keys, load_resolved, split_assignment
 from repgossip.errors import RepgossipError, UsageError
 from repgossip.runfolder import (
     CHECKPOINT_FILE,
@@ -68,12 +68,7 @@ def parse_grid(specs: Sequence[str]) -> dict[str, list[str]]:
 def _grid_entry(spec: str) -> tuple[str, list[str]]:
     """One `key=v1,v2` of --grid, refusing an unknown key, no values, an empty or repeated value
     (each would run nothing, fail later, or run one point twice)."""
-    key, sep, text = spec.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise UsageError(f"--grid takes key=v1,v2,..., got '{spec}'")
-    if key not in KEYS:
-        raise UsageError(suggest_key(key))
+    key, text = split_assignment(spec, "--grid", "key=v1,v2,...")
     values = [v.strip() for v in text.split(",")]
     if not any(values):
         raise UsageError(f"--grid '{spec}' gives no values for '{key}'; write {key}=v1,v2")
