@@ -291,3 +291,6 @@ def check_fits(model: SplitModel, sample: torch.Tensor, num_classes: int, name: 
             f"model '{name}' gives outputs of shape {tuple(out.shape)} for a batch of {batch}; "
             f"expected {want}"
         )
+
+
+from repgossip import architectures  # noqa: E402,F401  (registers the paper's models)

@@ -1,0 +1,142 @@
+"""The networks of the DePRL paper's image experiments, registered as models.
+
+AlexNet (Fashion-MNIST, padded to 32x32), VGG-11 (CIFAR-10) and ResNet-18 (CIFAR-100), each
+written for 32x32 inputs as a SplitModel: the body ends at the last hidden layer (its output is the
+representation every worker shares), the head is the final Linear (private to each worker). No
+pretrained weights: every layer starts from PyTorch's default initialisation under the run's seed.
+BatchNorm layers (VGG-11, ResNet-18) keep per-worker running statistics (README, "BatchNorm and
+Dropout"); Dropout layers draw from each worker's own random stream.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from repgossip.errors import UsageError
+from repgossip.models import MODELS, SplitModel, _image_shape
+
+
+def alexnet(input_shape: tuple[int, ...], num_classes: int) -> SplitModel:
+    """AlexNet for 32x32 images, as commonly adapted to CIFAR in federated-learning papers.
+
+    Five 3x3 convolutions (64, 192, 384, 256, 256 channels; the first with stride 2) with ReLU and
+    three 2x2 max-pools leave 256x2x2 features; the classifier of Krizhevsky et al. (2012),
+    Dropout-Linear-ReLU-Dropout-Linear-ReLU-Linear, is scaled down for 32x32 inputs from
+    4096-4096 to 1024-512 hidden units. 28x28 images (Fashion-MNIST) are zero-padded to 32x32
+    inside the body. Body: up to the 512-unit hidden layer; head: Linear(512, num_classes).
+    """
+    channels, height, width = _image_shape(input_shape, "alexnet")
+    if (height, width) not in ((28, 28), (32, 32)):
+        raise UsageError(
+            f"model 'alexnet' needs 28x28 or 32x32 images (channels, 28 or 32, 28 or 32), "
+            f"got {height}x{width}"
+        )
+    pad: list[nn.Module] = [nn.ZeroPad2d(2)] if height == 28 else []
+    features = nn.Sequential(
+        *pad,
+        nn.Conv2d(channels, 64, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(64, 192, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+    )  # fmt: skip
+    classifier = nn.Sequential(
+        nn.Dropout(), nn.Linear(256 * 2 * 2, 1024), nn.ReLU(),
+        nn.Dropout(), nn.Linear(1024, 512), nn.ReLU(),
+    )  # fmt: skip
+    body = nn.Sequential(
+        OrderedDict(features=features, flatten=nn.Flatten(), classifier=classifier)
+    )
+    return SplitModel(body, nn.Linear(512, num_classes))
+
+
+VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")  # configuration A
+
+
+def vgg11(input_shape: tuple[int, ...], num_classes: int) -> SplitModel:
+    """VGG-11 (configuration A of Simonyan and Zisserman, 2015) with BatchNorm, for 32x32 images.
+
+    Eight 3x3 convolutions, each followed by BatchNorm and ReLU, and five 2x2 max-pools leave
+    512x1x1 features; the classifier is the small one of the common CIFAR VGGs,
+    Dropout-Linear(512, 512)-ReLU twice. Body: up to that last 512-unit hidden layer; head:
+    Linear(512, num_classes).
+    """
+    channels, height, width = _image_shape(input_shape, "vgg11")
+    if (height, width) != (32, 32):
+        raise UsageError(
+            f"model 'vgg11' needs 32x32 images (channels, 32, 32), got {height}x{width}"
+        )
+    layers: list[nn.Module] = []
+    for item in VGG11:
+        if item == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            assert isinstance(item, int)
+            layers += [nn.Conv2d(channels, item, 3, padding=1), nn.BatchNorm2d(item), nn.ReLU()]
+            channels = item
+    classifier = nn.Sequential(
+        nn.Dropout(), nn.Linear(512, 512), nn.ReLU(),
+        nn.Dropout(), nn.Linear(512, 512), nn.ReLU(),
+    )  # fmt: skip
+    body = nn.Sequential(
+        OrderedDict(features=nn.Sequential(*layers), flatten=nn.Flatten(), classifier=classifier)
+    )
+    return SplitModel(body, nn.Linear(512, num_classes))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with BatchNorm and an identity (or 1x1 projection) shortcut."""
+
+    def __init__(self, inputs: int, outputs: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inputs, outputs, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(outputs)
+        self.conv2 = nn.Conv2d(outputs, outputs, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(outputs)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or inputs != outputs:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(inputs, outputs, 1, stride=stride, bias=False), nn.BatchNorm2d(outputs)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+def resnet18(input_shape: tuple[int, ...], num_classes: int) -> SplitModel:
+    """ResNet-18 (He et al., 2016) in its usual CIFAR form, for 32x32 images.
+
+    A 3x3 stride-1 stem (64 channels, BatchNorm, ReLU) without max-pool, four stages of two
+    BasicBlocks (64, 128, 256, 512 channels; stride 2 from the second stage on), adaptive average
+    pooling and flatten. Body: up to the pooled 512 features; head: Linear(512, num_classes).
+    Thanks to the adaptive pooling other image sizes run too, from 8x8 up.
+    """
+    channels, height, width = _image_shape(input_shape, "resnet18")
+    if min(height, width) < 8:
+        raise UsageError(
+            f"model 'resnet18' needs images of at least 8x8 (channels, 32, 32 as in CIFAR), "
+            f"got {height}x{width}"
+        )
+    stages: OrderedDict[str, nn.Module] = OrderedDict(
+        stem=nn.Sequential(
+            nn.Conv2d(channels, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU()
+        )
+    )
+    inputs = 64
+    for index, (outputs, stride) in enumerate(((64, 1), (128, 2), (256, 2), (512, 2)), 1):
+        stages[f"layer{index}"] = nn.Sequential(
+            BasicBlock(inputs, outputs, stride), BasicBlock(outputs, outputs, 1)
+        )
+        inputs = outputs
+    stages["pool"] = nn.AdaptiveAvgPool2d(1)
+    stages["flatten"] = nn.Flatten()
+    return SplitModel(nn.Sequential(stages), nn.Linear(512, num_classes))
+
+
+for _fn in (alexnet, vgg11, resnet18):
+    MODELS.register(_fn.__name__, _fn)
