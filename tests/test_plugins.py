@@ -143,7 +143,10 @@ BAD_PLUGINS = {
         (["dataset=shapes:lists", "workers=2"], "label -1; classes must be 0..9"),
         (["dataset=shapes:garbage"], "must be a Federation"),
         (["algorithm=shapes:NotAnAlgorithm"], "subclass of repgossip.Algorithm"),
-        (["model=not a reference"], "valid: cnn, mlp, linear, alexnet, vgg11, resnet18, or package.module:name"),
+        (
+            ["model=not a reference"],
+            "valid: cnn, mlp, linear, alexnet, vgg11, resnet18, or package.module:name",
+        ),
     ],
 )
 def test_a_bad_plugin_is_one_line_with_exit_code_2(plugin_dir, capsys, sets, needle):

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import repgossip.topology as topology
 from repgossip.errors import UsageError
 from repgossip.topology import (
+    DIRECTED_TOPOLOGIES,
     MIXING_RULES,
     TOPOLOGIES,
     Graph,
@@ -193,7 +194,10 @@ def test_is_doubly_stochastic_rejects() -> None:
 # ---------------------------------------------------------------- named topologies
 
 
-@pytest.mark.parametrize("name", TOPOLOGIES.names())
+UNDIRECTED = [name for name in TOPOLOGIES.names() if name not in DIRECTED_TOPOLOGIES]
+
+
+@pytest.mark.parametrize("name", UNDIRECTED)
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 8, 9, 12, 16, 25, 30])
 def test_named_topologies_are_valid_and_connected(name: str, n: int) -> None:
     graph = build_graph(name, n)
@@ -780,3 +784,140 @@ def test_check_mixing_rule(tmp_path) -> None:
     assert (
         mixing_matrix(build_graph("ring", 3), tmp_path / "W.NPY").edge_weights.tolist() == [0] * 3
     )
+
+
+# ---------------------------------------------------------------- directed graphs (push-sum)
+
+
+def _assert_valid_directed(graph: Graph, n: int) -> None:
+    """Links once each, sorted, no self-loop, strongly connected, P column-stochastic with every
+    sender's share 1/(1 + out-degree) on itself and its out-neighbours."""
+    e = graph.edges
+    assert graph.directed and e.dtype == np.int64 and e.shape == (graph.num_edges, 2)
+    assert (e[:, 0] != e[:, 1]).all() and (np.diff(e[:, 0] * n + e[:, 1]) > 0).all()
+    assert np.array_equal(graph.degrees, graph.adjacency().sum(axis=1))  # out-degrees
+    assert is_connected(graph)
+    p = mixing_matrix(graph).dense()
+    assert topology.is_column_stochastic(p) and (p >= 0).all()
+    share = 1.0 / (1.0 + graph.degrees)
+    assert np.array_equal(p.diagonal(), share)
+    assert np.array_equal(p[e[:, 1], e[:, 0]], share[e[:, 0]])
+    assert np.count_nonzero(p) == graph.num_edges + n
+
+
+@pytest.mark.parametrize("name", DIRECTED_TOPOLOGIES)
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 9, 16, 30])
+def test_directed_topologies_are_strongly_connected_and_column_stochastic(name: str, n: int):
+    graph = build_graph(name, n)
+    _assert_valid_directed(graph, n)
+    for round_index in range(2 * graph.period):
+        round_graph_ = graph.at(round_index)
+        assert round_graph_.directed and not round_graph_.cycle
+        assert topology.is_column_stochastic(mixing_matrix(round_graph_))
+    assert (name in TOPOLOGIES) and graph.num_edges <= topology._expected_links(name, n, 0.3)
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 8, 13])
+def test_directed_ring_and_exponential_links(n: int) -> None:
+    ring = build_graph("directed_ring", n)
+    assert {tuple(x) for x in ring.edges.tolist()} == {(i, (i + 1) % n) for i in range(n)}
+    offsets = [2**k for k in range(n) if 2**k < n]
+    exp = build_graph("directed_exponential", n)
+    expected = {(i, (i + o) % n) for i in range(n) for o in offsets}
+    assert {tuple(x) for x in exp.edges.tolist()} == expected
+    assert (exp.degrees == math.ceil(math.log2(n))).all()
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 8, 16, 33])
+def test_directed_spectral_gap_matches_a_dense_eigendecomposition(n: int) -> None:
+    for name in DIRECTED_TOPOLOGIES:
+        graph = build_graph(name, n)
+        product = np.eye(n)
+        for r in range(graph.period):
+            product = mixing_matrix(graph.at(r)).dense() @ product
+        slem = np.sort(np.abs(np.linalg.eigvals(product)))[-2]
+        expected = 1.0 - (0.0 if slem < 1e-12 else slem ** (1.0 / graph.period))
+        assert spectral_gap(mixing_matrix(graph)) == pytest.approx(expected, abs=1e-9), name
+        plain = Graph(n, graph.edges, directed=True)  # the same links without the symmetry
+        if not graph.cycle:
+            assert spectral_gap(mixing_matrix(plain)) == pytest.approx(expected, abs=1e-9)
+    assert spectral_gap(mixing_matrix(build_graph("directed_ring", n))) == pytest.approx(
+        1.0 - abs(math.cos(math.pi / n)), abs=1e-12
+    )
+
+
+def test_directed_spectral_gap_beyond_the_dense_limit() -> None:
+    assert spectral_gap(mixing_matrix(build_graph("directed_ring", 10_000))) > 0
+    assert spectral_gap(mixing_matrix(build_graph("one_peer_exponential", 4096))) == 1.0
+    links = np.stack([np.arange(3000), (np.arange(3000) + 1) % 3000], axis=1)
+    path_file = Graph.from_pairs(3000, links, directed=True)  # no symmetry to use
+    assert spectral_gap(mixing_matrix(path_file)) is None
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 8, 9, 16, 17])
+def test_one_peer_exponential_sends_one_message_a_round_with_period_ceil_log2_n(n: int) -> None:
+    graph = build_graph("one_peer_exponential", n)
+    period = math.ceil(math.log2(n))
+    assert graph.period == period
+    for t in range(3 * period):
+        links = graph.at(t).edges
+        assert (graph.at(t).degrees == 1).all()
+        assert ((links[:, 1] - links[:, 0]) % n == 2 ** (t % period)).all()
+        assert graph.at(t) == graph.at(t + period)
+        if period > 1:
+            assert graph.at(t) != graph.at(t + 1)  # it changes every round
+
+
+def test_describe_directed_ring() -> None:
+    info = describe("directed_ring", 8)
+    assert info == {
+        "topology": "directed_ring", "workers": 8, "edges": 8, "connected": True,
+        "doubly_stochastic": False, "spectral_gap": pytest.approx(1 - math.cos(math.pi / 8)),
+        "min_degree": 1, "max_degree": 1, "mean_degree": 1.0, "mixing": "out_degree",
+        "directed": True, "column_stochastic": True, "period": 1,
+    }  # fmt: skip
+    assert json.loads(json.dumps(info)) == info
+    one_peer = describe("one_peer_exponential", 8)
+    assert (one_peer["period"], one_peer["edges"], one_peer["spectral_gap"]) == (3, 24, 1.0)
+    assert "directed" not in describe("ring", 8)  # undirected output as before
+
+
+def test_directed_files_edge_list_and_adjacency(tmp_path) -> None:
+    path = _write(tmp_path, "0 1\n1 2\n2 0\n2 3\n3 0\n0 1\n")  # a duplicate link is one
+    graph = build_graph(path, 4, directed=True)
+    assert graph.edges.tolist() == [[0, 1], [1, 2], [2, 0], [2, 3], [3, 0]]
+    _assert_valid_directed(graph, 4)
+    assert describe(path, 4, directed=True)["edges"] == 5
+    adjacency = np.zeros((4, 4))
+    adjacency[graph.edges[:, 0], graph.edges[:, 1]] = 1
+    np.save(tmp_path / "adj.npy", adjacency)
+    assert build_graph(str(tmp_path / "adj.npy"), 4, directed=True) == graph
+    undirected = build_graph(path, 4)
+    assert not undirected.directed and undirected != graph
+
+
+def test_directed_refusals_are_one_line(tmp_path) -> None:
+    one_way = _write(tmp_path, "0 1\n1 2\n2 3\n")  # connected as undirected, not strongly
+    assert build_graph(one_way, 4).num_edges == 3
+    _one_line_error(
+        lambda: build_graph(one_way, 4, directed=True),
+        match=r"is not strongly connected; push-sum gossip needs",
+    )
+    _one_line_error(
+        lambda: describe("ring", 4, directed=True),
+        match=r"directed=true reads a topology file.*'ring' is undirected",
+    )
+    for rule in ("max_degree", str(tmp_path / "w.npy")):
+        np.save(tmp_path / "w.npy", np.eye(4))
+        _one_line_error(
+            mixing_matrix, build_graph("directed_ring", 4), rule, match=r"leave mixing at its"
+        )
+
+
+def test_directed_links_fail_one_by_one_and_p_stays_column_stochastic() -> None:
+    graph = build_graph("directed_exponential", 16)
+    dropped = round_graph(graph, 0.5, seed=1, round_index=3)
+    assert dropped.directed and 0 < dropped.num_edges < graph.num_edges
+    assert not (dropped.adjacency() & ~graph.adjacency()).any()
+    assert topology.is_column_stochastic(mixing_matrix(dropped))
+    assert topology.is_column_stochastic(mixing_matrix(dropped.among(np.arange(16) % 3 > 0)))

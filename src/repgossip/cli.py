@@ -200,7 +200,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_topology(args: argparse.Namespace) -> int:
     from repgossip.topology import describe
 
-    settings: dict[str, Any] = {"edge_prob": 0.3, "mixing": "metropolis", "seed": 0}
+    settings: dict[str, Any] = {
+        "edge_prob": 0.3,
+        "mixing": "metropolis",
+        "seed": 0,
+        "directed": False,
+    }
     for key, value in parse_assignments(args.assignments).items():
         if key not in settings:
             raise UsageError(f"topology takes --set {', '.join(settings)}, not '{key}'")

@@ -4,6 +4,9 @@ Worker i's new shared block is sum_j W_ij x_j over j in its closed neighbourhood
 computes that sum in the same order (ascending j, self included) with separate, exactly rounded
 multiplications and additions (no fused multiply-add, no BLAS reduction order), so the one-process
 and the distributed engines produce bit-identical parameters however workers are laid out.
+
+On a directed graph the same rule mixes push-sum's mass and weight with the column-stochastic P
+(row i: what worker i receives, from itself and its in-neighbours); see `Engine.gossip`.
 """
 
 from __future__ import annotations
@@ -65,12 +68,19 @@ class RoundPlan:
     slots: Slots
     active: np.ndarray  # (N,) bool: workers that train and gossip this round
 
+    @property
+    def push_sum(self) -> bool:
+        """Whether the graph is directed, so that gossip must carry push-sum weights: a
+        column-stochastic P moves mass without keeping each worker's share at 1/N."""
+        return self.graph.directed
+
 
 _DROPOUT_TAG = 0xD809  # separates the dropout stream from the link-failure stream of the same round
 
 
 class GossipSchedule:
-    """Each round's graph, mixing matrix and active workers, with link failures and dropouts.
+    """Each round's graph, mixing matrix and active workers, with link failures and dropouts, on a
+    fixed or a time-varying graph (`Graph.cycle`).
 
     Stateless in the round index, so a resumed run or another process sees the same rounds.
     """
@@ -90,7 +100,14 @@ class GossipSchedule:
         self.seed = seed
         self._check_fixed_matrix()
         self.base_mixing = mixing_matrix(base_graph, mixing)  # W of the graph without failures
-        self._static = None if self.varies else self._plan(self.base_mixing, None)
+        # without failures or dropouts: the plans of one period, built once
+        self._fixed = None if self.varies else self._period_plans()
+
+    def _period_plans(self) -> list[RoundPlan]:
+        """One plan per round of the graph's period (one for a static graph, on base_mixing)."""
+        if not self.base_graph.cycle:
+            return [self._plan(self.base_mixing, None)]
+        return [self._plan(mixing_matrix(g, self.mixing), None) for g in self.base_graph.cycle]
 
     def _check_fixed_matrix(self) -> None:
         """A W read from a file is fixed for the full graph: it has no weights for the graph left
@@ -108,10 +125,16 @@ class GossipSchedule:
     def varies(self) -> bool:
         return self.link_failure_prob > 0 or self.worker_dropout_prob > 0
 
+    @property
+    def directed(self) -> bool:
+        """Whether gossip is push-sum (the graph is directed)."""
+        return self.base_graph.directed
+
     def round_plan(self, round_index: int) -> RoundPlan:
-        if self._static is not None:
-            return self._static
-        graph = round_graph(self.base_graph, self.link_failure_prob, self.seed, round_index)
+        if self._fixed is not None:
+            return self._fixed[round_index % len(self._fixed)]
+        graph = self.base_graph.at(round_index)
+        graph = round_graph(graph, self.link_failure_prob, self.seed, round_index)
         active = None
         if self.worker_dropout_prob > 0:
             rng = np.random.default_rng([self.seed, round_index, _DROPOUT_TAG])

@@ -48,3 +48,9 @@ def bytes_per_round(links: int, shared_params: int) -> int:
     """Every worker sends its shared float32 parameters to each neighbour once per round: twice
     per undirected link."""
     return 2 * links * shared_params * BYTES_PER_FLOAT
+
+
+def push_sum_bytes_per_round(links: int, shared_params: int) -> int:
+    """Push-sum on a directed graph: every worker sends its shared float32 parameters and its
+    float32 weight to each out-neighbour once per round: once per directed link."""
+    return links * (shared_params + 1) * BYTES_PER_FLOAT

@@ -6,8 +6,9 @@ Every per-worker quantity is a row set: a tensor whose first dimension is this p
 The main model's are `params`, `momentum`, `buffers` (BatchNorm running statistics) and
 `int_buffers` (BatchNorm's batch counters); another model copy `m` of an algorithm (Ditto's
 personal model) has `m`, `m.momentum`, `m.buffers`, `m.int_buffers`; an algorithm's extra state
-(a mask) has its own name. Checkpoints save every row set and the distributed engine moves each
-like the parameters, so anything stored here survives a resume and any layout over processes.
+(a mask) has its own name; on a directed graph each worker's push-sum weight is the row set
+`push_weight`. Checkpoints save every row set and the distributed engine moves each like the
+parameters, so anything stored here survives a resume and any layout over processes.
 
 Randomness is per worker and stateless: the batch order (and dropout masks) of worker w in phase p
 of round r come from a generator seeded by (seed, w, r, p) (repgossip.streams), so a worker's
@@ -37,6 +38,10 @@ from repgossip.training import (
     train_phase,
 )
 
+# Each worker's push-sum weight w_i (width 1, starting at 1) on a directed graph: the stored shared
+# block is the de-biased z_i = x_i / w_i, so the weight must survive checkpoints and layouts too.
+PUSH_WEIGHT = "push_weight"
+
 
 class Population:
     """The block of workers held by this process (all of them for the `sim` engine)."""
@@ -56,6 +61,7 @@ class Population:
         extra_state: Mapping[str, StateSpec] | None = None,
         share_buffers: bool = False,
         augment: bool = False,
+        push_sum: bool = False,
     ) -> None:
         self.model = model.to(device)
         self.layout = RowLayout.parameters(model)
@@ -77,6 +83,8 @@ class Population:
         for name, spec in (extra_state or {}).items():
             width = self.layout.size if spec.width == "params" else int(spec.width)
             self.rows[name] = torch.full((len(self), width), spec.fill, device=device)
+        if push_sum:  # only then: an undirected run's rows and checkpoints stay as they were
+            self.rows[PUSH_WEIGHT] = torch.ones((len(self), 1), device=device)
         self.stack_model = stacks_well(self.model)
         self.stack_head = stacks_well(self.model.head)
         layouts = (self.layout, self.buffer_layout, self.int_buffer_layout)
@@ -107,6 +115,11 @@ class Population:
     @property
     def momentum(self) -> torch.Tensor:
         return self.rows["momentum"]
+
+    @property
+    def push_weight(self) -> torch.Tensor:
+        """(local workers, 1): each worker's push-sum weight; only on a directed graph."""
+        return self.rows[PUSH_WEIGHT]
 
     def worker_rows(self, local: int, model: str = MAIN_MODEL) -> WorkerRows:
         """Views of worker `local`'s rows of model copy `model`, for a scratch module to bind."""

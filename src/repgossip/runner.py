@@ -40,7 +40,7 @@ from repgossip.gossip import GossipSchedule
 from repgossip.layout import RowLayout, row_key
 from repgossip.metrics import accuracy_summary, squared_deviation, subspace_distance
 from repgossip.models import ModelFunction, SplitModel, build_model, check_fits
-from repgossip.population import Population
+from repgossip.population import PUSH_WEIGHT, Population
 from repgossip.runfolder import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -115,8 +115,10 @@ def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
     algorithm = _instantiate(supplied.algorithm or algorithm_class(cfg.algorithm), cfg)
     # the graph first: it is cheaper than the data, and may be refused (too big, disconnected)
     graph = supplied.graph or build_graph(
-        cfg.topology, cfg.workers, edge_prob=cfg.edge_prob, seed=cfg.seed
+        cfg.topology, cfg.workers, edge_prob=cfg.edge_prob, seed=cfg.seed, directed=cfg.directed
     )
+    if graph.directed:
+        _check_push_sum(algorithm, cfg)
     federation = load_federation(cfg, supplied.data)
     schedule = GossipSchedule(
         graph, cfg.mixing, cfg.link_failure_prob, cfg.worker_dropout_prob, cfg.seed
@@ -139,6 +141,23 @@ def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
         model = algorithm.adapt_model(model, federation.num_classes)
     algorithm.check(RowLayout.parameters(model))
     return Parts(algorithm, federation, schedule, model)
+
+
+def _check_push_sum(algorithm: Algorithm, cfg: Config) -> None:
+    """On a directed graph only the default gossip knows push-sum weights: an algorithm with its
+    own communication would mix de-biased values with a column-stochastic P and drift, so it is
+    refused; so is extra state that would shadow the weights' row set."""
+    label = f"algorithm '{cfg.algorithm}'"
+    if type(algorithm).communicate is not Algorithm.communicate:
+        raise UsageError(
+            f"{label} has its own communicate(), which push-sum gossip on the directed topology "
+            f"{cfg.topology!r} does not cover; use an undirected topology"
+        )
+    if PUSH_WEIGHT in algorithm.extra_state():
+        raise UsageError(
+            f"{label}: extra state '{PUSH_WEIGHT}' is the row set of push-sum weights on a "
+            "directed topology; rename it"
+        )
 
 
 def _instantiate(cls: type[Algorithm], cfg: Config) -> Algorithm:
@@ -185,6 +204,7 @@ def build_experiment(
         extra_state=algorithm.extra_state(),
         share_buffers=cfg.share_bn_stats,
         augment=cfg.augment,
+        push_sum=parts.schedule.directed,
     )
     try:
         algorithm.init_state(population)

@@ -4,6 +4,11 @@ Gossip averages the shared parameters with a symmetric doubly stochastic matrix 
 symmetric and doubly stochastic so that the network average is preserved every round and all workers
 converge to it; the spectral gap of W says how fast.
 
+A directed graph (links sender -> receiver; `Graph.directed`) has no symmetric W. There each sender
+splits its mass evenly over itself and its out-neighbours: a column-stochastic P (push-sum, as in
+stochastic gradient push), stored like W and applied by the same slots. A time-varying graph
+(`Graph.cycle`) uses another graph each round, repeating with a fixed period.
+
 Everything here is sparse: a graph is its edge list and W one weight per edge plus one per node, so
 memory and time grow with N + E, not N^2, and 10,000 workers on a ring cost kilobytes. Dense
 matrices exist only as views for small graphs (tests, the reference simulator).
@@ -11,6 +16,7 @@ matrices exist only as views for small graphs (tests, the reference simulator).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import math
 import numbers
@@ -109,19 +115,22 @@ class CayleyStructure:
     """
 
     shape: tuple[int, ...]
-    connections: np.ndarray  # bool array of `shape`: the connection set; symmetric, 0 excluded
+    connections: np.ndarray  # bool array of `shape`: the connection set; 0 excluded
+    directed: bool = False  # links u -> u + s only; else the set is symmetric (s and -s)
 
     @classmethod
     def from_offsets(
-        cls, shape: tuple[int, ...], offsets: list[tuple[int, ...]]
+        cls, shape: tuple[int, ...], offsets: list[tuple[int, ...]], directed: bool = False
     ) -> CayleyStructure:
-        """Connection set {+o, -o for o in offsets} modulo `shape`, without the identity."""
+        """Connection set {+o, -o for o in offsets} (directed: {+o}) modulo `shape`, without the
+        identity."""
         indicator = np.zeros(shape, dtype=bool)
         for o in offsets:
             indicator[tuple(np.mod(o, shape))] = True
-            indicator[tuple(np.mod(np.negative(o), shape))] = True
+            if not directed:
+                indicator[tuple(np.mod(np.negative(o), shape))] = True
         indicator[(0,) * len(shape)] = False
-        return cls(tuple(shape), indicator)
+        return cls(tuple(shape), indicator, directed)
 
     @property
     def degree(self) -> int:
@@ -131,14 +140,20 @@ class CayleyStructure:
         """All N eigenvalues of the adjacency matrix; entry 0 is the degree (the constant vector)."""
         return np.fft.fftn(self.connections.astype(np.float64)).real.ravel()
 
+    def spectrum(self) -> np.ndarray:
+        """All N complex eigenvalues of the adjacency matrix (a directed one is not symmetric),
+        up to conjugation, which leaves their moduli alone; entry 0 is the degree."""
+        return np.fft.fftn(self.connections.astype(np.float64)).ravel()
+
     def edge_pairs(self) -> np.ndarray:
-        """(u, u + s) for every node u and one s of each {s, -s} (both give the same edges)."""
+        """(u, u + s) for every node u and one s of each {s, -s} (both give the same edges);
+        directed: for every s, each a link u -> u + s."""
         dims = np.array(self.shape)[:, None]
         coords = np.indices(self.shape).reshape(len(self.shape), -1)
         nodes = np.arange(coords.shape[1])
         pairs = [np.empty((0, 2), dtype=np.int64)]
         for s in np.argwhere(self.connections):
-            if tuple(s) > tuple(np.mod(-s, self.shape)):
+            if not self.directed and tuple(s) > tuple(np.mod(-s, self.shape)):
                 continue
             neighbour = np.ravel_multi_index(tuple((coords + s[:, None]) % dims), self.shape)
             pairs.append(np.stack([nodes, neighbour], axis=1))
@@ -147,22 +162,34 @@ class CayleyStructure:
 
 @dataclass(frozen=True, eq=False)
 class Graph:
-    """An undirected simple graph on nodes 0..workers-1, stored as its edge list."""
+    """A simple graph on nodes 0..workers-1, stored as its edge list: undirected, or directed
+    (links sender -> receiver, gossiped by push-sum), and possibly time-varying (`cycle`)."""
 
     workers: int
-    edges: np.ndarray  # (E, 2) int64: each edge once as (i, j), i < j, sorted by (i, j)
+    # (E, 2) int64, sorted by (i, j): undirected, each edge once as (i, j) with i < j; directed,
+    # each link once as (sender, receiver)
+    edges: np.ndarray
     cayley: CayleyStructure | None = None  # set by the builders of symmetric topologies
+    directed: bool = False
+    # A time-varying graph: round t uses cycle[t % len(cycle)], and `edges` is their union (what
+    # connectivity is checked on). Empty: the same graph every round.
+    cycle: tuple[Graph, ...] = ()
 
     @classmethod
     def from_pairs(
-        cls, workers: int, pairs: np.ndarray | list, cayley: CayleyStructure | None = None
+        cls,
+        workers: int,
+        pairs: np.ndarray | list,
+        cayley: CayleyStructure | None = None,
+        directed: bool = False,
     ) -> Graph:
-        """Any node pairs: both orders count as one edge, duplicates and self-loops are dropped."""
+        """Any node pairs: both orders count as one edge (directed: (i, j) is the link i -> j),
+        duplicates and self-loops are dropped."""
         p = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-        low, high = p.min(axis=1), p.max(axis=1)
+        low, high = (p[:, 0], p[:, 1]) if directed else (p.min(axis=1), p.max(axis=1))
         keys = np.sort(low[low != high] * workers + high[low != high])
         keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if keys.size else keys
-        return cls(workers, np.stack(np.divmod(keys, workers), axis=1), cayley)
+        return cls(workers, np.stack(np.divmod(keys, workers), axis=1), cayley, directed)
 
     @classmethod
     def from_adjacency(cls, adjacency: np.ndarray) -> Graph:
@@ -178,16 +205,31 @@ class Graph:
 
     @property
     def num_edges(self) -> int:
+        """Undirected edges, or directed links."""
         return len(self.edges)
 
     @property
     def degrees(self) -> np.ndarray:
-        return np.bincount(self.edges.ravel(), minlength=self.workers)
+        """Neighbours of each node; directed: out-neighbours (the workers each one sends to)."""
+        ends = self.edges[:, 0] if self.directed else self.edges.ravel()
+        return np.bincount(ends, minlength=self.workers)
+
+    @property
+    def period(self) -> int:
+        """Rounds after which the graph repeats: 1 for a static graph."""
+        return max(1, len(self.cycle))
+
+    def at(self, round_index: int) -> Graph:
+        """The graph used in round `round_index` (itself, unless it is time-varying)."""
+        return self.cycle[round_index % len(self.cycle)] if self.cycle else self
 
     def adjacency(self) -> np.ndarray:
-        """Dense (N, N) boolean matrix: for small graphs only (tests, the reference simulator)."""
+        """Dense (N, N) boolean matrix: for small graphs only (tests, the reference simulator).
+        Directed: entry (i, j) is the link i -> j."""
         a = np.zeros((self.workers, self.workers), dtype=bool)
-        a[self.edges[:, 0], self.edges[:, 1]] = a[self.edges[:, 1], self.edges[:, 0]] = True
+        a[self.edges[:, 0], self.edges[:, 1]] = True
+        if not self.directed:
+            a[self.edges[:, 1], self.edges[:, 0]] = True
         return a
 
     def both_ways(self) -> tuple[np.ndarray, np.ndarray]:
@@ -196,12 +238,14 @@ class Graph:
         return np.concatenate([i, j]), np.concatenate([j, i])
 
     def sparse_adjacency(self) -> sp.csr_array:
-        ones = np.ones(2 * self.num_edges, dtype=np.int8)
-        return sp.csr_array((ones, self.both_ways()), shape=(self.workers, self.workers))
+        """Entry (i, j) is 1 for an edge, or a link i -> j of a directed graph."""
+        ends = (self.edges[:, 0], self.edges[:, 1]) if self.directed else self.both_ways()
+        ones = np.ones(len(ends[0]), dtype=np.int8)
+        return sp.csr_array((ones, ends), shape=(self.workers, self.workers))
 
     def keep_edges(self, keep: np.ndarray) -> Graph:
         """The subgraph with the edges where `keep` (E,) is true; it loses any symmetry."""
-        return Graph(self.workers, self.edges[keep])
+        return Graph(self.workers, self.edges[keep], directed=self.directed)
 
     def among(self, present: np.ndarray) -> Graph:
         """The subgraph of the edges whose two ends are both `present` (N,)."""
@@ -211,7 +255,9 @@ class Graph:
         return (
             isinstance(other, Graph)
             and self.workers == other.workers
+            and self.directed == other.directed
             and np.array_equal(self.edges, other.edges)
+            and self.cycle == other.cycle
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable array inside: not hashable
@@ -254,9 +300,45 @@ def _complete(workers: int) -> Graph:
     return _cayley((workers,), [(o,) for o in range(1, workers)])
 
 
+def _exponential_offsets(workers: int) -> list[int]:
+    """1, 2, 4, ... below N: ceil(log2 N) of them."""
+    return [2**j for j in range(workers.bit_length()) if 2**j < workers]
+
+
 def _exponential(workers: int) -> Graph:
     """Each worker linked to those 1, 2, 4, ... positions away (degree ~2 log2 N)."""
-    return _cayley((workers,), [(2**j,) for j in range(workers.bit_length()) if 2**j < workers])
+    return _cayley((workers,), [(o,) for o in _exponential_offsets(workers)])
+
+
+def _directed_cayley(workers: int, offsets: list[int]) -> Graph:
+    """Links i -> i + o mod N for every o in `offsets`: a directed circulant graph, whose mixing
+    matrix's spectrum, like an undirected one's, is a Fourier transform."""
+    structure = CayleyStructure.from_offsets((workers,), [(o,) for o in offsets], directed=True)
+    return Graph.from_pairs(workers, structure.edge_pairs(), structure, directed=True)
+
+
+def _directed_ring(workers: int) -> Graph:
+    """Each worker sends to the next only, i -> i + 1 mod N: the sparsest strongly connected
+    graph (out-degree 1)."""
+    return _directed_cayley(workers, [1])
+
+
+def _directed_exponential(workers: int) -> Graph:
+    """Each worker sends to those 1, 2, 4, ... positions ahead, i -> i + 2^k mod N for 2^k < N
+    (out-degree ceil(log2 N)): the static graph of stochastic gradient push."""
+    return _directed_cayley(workers, _exponential_offsets(workers))
+
+
+def _one_peer_exponential(workers: int) -> Graph:
+    """Time-varying: in round t each worker i sends to i + 2^(t mod T) mod N only, T = ceil(log2 N):
+    one message per worker per round, yet exact averaging over a period when N is a power of 2
+    (Assran et al., 2019). Its edges are the union over a period (the directed exponential
+    graph)."""
+    offsets = _exponential_offsets(workers)
+    union = _directed_cayley(workers, offsets)
+    if len(offsets) < 2:
+        return union  # one offset (or none): the same graph every round
+    return dataclasses.replace(union, cycle=tuple(_directed_cayley(workers, [o]) for o in offsets))
 
 
 def _star(workers: int) -> Graph:
@@ -350,8 +432,9 @@ def _topology_file(name: str) -> Path:
     return path
 
 
-def _edge_list(path: Path, workers: int) -> Graph:
-    """Read a user-supplied graph; node count must match `workers` so no worker is silently idle."""
+def _edge_list(path: Path, workers: int, directed: bool = False) -> Graph:
+    """Read a user-supplied graph; node count must match `workers` so no worker is silently idle.
+    Directed: each line `i j` is the link i -> j."""
     try:
         size = path.stat().st_size
         memory.check_fits(
@@ -366,7 +449,7 @@ def _edge_list(path: Path, workers: int) -> Graph:
     nodes = max((max(e) for e in edges), default=-1) + 1
     if nodes != workers:
         raise UsageError(f"edge list {path} has {nodes} nodes but workers={workers}")
-    return Graph.from_pairs(workers, edges)
+    return Graph.from_pairs(workers, edges, directed=directed)
 
 
 # Named topologies: builders called with whichever of `workers`, `edge_prob`, `seed` they name.
@@ -374,45 +457,73 @@ TOPOLOGIES: Registry[Callable[..., Graph]] = Registry(
     "topology", extra="a path to an edge-list file or a .npy/.npz adjacency"
 )
 for _name, _builder in (("ring", _ring), ("torus", _torus), ("erdos_renyi", _erdos_renyi),
-                        ("complete", _complete), ("exponential", _exponential), ("star", _star)):  # fmt: skip
+                        ("complete", _complete), ("exponential", _exponential), ("star", _star),
+                        ("directed_ring", _directed_ring),
+                        ("directed_exponential", _directed_exponential),
+                        ("one_peer_exponential", _one_peer_exponential)):  # fmt: skip
     TOPOLOGIES.register(_name, _builder)
+# The directed ones (push-sum gossip); a file is directed when the config says `directed=true`.
+DIRECTED_TOPOLOGIES = ("directed_ring", "directed_exponential", "one_peer_exponential")
 
 
-def build_graph(name: str, workers: int, *, edge_prob: float = 0.3, seed: int = 0) -> Graph:
-    """The communication graph: `name` is one of TOPOLOGIES or a path to an edge-list file.
+def build_graph(
+    name: str, workers: int, *, edge_prob: float = 0.3, seed: int = 0, directed: bool = False
+) -> Graph:
+    """The communication graph: `name` is one of TOPOLOGIES or a path to an edge-list or adjacency
+    file, read as directed links (i -> j) when `directed`.
 
-    Raises UsageError if the graph is disconnected (for N > 1): gossip on a disconnected graph
-    never reaches consensus, which would silently turn a decentralized run into several
-    independent ones.
+    Raises UsageError if the graph is disconnected (for N > 1; a directed graph must be strongly
+    connected, a time-varying one over a period): gossip on a disconnected graph never reaches
+    consensus, which would silently turn a decentralized run into several independent ones.
     """
     workers = _check_workers(workers)
     seed = _check_nonneg_int("seed", seed)
     name = str(name)
     check_graph_fits(name, workers, edge_prob)
     if name in TOPOLOGIES:
+        _check_directed_name(name, directed)
         graph = call_with_accepted(
             TOPOLOGIES.get(name), workers=workers, edge_prob=edge_prob, seed=seed
         )
     else:
-        graph = _graph_file(_topology_file(name), workers)
+        graph = _graph_file(_topology_file(name), workers, directed)
     _require_connected(graph, f"topology {name!r}")
     return graph
 
 
-def _require_connected(graph: Graph, what: str) -> None:
-    """Gossip on a disconnected graph never reaches consensus: refuse it before any training."""
-    if not is_connected(graph):
+def _check_directed_name(name: str, directed: bool) -> None:
+    """`directed=true` says how to read a file; with an undirected named topology it is a
+    mistake, refused rather than ignored."""
+    if directed and name not in DIRECTED_TOPOLOGIES:
         raise UsageError(
-            f"{what} with {graph.workers} workers is disconnected; gossip needs a connected graph"
+            f"directed=true reads a topology file as directed links, but topology {name!r} is "
+            f"undirected; use {', '.join(DIRECTED_TOPOLOGIES)} or an edge-list file"
         )
 
 
-def _graph_file(path: Path, workers: int) -> Graph:
+def _require_connected(graph: Graph, what: str) -> None:
+    """Gossip on a disconnected graph never reaches consensus: refuse it before any training.
+    Push-sum on a directed graph needs every worker to reach every other along links."""
+    if is_connected(graph):
+        return
+    if not graph.directed:
+        raise UsageError(
+            f"{what} with {graph.workers} workers is disconnected; gossip needs a connected graph"
+        )
+    over = " over one period" if graph.cycle else ""
+    raise UsageError(
+        f"{what} with {graph.workers} workers is not strongly connected{over}; push-sum gossip "
+        "needs a directed path from every worker to every other"
+    )
+
+
+def _graph_file(path: Path, workers: int, directed: bool = False) -> Graph:
     """A .npy/.npz file is a dense adjacency matrix; any other file is an edge list."""
     if path.suffix.lower() in ADJACENCY_SUFFIXES:
         source = f"adjacency file {path}"
-        return _graph_from_adjacency(_load_array(path, "adjacency", source), workers, source)
-    return _edge_list(path, workers)
+        array = _load_array(path, "adjacency", source)
+        return _graph_from_adjacency(array, workers, source, directed)
+    return _edge_list(path, workers, directed)
 
 
 def _load_array(path: Path, key: str, source: str) -> np.ndarray:
@@ -468,10 +579,15 @@ def _asymmetry(a: np.ndarray, atol: float, source: str, needs: str) -> None:
         )
 
 
-def _graph_from_adjacency(adjacency: np.ndarray, workers: int | None, source: str) -> Graph:
+def _graph_from_adjacency(
+    adjacency: np.ndarray, workers: int | None, source: str, directed: bool = False
+) -> Graph:
     """A validated dense adjacency: nonzero off-diagonal entries are edges, the diagonal is ignored
-    (a self-loop means nothing to gossip). Exact symmetry, since an edge is either there or not."""
+    (a self-loop means nothing to gossip). Exact symmetry, since an edge is either there or not;
+    directed: any matrix, A_ij != 0 being the link i -> j."""
     a = _check_matrix(np.asarray(adjacency), source, workers)
+    if directed:
+        return Graph.from_pairs(len(a), np.argwhere(a != 0), directed=True)
     _asymmetry(a, 0.0, source, "an undirected graph needs A == A.T")
     return Graph.from_pairs(len(a), np.argwhere(np.triu(a != 0, k=1)))
 
@@ -543,10 +659,15 @@ def _expected_links(name: str, workers: int, edge_prob: float) -> int:
     if name == "erdos_renyi":
         usable = _is_real(edge_prob) and 0.0 <= edge_prob <= 1.0  # else the builder refuses it
         return int(float(edge_prob) * pairs) if usable else pairs
+    offsets = [1 << j for j in range(n.bit_length()) if 1 << j < n]
     if name == "exponential":  # one link per node for each offset 2^j < N; N/2 for the offset N/2
-        offsets = [1 << j for j in range(n.bit_length()) if 1 << j < n]
         return sum(n // 2 if 2 * o == n else n for o in offsets)
-    return {"ring": n if n > 2 else n - 1, "torus": 2 * n, "star": n - 1}.get(name, 0)
+    if name == "directed_exponential":
+        return n * len(offsets)
+    if name == "one_peer_exponential":  # the union and each round's graph: twice the union
+        return 2 * n * len(offsets)
+    return {"ring": n if n > 2 else n - 1, "torus": 2 * n, "star": n - 1,
+            "directed_ring": n if n > 1 else 0}.get(name, 0)  # fmt: skip
 
 
 def graph_bytes(name: str, workers: int, edge_prob: float) -> int:
@@ -581,26 +702,38 @@ def check_graph_fits(name: str, workers: int, edge_prob: float) -> None:
 
 
 def is_connected(graph: Graph) -> bool:
-    """One connected component (N <= 1 counts as connected)."""
+    """One connected component (N <= 1 counts as connected); for a directed graph, one strongly
+    connected component (of the union of its rounds, for a time-varying one)."""
     if graph.workers <= 1:
         return True
-    components, _ = connected_components(graph.sparse_adjacency(), directed=False)
+    components, _ = connected_components(
+        graph.sparse_adjacency(), directed=graph.directed, connection="strong"
+    )
     return components == 1
 
 
 @dataclass(frozen=True, eq=False)
 class Mixing:
     """A symmetric doubly stochastic W on `graph`, sparse: W_ij = edge_weights[e] for the edge
-    e = (i, j) in both directions, W_ii = self_weights[i], zero elsewhere."""
+    e = (i, j) in both directions, W_ii = self_weights[i], zero elsewhere.
+
+    On a directed graph, the column-stochastic P of push-sum: P_ji = edge_weights[e] for the link
+    e = i -> j (receiver j's row, sender i's column), P_ii = self_weights[i]. Either way row i
+    says what worker i's new value mixes, so gossip applies both alike."""
 
     graph: Graph
     edge_weights: np.ndarray  # (E,) float64
     self_weights: np.ndarray  # (N,) float64
 
     def entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """W's nonzero entries as (rows, cols, values): each edge both ways, then the diagonal."""
-        sources, targets = self.graph.both_ways()
+        """W's nonzero entries as (rows, cols, values): each edge both ways (directed: each link
+        as (receiver, sender)), then the diagonal."""
         nodes = np.arange(self.graph.workers)
+        if self.graph.directed:
+            senders, receivers = self.graph.edges[:, 0], self.graph.edges[:, 1]
+            rows, cols = np.concatenate([receivers, nodes]), np.concatenate([senders, nodes])
+            return rows, cols, np.concatenate([self.edge_weights, self.self_weights])
+        sources, targets = self.graph.both_ways()
         rows, cols = np.concatenate([sources, nodes]), np.concatenate([targets, nodes])
         values = np.concatenate([self.edge_weights, self.edge_weights, self.self_weights])
         return rows, cols, values
@@ -659,14 +792,38 @@ def mixing_matrix(graph: Graph, rule: str = "metropolis") -> Mixing:
     what a real deployment can compute locally. max_degree: W_ij = 1/(1 + d_max) on edges; uniform
     weights, slower on irregular graphs. The diagonal takes the rest, which is always > 0.
     Any other rule is a path to a user's W (see `_mixing_file`).
+
+    A directed graph has no symmetric W: it gets the push-sum P of `_out_split` under the default
+    rule, and refuses any other.
     """
     check_mixing_rule(rule)
+    if graph.directed:
+        return _out_split(graph, rule)
     if not (isinstance(rule, str) and rule in MIXING_RULES):
         return _mixing_file(graph, _user_path(rule))
     weights = MIXING_RULES.get(rule)(graph)
     sources, _ = graph.both_ways()
     off_diagonal = np.bincount(sources, np.concatenate([weights, weights]), minlength=graph.workers)
     return Mixing(graph, weights, 1.0 - off_diagonal)
+
+
+# What `describe` calls the mixing of a directed graph: P_ji = 1/(1 + out-degree of i).
+DIRECTED_MIXING = "out_degree"
+
+
+def _out_split(graph: Graph, rule: str) -> Mixing:
+    """Push-sum's column-stochastic P: each sender i splits its mass evenly over itself and its
+    out-neighbours, P_ji = 1/(1 + outdeg_i) for j in out(i) + {i}. A sender needs only its own
+    out-degree; the receivers need nothing. Only the default rule name is accepted: the others
+    (and W files) describe a symmetric W that a directed graph cannot have."""
+    if rule != "metropolis":
+        raise UsageError(
+            f"mixing {str(rule)!r} builds a symmetric W for an undirected graph; a directed graph "
+            "mixes by push-sum (each sender splits its mass evenly over itself and its "
+            "out-neighbours): leave mixing at its default (metropolis)"
+        )
+    share = 1.0 / (1.0 + graph.degrees)
+    return Mixing(graph, share[graph.edges[:, 0]], share)
 
 
 def _read_text_matrix(path: Path, source: str) -> np.ndarray:
@@ -742,10 +899,13 @@ def spectral_gap(mixing: Mixing) -> float | None:
 
     Exact from the graph's symmetry where it has one, by a dense eigendecomposition up to
     DENSE_SPECTRUM_LIMIT workers, else by Lanczos; None where Lanczos does not converge.
+    Directed graphs: see `_directed_gap`.
     """
     graph = mixing.graph
     if graph.workers <= 1:
         return 1.0
+    if graph.directed:
+        return _directed_gap(mixing)
     if graph.cayley is not None:
         # A d-regular graph under either rule has W = (I + A) / (1 + d).
         eigenvalues = (1.0 + graph.cayley.adjacency_eigenvalues()) / (1.0 + graph.cayley.degree)
@@ -757,6 +917,37 @@ def spectral_gap(mixing: Mixing) -> float | None:
         if largest is None:
             return None
         slem = largest
+    return float(min(1.0, max(0.0, 1.0 - slem)))
+
+
+_ROUND_OFF = 1e-12  # moduli below this are an exact zero (exact averaging) blurred by float
+
+
+def _directed_gap(mixing: Mixing) -> float | None:
+    """1 - |lambda_2| of push-sum's P (not symmetric: its eigenvalues are complex), the
+    asymptotic per-round rate at which the de-biased values z_i = x_i / w_i approach consensus.
+    For a time-varying graph, 1 - |lambda_2(P_{T-1} ... P_0)|^(1/T): the same per-round rate,
+    averaged over a period of T rounds (1 where a period averages exactly).
+
+    Exact by Fourier transform for the directed circulant topologies (every period's matrices
+    share one eigenbasis) at any size, by a dense eigendecomposition up to DENSE_SPECTRUM_LIMIT
+    workers, None beyond (no sparse solver is used for non-symmetric P).
+    """
+    graphs = mixing.graph.cycle or (mixing.graph,)
+    if all(g.cayley is not None for g in graphs):
+        product = np.ones(mixing.graph.workers, dtype=np.complex128)
+        for g in graphs:
+            assert g.cayley is not None
+            product *= (1.0 + g.cayley.spectrum()) / (1.0 + g.cayley.degree)
+        slem = float(np.abs(product[1:]).max())
+    elif mixing.graph.workers <= DENSE_SPECTRUM_LIMIT:
+        dense = np.eye(mixing.graph.workers)
+        for g in graphs:
+            dense = mixing_matrix(g).sparse() @ dense
+        slem = float(np.sort(np.abs(np.linalg.eigvals(dense)))[-2])
+    else:
+        return None
+    slem = 0.0 if slem < _ROUND_OFF else slem ** (1.0 / len(graphs))
     return float(min(1.0, max(0.0, 1.0 - slem)))
 
 
@@ -783,6 +974,17 @@ def _deflated_largest_modulus(mixing: Mixing) -> float | None:
     return float(np.abs(values).max())
 
 
+def is_column_stochastic(w: np.ndarray | Mixing, atol: float = 1e-9) -> bool:
+    """Nonnegative, columns sum to 1: what push-sum needs so that the total mass sum_i x_i and
+    the total weight sum_i w_i are the same after a gossip step. Takes a dense matrix or a Mixing."""
+    m = w.sparse() if isinstance(w, Mixing) else sp.csr_array(np.asarray(w, dtype=np.float64))
+    if m.ndim != 2 or m.shape[0] != m.shape[1] or not np.isfinite(m.data).all():
+        return False
+    return bool(
+        m.data.min(initial=0.0) >= -atol and np.allclose(m.sum(axis=0), 1.0, rtol=0.0, atol=atol)
+    )
+
+
 def is_doubly_stochastic(w: np.ndarray | Mixing, atol: float = 1e-9) -> bool:
     """Symmetric, nonnegative, rows and columns sum to 1: the conditions under which gossip keeps
     the network average unchanged and converges to it. Takes a dense matrix or a Mixing."""
@@ -800,7 +1002,8 @@ def is_doubly_stochastic(w: np.ndarray | Mixing, atol: float = 1e-9) -> bool:
 
 def drop_links(graph: Graph, prob: float, rng: np.random.Generator) -> Graph:
     """Each undirected edge independently down with probability `prob` (both directions together,
-    so W stays symmetric). The result may be disconnected: that is fine for a single round."""
+    so W stays symmetric); each link of a directed graph on its own (its sender then splits its
+    mass over the links left). The result may be disconnected: fine for a single round."""
     prob = _check_prob("link_failure_prob", prob)
     return graph.keep_edges(rng.random(graph.num_edges) >= prob)
 
@@ -828,13 +1031,19 @@ def describe(
     edge_prob: float = 0.3,
     mixing: str = "metropolis",
     seed: int = 0,
+    directed: bool = False,
 ) -> dict:
     """JSON-able summary of a topology and its mixing matrix, for `repgossip topology` and logs;
-    `name` and `mixing` may be files (an edge list or adjacency, a W matrix) as everywhere else."""
-    graph = build_graph(name, workers, edge_prob=edge_prob, seed=seed)
+    `name` and `mixing` may be files (an edge list or adjacency, a W matrix) as everywhere else.
+
+    A directed graph adds `directed`, `column_stochastic` and `period` (rounds after which a
+    time-varying graph repeats); its `edges` are directed links (of the union over a period), its
+    degrees out-degrees, its `connected` strong connectivity, its `mixing` "out_degree" (see
+    `_out_split`) and its `spectral_gap` the per-round rate of `_directed_gap`."""
+    graph = build_graph(name, workers, edge_prob=edge_prob, seed=seed, directed=directed)
     w = mixing_matrix(graph, mixing)
     deg = graph.degrees
-    return {
+    info = {
         "topology": str(name),
         "workers": int(workers),
         "edges": graph.num_edges,
@@ -844,5 +1053,9 @@ def describe(
         "min_degree": int(deg.min()),
         "max_degree": int(deg.max()),
         "mean_degree": float(deg.mean()),
-        "mixing": str(mixing),
+        "mixing": DIRECTED_MIXING if graph.directed else str(mixing),
     }
+    if graph.directed:
+        info |= {"directed": True, "column_stochastic": is_column_stochastic(w),
+                 "period": graph.period}  # fmt: skip
+    return info

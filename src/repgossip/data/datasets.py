@@ -55,7 +55,13 @@ def _synthetic(cfg: Config) -> Federation:
 DATASETS: Registry[DatasetSpec] = Registry("dataset", plugins=True)
 DATASETS.register(
     "fmnist",
-    DatasetSpec(_fmnist, "cnn", 0.05, ("cnn", "mlp", "alexnet"), "Fashion-MNIST, 10 classes (Debian package)"),
+    DatasetSpec(
+        _fmnist,
+        "cnn",
+        0.05,
+        ("cnn", "mlp", "alexnet"),
+        "Fashion-MNIST, 10 classes (Debian package)",
+    ),
 )
 DATASETS.register(
     "synthetic",

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from repgossip.gossip import RoundPlan, mix_rows
-from repgossip.metrics import bytes_per_round
+from repgossip.metrics import bytes_per_round, push_sum_bytes_per_round
 from repgossip.population import Population
 
 Fetch = Callable[[np.ndarray], torch.Tensor]  # global worker ids -> their rows
@@ -42,17 +42,36 @@ class Engine:
     def gossip(self, pop: Population, part: str, plan: RoundPlan) -> int:
         """Mix every local worker's `part` block (and, when shared, its BatchNorm statistics) with
         its neighbours'; return the bytes that all workers sent to their neighbours this round
-        (the `bytes_sent` metric)."""
+        (the `bytes_sent` metric). On a directed graph, by push-sum (`push_sum`)."""
         blocks = pop.gossiped_blocks(part)
         block = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
-        fetch = self.fetch_neighbours(block, plan)
-        mix_rows(self.local_workers(), plan.slots, fetch, block)
+        if plan.push_sum:
+            self.push_sum(block, pop.push_weight, plan)
+            sent = push_sum_bytes_per_round(plan.graph.num_edges, block.shape[1])
+        else:
+            fetch = self.fetch_neighbours(block, plan)
+            mix_rows(self.local_workers(), plan.slots, fetch, block)
+            sent = bytes_per_round(plan.graph.num_edges, block.shape[1])
         if len(blocks) > 1:  # mixing is column by column: write each block's columns back
             for target, mixed in zip(
                 blocks, block.split([b.shape[1] for b in blocks], 1), strict=True
             ):
                 target.copy_(mixed)
-        return bytes_per_round(plan.graph.num_edges, block.shape[1])
+        return sent
+
+    def push_sum(self, block: torch.Tensor, weight: torch.Tensor, plan: RoundPlan) -> None:
+        """One push-sum step (stochastic gradient push) on the local rows of `block`, which hold
+        the de-biased values z = x / w, and of `weight` (w, one column), both updated in place.
+
+        The mass x = z * w and w travel together through the same slots as one block, so the
+        column-stochastic P keeps sum_i x_i and sum_i w_i, and z_i = x_i / w_i converges to the
+        average of the initial values although P is not doubly stochastic. Where P happens to be
+        doubly stochastic (the circulant directed topologies) every w stays 1, exactly where each
+        row's float32 weights sum to 1 (the directed ring's halves), and this is plain mixing."""
+        mass = torch.cat([block * weight, weight], dim=1)
+        mix_rows(self.local_workers(), plan.slots, self.fetch_neighbours(mass, plan), mass)
+        weight.copy_(mass[:, -1:])
+        block.copy_(mass[:, :-1] / weight)
 
     def fetch_neighbours(self, block: torch.Tensor, plan: RoundPlan) -> Fetch:
         """A snapshot of every local worker's row of `block` (local workers x columns) and of its

@@ -1,9 +1,10 @@
 """The distributed engine: torch.distributed (gloo on CPU, NCCL on GPU), launched by torchrun.
 
 Each rank owns a contiguous block of workers. Gossip sends a worker's shared block only to the
-ranks holding one of its graph neighbours, once per such rank, with point-to-point operations;
-neighbours on the same rank read it from memory. Mixing uses the same exactly rounded slot order
-as the one-process engine, so the numbers are the same however workers are spread.
+ranks holding one of its graph neighbours (on a directed graph: out-neighbours, with its push-sum
+weight as one more column), once per such rank, with point-to-point operations; neighbours on the
+same rank read it from memory. Mixing uses the same exactly rounded slot order as the one-process
+engine, so the numbers are the same however workers are spread.
 """
 
 from __future__ import annotations
@@ -67,8 +68,11 @@ class DistEngine(Engine):
     # ------------------------------------------------------------------ gossip
 
     def _peers(self, plan: RoundPlan) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """For each other rank q: (my workers q needs, q's workers I need). W is symmetric, so the
-        two sides compute matching lists without asking each other."""
+        """For each other rank q: (my workers whose rows q's workers mix, q's workers whose rows
+        mine mix). Both lists come from the global slots, which every rank holds, so my send list
+        for q is exactly q's receive list for me without asking each other; that needs no
+        symmetry, so it holds for a directed graph's P (where q may need rows from me while I
+        need none from q)."""
         mine = self.local_workers()
         needed_by_me = plan.slots.neighbours(mine)
         peers = {}
