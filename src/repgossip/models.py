@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from repgossip.errors import UsageError
-from repgossip.registry import Registry, call_with_accepted, reference_of
+from repgossip.registry import Registry, call_with_accepted
 
 if TYPE_CHECKING:
     from repgossip.config import Config
@@ -208,11 +208,6 @@ def _check_tensors(model: SplitModel, name: str) -> None:
                 f"model '{name}': buffer '{qualified}' is {buffer.dtype}; per-worker buffers are "
                 "float32 or int64 (as BatchNorm's)"
             )
-
-
-def model_reference(function: ModelFunction) -> str:
-    """What `config.yaml` records for a model function handed to the Python API."""
-    return reference_of(function)
 
 
 class WorkerDropout(nn.Module):
