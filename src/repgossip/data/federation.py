@@ -181,8 +181,11 @@ def partitioned(
             f"the test set has {len(y_test)} samples, fewer than the {cfg.workers} workers; use "
             f"workers <= {len(y_test)}"
         )
-    # As many test samples as training samples, up to an even share of the global test set.
-    ratio = min(1.0, (len(y_test) // cfg.workers) / max(len(i) for i in train_idx))
+    # As many test samples as training samples, up to an even share of the global test set. The
+    # share is measured against the mean train size: for equal sizes that is the size itself (the
+    # numbers of earlier runs), and under dirichlet_classwise every worker keeps the same ratio.
+    mean_size = sum(len(i) for i in train_idx) / cfg.workers
+    ratio = min(1.0, (len(y_test) // cfg.workers) / mean_size)
     test_idx = test_split([y_train[i] for i in train_idx], y_test, ratio, seed=cfg.seed)
     train_x, train_y = _gather(x_train, y_train, train_idx)
     test_x, test_y = _gather(x_test, y_test, test_idx)

@@ -1,9 +1,13 @@
 """Split a centralized labelled dataset over workers, and give each worker a matching test split.
 
-Every scheme gives all workers the same number of samples, so that per-worker accuracies are
-comparable and no worker dominates a gossip average. Returned index arrays are int64 and SORTED
-ascending: the order carries no information (each worker shuffles its own batches from its own
-random stream), and sorted output makes results easy to compare and hash.
+`dirichlet`, `shards` and `iid` give all workers the same number of samples, so that per-worker
+accuracies are comparable and no worker dominates a gossip average. `dirichlet_classwise` is the
+scheme of the literature (Hsu et al. 2019, as DisPFL and PFLlib split data): each class is divided
+among workers by Dir(alpha) proportions, so worker sizes differ too. `natural` stands for the
+datasets whose samples belong to users (one worker per user); those datasets split themselves, and
+here it is only refused for the others. Returned index arrays are int64 and SORTED ascending: the
+order carries no information (each worker shuffles its own batches from its own random stream), and
+sorted output makes results easy to compare and hash.
 
 Schemes are registered in PARTITIONS by name; a scheme is a function
 `(labels, workers, n, rng, *, alpha, classes_per_worker) -> list of index arrays`.
@@ -30,13 +34,16 @@ def partition(
     samples_per_worker: int | None = None,
     seed: int = 0,
 ) -> list[np.ndarray]:
-    """Indices into `labels` for each worker: sorted int64 arrays, all of equal length.
+    """Indices into `labels` for each worker: sorted int64 arrays, of equal length n (at most
+    `samples_per_worker`) except under dirichlet_classwise, whose sizes average n.
 
     No index is used twice, no worker is empty, and the result is a pure function of the arguments
     (the seed fixes all randomness), so a run can be reproduced and resumed.
     """
     labels = _check_labels(labels)
     split = PARTITIONS.get(scheme)
+    if scheme == NATURAL:
+        raise _no_users()
     n = _equal_size(len(labels), workers, samples_per_worker)
     rng = np.random.default_rng(seed)
     return split(labels, workers, n, rng, alpha=alpha, classes_per_worker=classes_per_worker)
@@ -54,10 +61,7 @@ def _dirichlet(
     labels: np.ndarray, workers: int, n: int, rng: np.random.Generator, *, alpha: float, **_: Any
 ) -> list[np.ndarray]:
     """Each worker's class proportions ~ Dir(alpha), n samples each (equal sizes)."""
-    if not (np.isfinite(alpha) and alpha > 0):
-        raise UsageError(
-            f"alpha must be a finite number > 0 for the dirichlet partition, got {alpha}"
-        )
+    _check_alpha(alpha, "dirichlet")
     classes, inverse = np.unique(labels, return_inverse=True)
     pools = _class_pools(inverse, len(classes), rng)
     counts = _dirichlet_counts(np.array([len(p) for p in pools]), workers, n, alpha, rng)
@@ -80,10 +84,90 @@ def _shards(
     return _take_from_pools(pools, counts)
 
 
+def _dirichlet_classwise(
+    labels: np.ndarray, workers: int, n: int, rng: np.random.Generator, *, alpha: float, **_: Any
+) -> list[np.ndarray]:
+    """Each class divided among workers by Dir(alpha) proportions (Hsu et al. 2019); sizes vary."""
+    _check_alpha(alpha, "dirichlet_classwise")
+    pool = _classwise_pool(len(labels), workers, n, rng)
+    classes, inverse = np.unique(labels[pool], return_inverse=True)
+    pools = [pool[p] for p in _class_pools(inverse, len(classes), rng)]
+    least = min(CLASSWISE_LEAST, max(1, len(pool) // (2 * workers)))
+    for _attempt in range(CLASSWISE_TRIES):
+        parts = _classwise_draw(pools, workers, alpha, rng)
+        if min(len(p) for p in parts) >= least:
+            return [np.sort(p).astype(np.int64) for p in parts]
+    raise UsageError(
+        f"dirichlet_classwise: alpha={alpha} left some worker with fewer than {least} samples in "
+        f"{CLASSWISE_TRIES} seeded draws; use a larger alpha, fewer workers, or partition=dirichlet"
+    )
+
+
+def _natural(labels: np.ndarray, workers: int, n: int, rng: np.random.Generator, **_: Any) -> list:
+    """One worker per user, each tested on its own later samples (datasets with users: hapt)."""
+    raise _no_users()
+
+
+def _no_users() -> UsageError:
+    others = ", ".join(name for name in PARTITIONS if name != NATURAL)
+    return UsageError(
+        f"partition '{NATURAL}' needs a dataset whose samples belong to users ({', '.join(USER_DATASETS)}); "
+        f"for this dataset use one of: {others}"
+    )
+
+
+NATURAL = "natural"
+USER_DATASETS = ("hapt",)  # datasets that build the natural partition themselves
+CLASSWISE_LEAST = 10  # "every worker gets at least a few samples" (FedML and DisPFL use 10)
+CLASSWISE_TRIES = 100  # seeded redraws before giving up: bounded, never an endless rejection loop
+
 PartitionScheme = Callable[..., list[np.ndarray]]
 PARTITIONS: Registry[PartitionScheme] = Registry("partition")
-for _name, _scheme in (("dirichlet", _dirichlet), ("shards", _shards), ("iid", _iid)):
+for _name, _scheme in (
+    ("dirichlet", _dirichlet),
+    ("shards", _shards),
+    ("iid", _iid),
+    ("dirichlet_classwise", _dirichlet_classwise),
+    (NATURAL, _natural),
+):
     PARTITIONS.register(_name, _scheme)
+EQUAL_SIZE = ("dirichlet", "shards", "iid")  # the schemes that give every worker n samples
+
+
+def _check_alpha(alpha: float, scheme: str) -> None:
+    if not (np.isfinite(alpha) and alpha > 0):
+        raise UsageError(
+            f"alpha must be a finite number > 0 for the {scheme} partition, got {alpha}"
+        )
+
+
+def _classwise_pool(total: int, workers: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """The samples dirichlet_classwise divides: all of them, or a random workers * n of them when
+    samples_per_worker caps n below an even share (so sizes average n, as for the other schemes)."""
+    if n == total // workers:
+        return np.arange(total, dtype=np.int64)
+    return np.sort(rng.permutation(total)[: workers * n]).astype(np.int64)
+
+
+def _classwise_draw(
+    pools: list, workers: int, alpha: float, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """One draw of Hsu et al.'s split, with the balance rule of the public implementations (FedML,
+    PFLlib): a worker already holding an even share of all samples takes no more of later classes.
+    """
+    mean = sum(len(p) for p in pools) / workers
+    sizes = np.zeros(workers, dtype=np.int64)
+    chunks: list[list[np.ndarray]] = [[] for _ in range(workers)]
+    for pool in pools:
+        q = rng.dirichlet(np.full(workers, alpha)) * (sizes < mean)
+        if not q.sum() > 0:  # the draw's mass fell on full workers only (tiny alpha)
+            q = np.zeros(workers)
+            q[rng.choice(np.flatnonzero(sizes < mean))] = 1.0
+        cuts = (np.cumsum(q / q.sum()) * len(pool)).astype(np.int64)[:-1]
+        for i, chunk in enumerate(np.split(pool, cuts)):
+            chunks[i].append(chunk)
+            sizes[i] += len(chunk)
+    return [np.concatenate(c) for c in chunks]
 
 
 def _check_labels(labels: np.ndarray) -> np.ndarray:
