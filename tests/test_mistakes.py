@@ -96,7 +96,6 @@ def bool_buffer(input_shape, num_classes):
     ("model", "keys", "needle"),
     [
         (bn_model, {"batch_size": 1}, "batch of one"),
-        (bn_model, {"batch_size": 19}, "worker with 20 samples"),
         (dict_body, {}, "body must return a tensor"),
         (frozen, {}, "requires_grad=False"),
         (double, {}, "torch.float64"),
@@ -165,3 +164,14 @@ def test_default_run_folders_are_distinct_and_plain(tmp_path, monkeypatch):
     first.mkdir(parents=True)
     second = default_out("algs:Width0", "mydata:blobs")
     assert second != first and second.parent == Path("runs")
+
+
+def test_batchnorm_with_a_lone_last_sample_merges_it_into_the_batch_before():
+    from repgossip.training import Budget, batch_schedule
+
+    sizes = batch_schedule(17, 8, Budget(epochs=2), torch.Generator(), no_single=True).sizes
+    assert sizes == (8, 9, 8, 9)
+    plain = batch_schedule(17, 8, Budget(epochs=1), torch.Generator()).sizes
+    assert plain == (8, 8, 1)
+    result = repgossip.run({**SYNTH, "batch_size": 19}, model=bn_model)  # 20 samples: 19 + 1
+    assert result.summary["rounds"] == 2

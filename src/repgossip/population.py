@@ -34,6 +34,7 @@ from repgossip.training import (
     LossHook,
     StepRule,
     dense_gradients,
+    has_batch_norm,
     stacks_well,
     train_phase,
 )
@@ -85,6 +86,7 @@ class Population:
             self.rows[name] = torch.full((len(self), width), spec.fill, device=device)
         if push_sum:  # only then: an undirected run's rows and checkpoints stay as they were
             self.rows[PUSH_WEIGHT] = torch.ones((len(self), 1), device=device)
+        self.has_batch_norm = has_batch_norm(self.model)  # no training batch of one sample
         self.stack_model = stacks_well(self.model)
         self.stack_head = stacks_well(self.model.head)
         layouts = (self.layout, self.buffer_layout, self.int_buffer_layout)

@@ -87,13 +87,19 @@ class BatchOrder:
         return list(self.order.split(self.sizes))
 
 
-def batch_schedule(n: int, batch_size: int, budget: Budget, gen: torch.Generator) -> BatchOrder:
+def batch_schedule(
+    n: int, batch_size: int, budget: Budget, gen: torch.Generator, no_single: bool = False
+) -> BatchOrder:
     """Index batches for one phase: whole shuffled epochs (the last batch of each may be short),
-    or `steps` batches of exactly `batch_size` drawn from consecutive shuffles."""
+    or `steps` batches of exactly `batch_size` drawn from consecutive shuffles. With `no_single`
+    (a model with BatchNorm, which cannot normalise one sample) an epoch's lone last sample joins
+    the batch before it instead of forming a batch of one."""
     if budget.epochs is not None:
         order = torch.cat([torch.randperm(n, generator=gen) for _ in range(budget.epochs)])
         full, rest = divmod(n, batch_size)
         epoch = (batch_size,) * full + ((rest,) if rest else ())
+        if no_single and rest == 1 and full > 0:
+            epoch = (batch_size,) * (full - 1) + (batch_size + 1,)
         return BatchOrder(order, epoch * budget.epochs)
     steps = budget.steps or 0
     needed = steps * batch_size
@@ -101,20 +107,23 @@ def batch_schedule(n: int, batch_size: int, budget: Budget, gen: torch.Generator
     return BatchOrder(stream[:needed], (batch_size,) * steps)
 
 
+def has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def check_batch_norm_batches(model: nn.Module, sizes: list[int], cfg: Config) -> None:
     """BatchNorm cannot normalise a batch of one sample in train mode: refuse, before training,
     a batch size that would leave some worker such a batch (a whole batch of one, or an epoch's
     last one)."""
-    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    if not has_batch_norm(model):
         return
     size = cfg.batch_size
-    epochs = any(getattr(cfg, f"{which}_epochs") is not None for which in ("head", "body"))
-    lonely = [n for n in sizes if size == 1 or n == 1 or (epochs and n % size == 1)]
+    lonely = [n for n in sizes if size == 1 or n == 1]  # an epoch's last lone sample is merged
     if lonely:
         raise UsageError(
             f"the model has BatchNorm, which cannot train on a batch of one sample, and "
             f"batch_size={size} leaves one to a worker with {lonely[0]} samples; choose a "
-            "batch_size (or samples_per_worker) that leaves no batch of one"
+            "batch_size >= 2 (and at least 2 samples per worker)"
         )
 
 
@@ -156,7 +165,9 @@ def train_phase(
     seeds = worker_seeds(pop.seed, ids, round_index, phase)
     gens = {local: generator(s) for local, s in zip(chosen, seeds, strict=True)}
     batches = {
-        local: batch_schedule(len(pop.train_y[local]), pop.batch_size, budget, gens[local])
+        local: batch_schedule(
+            len(pop.train_y[local]), pop.batch_size, budget, gens[local], pop.has_batch_norm
+        )
         for local in chosen
     }  # drawn first: dropout masks continue each worker's stream after its batch order
     work = PhaseWork(part, model, rule, hook, loss)
