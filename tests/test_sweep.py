@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -223,3 +229,181 @@ def test_a_sweep_folder_being_written_is_refused(finished_sweep, capsys, flag):
     one_line_error(code, capsys.readouterr().err, str(finished_sweep), "another")
     assert snapshot(finished_sweep) == before
     assert main(sweep_argv(finished_sweep, ["algorithm=deprl,local"], flags=("--resume",))) == 0
+
+
+# ---------------------------------------------------------------- 7: seeds aggregate per config
+
+RESULTS = ("test_acc_mean", "test_acc_p10", "test_acc_min", "subspace_dist", "train_loss",
+           "consensus_dist", "bytes_sent")  # fmt: skip
+
+
+def by_config_rows(out: Path) -> list[dict[str, str]]:
+    with open(out / "summary_by_config.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def seeds_of(rows: list[dict[str, str]], **config: str) -> list[dict[str, str]]:
+    return [r for r in rows if all(r[k] == v for k, v in config.items())]
+
+
+def test_seeds_aggregate_to_numpy_mean_and_sample_std_per_config(tmp_path, capsys):
+    out = tmp_path / "S"
+    grid = ["seed=0,1,2", "algorithm=deprl,local"]
+    assert main(sweep_argv(out, grid, "rounds=2")) == 0
+    printed = capsys.readouterr().out
+    runs, configs = summary_rows(out), by_config_rows(out)
+    assert len(runs) == 6 and [c["algorithm"] for c in configs] == ["deprl", "local"]
+    present = [c for c in RESULTS if c in configs[0]]
+    assert {"subspace_dist", "train_loss", "consensus_dist", "bytes_sent"} <= set(present)
+    for config in configs:
+        seeds = seeds_of(runs, algorithm=config["algorithm"])
+        assert (config["n"], config["failed"]) == ("3", "0")
+        for column in present:
+            values = np.array([float(r[column]) for r in seeds])
+            assert float(config[column]) == pytest.approx(values.mean(), rel=1e-12, abs=1e-300)
+            std = float(config[f"{column}_std"])
+            assert std == pytest.approx(values.std(ddof=1), rel=1e-9, abs=1e-300)
+    table = (out / "summary.md").read_text()
+    lines = table.splitlines()
+    assert lines[0].startswith("| algorithm | n | status | subspace_dist")
+    assert len([line for line in lines if line.startswith("| deprl")]) == 1
+    assert " ± " in lines[2] and "ddof=1" in table
+    assert table in printed  # the printed table is summary.md's
+
+
+def test_a_failed_seed_is_counted_and_left_out_of_the_mean(tmp_path, capsys, monkeypatch):
+    import repgossip.sweep
+    from repgossip.errors import DivergenceError
+
+    real = repgossip.sweep.run_experiment
+
+    def seed_1_diverges(cfg, *args, **kwargs):
+        if cfg.seed == 1:
+            raise DivergenceError("training diverged (made up for seed 1)")
+        return real(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(repgossip.sweep, "run_experiment", seed_1_diverges)
+    out = tmp_path / "S"
+    assert main(sweep_argv(out, ["seed=0,1,2"], "rounds=2")) == 3
+    capsys.readouterr()
+    runs = summary_rows(out)
+    assert [r["status"].split(":")[0] for r in runs] == ["ok", "failed", "ok"]
+    (config,) = by_config_rows(out)
+    assert (config["n"], config["failed"]) == ("2", "1")
+    kept = np.array([float(runs[i]["train_loss"]) for i in (0, 2)])
+    assert float(config["train_loss"]) == pytest.approx(kept.mean(), rel=1e-12)
+    assert float(config["train_loss_std"]) == pytest.approx(kept.std(ddof=1), rel=1e-9)
+    assert "| 2 | 1 of 3 failed |" in (out / "summary.md").read_text()
+
+
+def test_by_config_leaves_out_what_has_no_mean_or_std():
+    from repgossip.sweep import by_config, config_table
+
+    rows = [
+        {"lr": "0.1", "seed": "0", "status": "ok", "train_loss": 1.0},
+        {"lr": "0.2", "seed": "0", "status": "failed: diverged"},
+        {"lr": "0.2", "seed": "1", "status": "ok", "train_loss": 3.0},
+    ]
+    configs = by_config(rows, ["lr", "seed"])
+    assert configs == [
+        {"lr": "0.1", "n": 1, "failed": 0, "train_loss": 1.0, "train_loss_std": None},
+        {"lr": "0.2", "n": 1, "failed": 1, "train_loss": 3.0, "train_loss_std": None},
+    ]
+    assert "| 0.2 | 1 | 1 of 2 failed | 3 |" in config_table(configs, ["lr", "seed"])
+
+
+def test_without_seed_in_the_grid_the_tables_are_per_run(tmp_path, capsys):
+    out = tmp_path / "S"
+    assert main(sweep_argv(out, ["seed=0,1"], "rounds=2")) == 0
+    assert (out / "summary_by_config.csv").is_file()
+    assert main(sweep_argv(out, ["lr=0.01,0.02"], "rounds=2", flags=("--resume",))) == 0
+    capsys.readouterr()
+    assert not (out / "summary_by_config.csv").exists()  # an earlier grid's table is not kept
+    lines = (out / "summary.md").read_text().splitlines()
+    assert lines[0].startswith("| lr | status |") and len(lines) == 4
+    assert "±" not in "".join(lines)
+
+
+def test_a_seeded_sweep_folder_can_be_replaced_with_force(tmp_path, capsys):
+    out = tmp_path / "S"
+    assert main(sweep_argv(out, ["seed=0,1"], "rounds=2")) == 0
+    assert main(sweep_argv(out, ["seed=0,1"], "rounds=2", flags=("--force",))) == 0
+    capsys.readouterr()
+
+
+# ---------------------------------------------------------------- 8: --jobs
+
+
+def without_wall_time(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{k: v for k, v in row.items() if k != "wall_s"} for row in rows]
+
+
+def test_jobs_2_gives_the_tables_of_jobs_1_failed_points_included(tmp_path, capsys):
+    grid = ["lr=1e10,0.01", "seed=0,1"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(sweep_argv(one, grid, "rounds=2")) == 3
+    capsys.readouterr()
+    assert main(sweep_argv(two, grid, "rounds=2", flags=("--jobs", "2"))) == 3
+    captured = capsys.readouterr()
+    rows = summary_rows(two)
+    assert without_wall_time(rows) == without_wall_time(summary_rows(one))
+    assert [r["status"].split(":")[0] for r in rows] == ["failed", "failed", "ok", "ok"]
+    assert by_config_rows(two) == by_config_rows(one)
+    assert by_config_rows(two)[0]["failed"] == "2"
+    finished = [line for line in captured.out.splitlines() if line.startswith("[sweep ")]
+    assert sorted(line.split("]")[0] for line in finished) == [f"[sweep {k}/4" for k in "1234"]
+    failures = captured.err.splitlines()
+    assert len(failures) == 2 and all("lr-1e10" in f and "diverged" in f for f in failures)
+
+
+@pytest.mark.parametrize("jobs", ["0", "two"])
+def test_a_bad_jobs_is_one_line(tmp_path, capsys, jobs):
+    out = tmp_path / "S"
+    code = main(sweep_argv(out, ["seed=0,1"], flags=("--jobs", jobs)))
+    one_line_error(code, capsys.readouterr().err, "--jobs")
+    assert not out.exists()
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        if stat and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
+@pytest.mark.parametrize("whom", ["terminal", "parent"])
+def test_ctrl_c_stops_a_parallel_sweep_in_one_line_and_leaves_no_process(tmp_path, whom):
+    """`terminal`: SIGINT to the whole process group, as Ctrl-C sends it; `parent`: to the
+    sweep's process alone (kill -INT)."""
+    out = tmp_path / "S"
+    argv = sweep_argv(out, ["seed=0,1,2"], "rounds=1000000", flags=("--jobs", "2"))
+    proc = subprocess.Popen([sys.executable, "-m", "repgossip", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("seed-*/metrics.jsonl"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)  # both workers are inside a run
+        workers = children(proc.pid)
+        assert len(workers) >= 2, workers
+        if whom == "terminal":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert err.splitlines() == ["repgossip: interrupted; continue with --resume"]
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    assert not (out / "seed-2").exists()  # the third point never started

@@ -93,12 +93,31 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     _add_config_options(sweep_p)
     sweep_p.add_argument("--out", metavar="DIR", required=True)
+    sweep_p.add_argument(
+        "--jobs", type=int, default=1, metavar="J",
+        help="grid points run side by side, one process and one torch thread each (default 1)",
+    )  # fmt: skip
     _add_output_options(sweep_p)
 
-    plot_p = sub.add_parser("plot", help="draw metric-vs-round curves of a run or sweep folder")
+    from repgossip.plots import BANDS, FIGURE_FORMATS, X_AXES  # no matplotlib: cheap
+
+    plot_p = sub.add_parser(
+        "plot", help="draw metric curves of a run or sweep folder (seeds: mean and a band)"
+    )
     plot_p.add_argument("folder")
     plot_p.add_argument("--metrics", nargs="+", help="metrics to draw (default by task)")
-    plot_p.add_argument("--out", metavar="FILE.png", help="default FOLDER/curves.png")
+    plot_p.add_argument("--out", metavar="FILE.png", help="default FOLDER/curves.FORMAT")
+    plot_p.add_argument(
+        "--x", choices=X_AXES, default="round", help="the x axis (default round)"
+    )  # fmt: skip
+    plot_p.add_argument(
+        "--format", choices=FIGURE_FORMATS, default="png",
+        help="image format (default png; a suffix of --out decides instead)",
+    )  # fmt: skip
+    plot_p.add_argument(
+        "--band", choices=BANDS, default="std",
+        help="the band around a mean over seeds: +-1 sample std, or min to max (default std)",
+    )  # fmt: skip
 
     topo_p = sub.add_parser("topology", help="describe a graph and its mixing matrix as JSON")
     topo_p.add_argument("name", help=registries()["topology"].valid())
@@ -173,16 +192,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """Run the grid; print its table, then one line on stderr per point that failed. Exits 0 when
-    every point ran, else with the failed points' largest exit code (3: one diverged)."""
-    from repgossip.sweep import columns, markdown_table, one_line, parse_grid, sweep
+    """Run the grid; print its table (with `seed` a grid key, one row per configuration), then
+    one line on stderr per point that failed. Exits 0 when every point ran, else with the failed
+    points' largest exit code (3: one diverged)."""
+    from repgossip.sweep import one_line, parse_grid, printed_table, sweep
 
     grid = parse_grid(args.grid)
     base, overrides = _config_from(args)
     result = sweep(grid, {**base, **overrides}, args.out, resume=args.resume, force=args.force,
-                   progress=None if not args.quiet else False)  # fmt: skip
-    shown = [c for c in columns(result.rows, result.keys) if c != "rounds" or c in grid]
-    print(markdown_table(result.rows, shown), end="")
+                   progress=None if not args.quiet else False, jobs=args.jobs)  # fmt: skip
+    print(printed_table(result.rows, result.keys), end="")
     print(f"tables in {Path(args.out) / 'summary.csv'} and summary.md")
     for name, err in result.failed.items():
         print(f"repgossip: error: grid point {name} failed: {one_line(err)}", file=sys.stderr)
@@ -192,7 +211,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from repgossip.plots import plot_runs
 
-    path = plot_runs(args.folder, tuple(args.metrics) if args.metrics else None, args.out)
+    metrics = tuple(args.metrics) if args.metrics else None
+    path = plot_runs(args.folder, metrics, args.out, x=args.x, fmt=args.format, band=args.band)
     print(f"wrote {path}")
     return 0
 

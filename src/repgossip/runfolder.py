@@ -83,7 +83,9 @@ RUN_NAMES = frozenset(
     (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE, "provenance.json", MARKER_FILE,
      LOCK_FILE, TENSORBOARD_DIR, *PLOT_NAMES)
 )  # fmt: skip
-SWEEP_NAMES = frozenset(("summary.csv", "summary.md", MARKER_FILE, LOCK_FILE, *PLOT_NAMES))
+SWEEP_NAMES = frozenset(
+    ("summary.csv", "summary_by_config.csv", "summary.md", MARKER_FILE, LOCK_FILE, *PLOT_NAMES)
+)
 
 
 def _kind(folder: Path) -> str:

@@ -3,8 +3,14 @@ CSV and a Markdown table of their final metrics.
 
 A sweep checks every point (config, graph, data, model and, on `--resume`, the config each finished
 point was run with) before it touches its folder, so a typo never costs the results already there;
-then it runs the points one by one, and a point that fails while running (divergence, a full disk)
-is recorded as failed in the tables while the others still run.
+then it runs the points, one by one or (`jobs` > 1) side by side in worker processes, and a point
+that fails while running (divergence, a full disk) is recorded as failed in the tables while the
+others still run.
+
+With `seed` among the grid keys, the seeds of one configuration (a grid point without its seed) are
+repeats of one experiment: summary.csv keeps one row per run, and summary_by_config.csv and
+summary.md give per configuration the mean and sample std over the seeds that ran (column `X` is
+the mean of `X`, `X_std` its std), `n` the seeds that ran and `failed` those that did not.
 """
 
 from __future__ import annotations
@@ -14,15 +20,27 @@ import hashlib
 import io
 import itertools
 import json
+import multiprocessing
+import os
 import re
+import signal
+import statistics
+import threading
+import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
+import torch
+
 from repgossip.config import Config, build_config, changed_keys, load_resolved, split_assignment
-from repgossip.errors import RepgossipError, UsageError
+from repgossip.errors import RepgossipError, StorageError, UsageError
 from repgossip.runfolder import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -43,6 +61,14 @@ STATUS = "status"  # summary column: "ok" or "failed: <reason>"
 MAX_NAME = 100  # characters of a point's folder name (file systems stop at 255 bytes)
 HASH_MARK = "~"  # precedes a name's hash; never in a readable name, so the two kinds never meet
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")  # what a folder name may not hold, on any system
+SEED = "seed"  # the grid key whose values repeat one configuration
+AGGREGATED = (
+    "test_acc_mean", "test_acc_p10", "test_acc_min", "subspace_dist", "train_loss",
+    "consensus_dist", "bytes_sent",
+)  # fmt: skip
+BY_CONFIG_FILE = "summary_by_config.csv"
+COUNT, FAILED = "n", "failed"  # by-config columns: seeds that ran, seeds that failed
+GRACE_S = 30.0  # how long an interrupted worker may take to leave its run before it is killed
 
 
 # ---------------------------------------------------------------- the grid
@@ -245,9 +271,13 @@ def sweep(
     resume: bool = False,
     force: bool = False,
     progress: bool | None = None,
+    jobs: int = 1,
 ) -> SweepResult:
     """Run every grid point into `out/<point>`, all checked before `out` is claimed, under its
-    lock; writes summary.csv and summary.md with one row per point, failed points included."""
+    lock; writes summary.csv and summary.md with one row per point, failed points included.
+    `jobs` > 1 runs that many points at a time, each in its own process (see `_Workers`)."""
+    if jobs < 1:
+        raise UsageError(f"--jobs must be >= 1, got {jobs}")
     out = Path(out)
     check_output(out, keep=resume, force=force)  # the cheap refusal before the per-point checks
     points = plan(grid, base, out, resume=resume, force=force)
@@ -255,8 +285,10 @@ def sweep(
     claim_output(out, keep=resume, force=force)
     result = SweepResult([], list(grid))
     with locked(out):
-        for point in points:
-            result.rows.append(_run_point(point, progress, result.failed))
+        if jobs == 1:
+            result.rows = [_run_point(point, progress, result.failed) for point in points]
+        else:
+            result.rows = _run_parallel(points, jobs, result.failed)
         write_tables(out, result.rows, result.keys)
     return result
 
@@ -269,24 +301,166 @@ def _refuse_if_locked(out: Path) -> None:
             pass
 
 
+Outcome = tuple[dict[str, Any], RepgossipError | None]  # a point's table row, and why it failed
+
+
 def _run_point(
     point: Point, progress: bool | None, failed: dict[str, RepgossipError]
 ) -> dict[str, Any]:
-    """The point's table row; a point that fails is recorded in `failed` and its row, so that one
-    bad point does not cost the rest of the sweep."""
+    """The point's table row, run here; a point that fails is recorded in `failed` and its row,
+    so that one bad point does not cost the rest of the sweep."""
+    if point.finished is None:
+        print(f"[sweep] {point.name}", flush=True)
+    row, err = _outcome(point, progress)
+    if err is not None:
+        failed[point.name] = err
+    return row
+
+
+def _outcome(point: Point, progress: bool | None) -> Outcome:
+    """Run the point (or take its finished summary) and make its row; a RepgossipError is the
+    point's failure, returned rather than raised so that the others still run."""
     summary = point.finished
     if summary is None:
-        print(f"[sweep] {point.name}", flush=True)
         try:
             summary = run_experiment(
                 point.cfg, point.folder, resume=point.resume, force=not point.resume,
                 progress=progress,
             ).summary  # fmt: skip
         except RepgossipError as err:
-            failed[point.name] = err
-            return {**point.values, STATUS: f"failed: {one_line(err)}"}
+            return {**point.values, STATUS: f"failed: {one_line(err)}"}, err
     results = {k: summary[k] for k in RESULT_COLUMNS if k in summary}
-    return {**point.values, STATUS: "ok", **results}
+    return {**point.values, STATUS: "ok", **results}, None
+
+
+# ---------------------------------------------------------------- running side by side
+
+
+def _run_parallel(
+    points: Sequence[Point], jobs: int, failed: dict[str, RepgossipError]
+) -> list[dict[str, Any]]:
+    """The rows of `points` in grid order, the unfinished ones run by up to `jobs` worker
+    processes; one line per point as it finishes (bars of several runs would garble). Failures
+    go into `failed` in grid order too, whatever order they happened in."""
+    outcomes = {i: _outcome(p, False) for i, p in enumerate(points) if p.finished is not None}
+    todo = [i for i, p in enumerate(points) if p.finished is None]
+    if todo:
+        with _Workers(min(jobs, len(todo))) as workers:
+            for done, (i, outcome) in enumerate(workers.run(points, todo), 1):
+                outcomes[i] = outcome
+                status = outcome[0][STATUS]
+                print(f"[sweep {done}/{len(todo)}] {points[i].name}: {status}", flush=True)
+    for i, (_, err) in sorted(outcomes.items()):
+        if err is not None:
+            failed[points[i].name] = err
+    return [outcomes[i][0] for i in range(len(points))]
+
+
+class _Workers:
+    """Worker processes for the points of a sweep, started by 'spawn' (torch's threads do not
+    survive a fork), one torch thread each (J runs share the cores; more threads would only
+    contend). Leaving the `with` block by an exception (Ctrl-C included) stops them cleanly: no
+    point starts any more, each running one is interrupted as Ctrl-C interrupts a run (its
+    folder stays resumable), and a worker still there after GRACE_S is killed: none outlives
+    the sweep."""
+
+    def __init__(self, count: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.stopping = context.Event()
+        self.pool = ProcessPoolExecutor(
+            count, mp_context=context, initializer=_init_worker, initargs=(self.stopping,)
+        )
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if kind is not None:
+            with _sigint_ignored():  # a second Ctrl-C must not cut the clean-up short
+                self._halt()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def run(self, points: Sequence[Point], todo: Sequence[int]) -> Iterator[tuple[int, Outcome]]:
+        """(index, outcome) of each point of `todo`, as they finish."""
+        with _sigint_ignored():  # workers start with Ctrl-C ignored: no traceback from a child
+            futures = {self.pool.submit(_point_in_worker, points[i]): i for i in todo}
+        for future in as_completed(futures):
+            try:
+                outcome = future.result()
+            except BrokenProcessPool:
+                raise RepgossipError(
+                    "a sweep worker process died (killed, out of memory?); continue with --resume"
+                ) from None
+            if outcome is None:  # its worker was interrupted by a signal of its own
+                raise KeyboardInterrupt
+            yield futures[future], outcome
+
+    def _halt(self) -> None:
+        """Stop every worker: no new point, SIGINT to the running ones, then wait, then kill."""
+        processes = list((self.pool._processes or {}).values())  # shutdown forgets them
+        self.stopping.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGINT)
+        deadline = time.monotonic() + GRACE_S
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored for the block (in the main thread, the only one that may set handlers).
+    A child spawned meanwhile inherits the ignoring, so Ctrl-C while it imports torch prints
+    no traceback; the parent alone decides what stops."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+_stopping: Any = None  # in a worker: the sweep's stop event, set by the parent on Ctrl-C
+
+
+def _init_worker(stopping: Any) -> None:
+    """A worker's set-up: one torch thread (OMP_NUM_THREADS too, for what reads it later), and
+    SIGINT ignored between points, as a terminal's Ctrl-C reaches every worker with the parent."""
+    global _stopping
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _stopping = stopping
+
+
+def _point_in_worker(point: Point) -> Outcome | None:
+    """Run one point in a worker: its outcome, or None when the sweep is stopping (a point not
+    begun is skipped, a running one interrupted as Ctrl-C interrupts a run)."""
+    signal.signal(signal.SIGINT, _interrupt)  # before the check: a stop is never missed
+    try:
+        if _stopping is not None and _stopping.is_set():
+            return None
+        return _outcome(point, False)
+    except KeyboardInterrupt:
+        return None
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """A worker's SIGINT handler while it runs a point: interrupt the run once; later SIGINTs
+    (the terminal's and the parent's both arrive) must not break its clean-up."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def one_line(err: Exception) -> str:
@@ -305,13 +479,45 @@ def columns(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[str]
 
 
 def write_tables(out: Path, rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
+    """summary.csv, one row per run, and summary.md: the same rows, or with `seed` a grid key,
+    one row per configuration (then also summary_by_config.csv, which is removed otherwise: a
+    table of an earlier grid must not pass for this one's)."""
     names = columns(rows, keys)
+    atomic_write(out / "summary.csv", _csv(rows, names))
+    if SEED in keys:
+        configs = by_config(rows, keys)
+        atomic_write(out / BY_CONFIG_FILE, _csv(configs, config_columns(configs, keys)))
+        table = config_table(configs, keys)
+    else:
+        _remove(out / BY_CONFIG_FILE)
+        table = markdown_table(rows, names)
+    atomic_write(out / "summary.md", table.encode())
+
+
+def printed_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> str:
+    """The Markdown a sweep prints: as summary.md, less `rounds` unless a grid key (it is
+    the same in every row otherwise)."""
+    if SEED in keys:
+        return config_table(by_config(rows, keys), keys)
+    return markdown_table(rows, [c for c in columns(rows, keys) if c != "rounds" or c in keys])
+
+
+def _csv(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> bytes:
+    """CSV with full-precision numbers (the Markdown rounds; a plot script should not)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=names, restval="")
+    writer = csv.DictWriter(buffer, fieldnames=list(names), restval="")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write(out / "summary.csv", buffer.getvalue().encode())
-    atomic_write(out / "summary.md", markdown_table(rows, names).encode())
+    return buffer.getvalue().encode()
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise StorageError(f"cannot remove '{path}': {err.strerror or err}") from None
 
 
 def _cell(value: Any) -> str:
@@ -329,3 +535,77 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
     for row in rows:
         buf.write("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |\n")
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------- seeds: one row per configuration
+
+
+def config_keys(keys: Sequence[str]) -> list[str]:
+    """The grid keys that tell configurations apart: all but `seed`."""
+    return [k for k in keys if k != SEED]
+
+
+def by_config(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per configuration, in grid order: its key values, `n` seeds that ran (status
+    ok), `failed` seeds, and for each AGGREGATED column some run has, `X` the mean over the seeds
+    that ran and `X_std` their sample std (ddof=1; None for fewer than two, where it is not
+    defined). A failed seed has no results, and counting it as missing would bias the mean."""
+    groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(str(row[k]) for k in config_keys(keys)), []).append(row)
+    present = [c for c in AGGREGATED if any(_is_number(r.get(c)) for r in rows)]
+    return [
+        _aggregate(dict(zip(config_keys(keys), values, strict=True)), runs, present)
+        for values, runs in groups.items()
+    ]
+
+
+def _aggregate(
+    values: dict[str, Any], runs: Sequence[Mapping[str, Any]], present: Sequence[str]
+) -> dict[str, Any]:
+    ok = [r for r in runs if r.get(STATUS) == "ok"]
+    row: dict[str, Any] = {**values, COUNT: len(ok), FAILED: len(runs) - len(ok)}
+    for column in present:
+        numbers = [float(r[column]) for r in ok if _is_number(r.get(column))]
+        row[column] = statistics.fmean(numbers) if numbers else None
+        row[f"{column}_std"] = statistics.stdev(numbers) if len(numbers) > 1 else None
+    return row
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _aggregated_present(configs: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [c for c in AGGREGATED if any(c in r for r in configs)]
+
+
+def config_columns(configs: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[str]:
+    """summary_by_config.csv's header: the configuration's keys, n, failed, then X, X_std."""
+    stats = [name for c in _aggregated_present(configs) for name in (c, f"{c}_std")]
+    return [*config_keys(keys), COUNT, FAILED, *stats]
+
+
+def config_table(configs: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> str:
+    """The Markdown of `by_config`: each result as `mean ± std`, a status that says how many
+    seeds failed, and a line that says what the numbers are."""
+    present = _aggregated_present(configs)
+    names = [*config_keys(keys), COUNT, STATUS, *present]
+    shown = [
+        {**{k: r[k] for k in config_keys(keys)}, COUNT: r[COUNT], STATUS: _seeds_status(r),
+         **{c: _mean_std(r[c], r[f"{c}_std"]) for c in present}}
+        for r in configs
+    ]  # fmt: skip
+    note = "\nmean ± sample std (ddof=1) over the n seeds that ran; failed seeds are left out.\n"
+    return markdown_table(shown, names) + note
+
+
+def _seeds_status(row: Mapping[str, Any]) -> str:
+    failed = row[FAILED]
+    return "ok" if not failed else f"{failed} of {failed + row[COUNT]} failed"
+
+
+def _mean_std(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return ""
+    return f"{mean:.4g}" if std is None else f"{mean:.4g} ± {std:.2g}"
