@@ -5,20 +5,20 @@ aggregation DisPFL uses, without its mask evolution). `bytes_sent` counts exactl
 
     repgossip run --set algorithm=sparsegossip:SparseGossip
 
-It shows the communication hook: rows travel between workers only through
-`engine.fetch_neighbours`, so the same code runs in one process and across torch.distributed ranks.
+It shows the communication hook, reusing DisPFL's `masked_average`: rows travel between workers
+only through `engine.fetch_neighbours`, so the same code runs in one process and across
+torch.distributed ranks.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
-import numpy as np
 import torch
 
 import repgossip
 from repgossip import Phase, RoundContext, StateSpec
+from repgossip.algorithms.dispfl import masked_average
 
 
 class SparseGossip(repgossip.Algorithm):
@@ -44,26 +44,4 @@ class SparseGossip(repgossip.Algorithm):
         grad.mul_(rows("mask"))  # only masked weights learn; pruned ones stay zero (so decay 0)
 
     def communicate(self, ctx: RoundContext) -> int:
-        pop, slots = ctx.population, ctx.plan.slots
-        params, mask = pop.params, pop.rows["mask"]
-        fetch = ctx.engine.fetch_neighbours(torch.cat([params * mask, mask], dim=1), ctx.plan)
-        size = pop.layout.size
-        for local, worker in enumerate(pop.worker_ids):
-            if not ctx.plan.active[worker]:
-                continue
-            ids = slots.index[slots.start[worker] : slots.start[worker + 1]]
-            rows = fetch(ids)
-            values, holders = rows[:, :size].sum(0), rows[:, size:].sum(0)
-            mine = mask[local] > 0
-            params[local, mine] = values[mine] / holders[mine]
-        return self._bytes(ctx, mask)
-
-    @staticmethod
-    def _bytes(ctx: RoundContext, mask: torch.Tensor) -> int:
-        """Every worker sends its masked values and its mask bits to each neighbour."""
-        per_worker = np.zeros(ctx.config.workers)
-        nnz = mask.sum(1).cpu().numpy()
-        per_worker[ctx.population.worker_ids] = 4 * nnz + math.ceil(mask.shape[1] / 8)
-        per_worker = ctx.engine.all_sum(torch.from_numpy(per_worker)).numpy()
-        degrees = ctx.plan.graph.degrees
-        return int((per_worker * degrees).sum())
+        return masked_average(ctx, ctx.population.rows["mask"])
