@@ -66,9 +66,12 @@ def _dense_gap(graph: Graph, rule: str = "metropolis") -> float:
 
 # ---------------------------------------------------------------- mixing matrices, property-based
 
+# uniform_row (the authors' weights) is row-stochastic only: see test_uniform_row_*.
+DOUBLY_STOCHASTIC_RULES = [rule for rule in MIXING_RULES.names() if rule != "uniform_row"]
+
 
 @settings(max_examples=150, deadline=None)
-@given(graph=symmetric_graphs(), rule=st.sampled_from(MIXING_RULES.names()))
+@given(graph=symmetric_graphs(), rule=st.sampled_from(DOUBLY_STOCHASTIC_RULES))
 def test_mixing_is_symmetric_doubly_stochastic(graph: Graph, rule: str) -> None:
     mixing = mixing_matrix(graph, rule)
     assert is_doubly_stochastic(mixing)
@@ -203,7 +206,7 @@ def test_named_topologies_are_valid_and_connected(name: str, n: int) -> None:
     graph = build_graph(name, n)
     _assert_valid_graph(graph, n)
     assert is_connected(graph)
-    for rule in MIXING_RULES:
+    for rule in DOUBLY_STOCHASTIC_RULES:
         assert is_doubly_stochastic(mixing_matrix(graph, rule))
         assert is_doubly_stochastic(mixing_matrix(graph, rule).dense())
 
@@ -413,7 +416,7 @@ def test_drop_links_symmetric_subgraph_still_doubly_stochastic(
     dropped = drop_links(graph, prob, np.random.default_rng(seed))
     _assert_valid_graph(dropped, graph.workers)
     assert not (dropped.adjacency() & ~graph.adjacency()).any()  # only removes edges
-    for rule in MIXING_RULES:
+    for rule in DOUBLY_STOCHASTIC_RULES:
         assert is_doubly_stochastic(mixing_matrix(dropped, rule))
 
 
@@ -651,7 +654,7 @@ def connected_graphs(draw: st.DrawFn) -> Graph:
 
 
 @settings(max_examples=80, deadline=None)
-@given(graph=connected_graphs(), rule=st.sampled_from(MIXING_RULES.names()))
+@given(graph=connected_graphs(), rule=st.sampled_from(DOUBLY_STOCHASTIC_RULES))
 def test_a_rules_w_written_and_read_back_gives_the_same_weights(
     tmp_path_factory: pytest.TempPathFactory, graph: Graph, rule: str
 ) -> None:
@@ -765,7 +768,9 @@ def test_mixing_file_refuses_pickles_and_ambiguous_npz(tmp_path) -> None:
 def test_check_mixing_rule(tmp_path) -> None:
     for rule in MIXING_RULES:
         check_mixing_rule(rule)
-    valid = r"valid: metropolis, max_degree, or a path to a \.npy/\.npz/\.txt/\.csv matrix"
+    valid = (
+        r"valid: metropolis, max_degree, uniform_row, or a path to a \.npy/\.npz/\.txt/\.csv matrix"
+    )
     json_file = tmp_path / "w.json"
     json_file.write_text("[[1]]")
     cases = [
@@ -921,3 +926,30 @@ def test_directed_links_fail_one_by_one_and_p_stays_column_stochastic() -> None:
     assert not (dropped.adjacency() & ~graph.adjacency()).any()
     assert topology.is_column_stochastic(mixing_matrix(dropped))
     assert topology.is_column_stochastic(mixing_matrix(dropped.among(np.arange(16) % 3 > 0)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(graph=symmetric_graphs())
+def test_uniform_row_averages_each_closed_neighbourhood_equally(graph: Graph) -> None:
+    W, adj = mixing_matrix(graph, "uniform_row").dense(), graph.adjacency()
+    degrees = adj.sum(axis=1) - adj.diagonal()
+    closed = adj | np.eye(graph.workers, dtype=bool)
+    assert np.allclose(W.sum(axis=1), 1.0, rtol=0, atol=1e-12)  # row-stochastic
+    expected = np.where(closed, 1.0 / (1.0 + degrees)[:, None], 0.0)
+    assert np.allclose(W, expected, rtol=0, atol=1e-15)
+    if len(set(degrees.tolist())) == 1:  # regular: the same W as metropolis
+        assert np.allclose(W, mixing_matrix(graph).dense(), rtol=0, atol=1e-15)
+    gap = spectral_gap(mixing_matrix(graph, "uniform_row"))
+    assert gap is not None and 0.0 <= gap <= 1.0
+
+
+def test_uniform_row_is_not_doubly_stochastic_on_an_irregular_graph() -> None:
+    star = build_graph("star", 5)
+    mixing = mixing_matrix(star, "uniform_row")
+    assert not mixing.symmetric and not is_doubly_stochastic(mixing)
+    W = mixing.dense()
+    assert W[0, 1] == pytest.approx(1 / 5) and W[1, 0] == pytest.approx(1 / 2)
+    # not symmetric: its spectrum comes from the dense eigenvalues, and none beyond that size
+    assert spectral_gap(mixing) == pytest.approx(1 - np.sort(np.abs(np.linalg.eigvals(W)))[-2])
+    big = mixing_matrix(build_graph("star", topology.DENSE_SPECTRUM_LIMIT + 1), "uniform_row")
+    assert spectral_gap(big) is None

@@ -102,6 +102,8 @@ class Config:
     prune_rate: float = 0.5
     directed: bool = False
     augment: bool = False
+    gossip_first: bool | None = None
+    reset_momentum: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -123,6 +123,12 @@ class Population:
         """(local workers, 1): each worker's push-sum weight; only on a directed graph."""
         return self.rows[PUSH_WEIGHT]
 
+    def reset_momentum(self) -> None:
+        """Zero every worker's momentum, of every model copy: what the DePRL authors' code does by
+        building a fresh optimizer each round (`reset_momentum`, an ablation)."""
+        for name in self.models:
+            self.rows[row_key(name, "momentum")].zero_()
+
     def worker_rows(self, local: int, model: str = MAIN_MODEL) -> WorkerRows:
         """Views of worker `local`'s rows of model copy `model`, for a scratch module to bind."""
         return WorkerRows(

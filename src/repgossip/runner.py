@@ -224,7 +224,10 @@ def train_round(exp: Experiment, round_index: int) -> int:
     plan = exp.schedule.round_plan(round_index)
     active = None if plan.active.all() else set(np.flatnonzero(plan.active).tolist())
     ctx = RoundContext(pop, exp.engine, plan, round_index, cfg)
-    sent = algorithm.communicate(ctx) if algorithm.communicate_first else 0
+    first = algorithm.communicate_first if cfg.gossip_first is None else cfg.gossip_first
+    if cfg.reset_momentum:
+        pop.reset_momentum()
+    sent = algorithm.communicate(ctx) if first else 0
     for phase_index, phase in enumerate(algorithm.phases):
         pop.train(
             phase.part,
@@ -237,7 +240,7 @@ def train_round(exp: Experiment, round_index: int) -> int:
             hook=_gradient_hook(algorithm, phase),
             loss=_loss_hook(algorithm, phase, pop),
         )
-    if not algorithm.communicate_first:
+    if not first:
         sent = algorithm.communicate(ctx)
     algorithm.end_round(ctx)
     if isinstance(sent, bool) or not isinstance(sent, (int, np.integer)) or sent < 0:

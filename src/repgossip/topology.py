@@ -724,6 +724,13 @@ class Mixing:
     graph: Graph
     edge_weights: np.ndarray  # (E,) float64
     self_weights: np.ndarray  # (N,) float64
+    # W_ji for each undirected edge e = (i, j) where it differs from W_ij = edge_weights[e] (the
+    # row-stochastic `uniform_row` ablation); None: W is symmetric.
+    back_weights: np.ndarray | None = None
+
+    @property
+    def symmetric(self) -> bool:
+        return self.back_weights is None and not self.graph.directed
 
     def entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """W's nonzero entries as (rows, cols, values): each edge both ways (directed: each link
@@ -735,8 +742,8 @@ class Mixing:
             return rows, cols, np.concatenate([self.edge_weights, self.self_weights])
         sources, targets = self.graph.both_ways()
         rows, cols = np.concatenate([sources, nodes]), np.concatenate([targets, nodes])
-        values = np.concatenate([self.edge_weights, self.edge_weights, self.self_weights])
-        return rows, cols, values
+        back = self.edge_weights if self.back_weights is None else self.back_weights
+        return rows, cols, np.concatenate([self.edge_weights, back, self.self_weights])
 
     def sparse(self) -> sp.csr_array:
         rows, cols, values = self.entries()
@@ -759,13 +766,25 @@ def _max_degree(graph: Graph) -> np.ndarray:
     return np.full(graph.num_edges, 1.0 / (1.0 + (deg.max() if deg.size else 0)))
 
 
+def _uniform_row(graph: Graph) -> np.ndarray:
+    """W_ij = 1/(1 + d_i) for j in i's closed neighbourhood: each worker averages itself and its
+    neighbours with equal weights, as the DePRL authors' code does. Row-stochastic but, on an
+    irregular graph, neither symmetric nor doubly stochastic (the network average drifts toward
+    high-degree workers); on a regular graph it equals metropolis. For the ablation of
+    docs/results.md only. Rows: W_ij, W_ji for each edge (i, j)."""
+    share = 1.0 / (1.0 + graph.degrees)
+    return np.stack([share[graph.edges[:, 0]], share[graph.edges[:, 1]]])
+
+
 # Mixing rules: a rule gives one weight per edge (each at most 1/(1 + max degree of its ends), so
-# the diagonal, which takes the rest, stays positive and W doubly stochastic).
+# the diagonal, which takes the rest, stays positive and W doubly stochastic), or a (2, E) array
+# (W_ij, W_ji) per edge (i, j) for a W that is not symmetric.
 MIXING_RULES: Registry[Callable[[Graph], np.ndarray]] = Registry(
     "mixing rule", extra="a path to a .npy/.npz/.txt/.csv matrix"
 )
 MIXING_RULES.register("metropolis", _metropolis)
 MIXING_RULES.register("max_degree", _max_degree)
+MIXING_RULES.register("uniform_row", _uniform_row)
 
 
 def check_mixing_rule(rule: str) -> None:
@@ -786,11 +805,14 @@ def check_mixing_rule(rule: str) -> None:
 
 
 def mixing_matrix(graph: Graph, rule: str = "metropolis") -> Mixing:
-    """Symmetric doubly stochastic W on `graph` (weights only on edges and the diagonal).
+    """W on `graph` (weights only on edges and the diagonal), symmetric doubly stochastic under
+    every rule but `uniform_row`.
 
     metropolis: W_ij = 1/(1 + max(d_i, d_j)) on edges; needs only neighbours' degrees, so it is
     what a real deployment can compute locally. max_degree: W_ij = 1/(1 + d_max) on edges; uniform
     weights, slower on irregular graphs. The diagonal takes the rest, which is always > 0.
+    uniform_row: W_ij = 1/(1 + d_i), the authors' code's weights, not doubly stochastic on an
+    irregular graph (an ablation; see `_uniform_row`).
     Any other rule is a path to a user's W (see `_mixing_file`).
 
     A directed graph has no symmetric W: it gets the push-sum P of `_out_split` under the default
@@ -801,10 +823,12 @@ def mixing_matrix(graph: Graph, rule: str = "metropolis") -> Mixing:
         return _out_split(graph, rule)
     if not (isinstance(rule, str) and rule in MIXING_RULES):
         return _mixing_file(graph, _user_path(rule))
-    weights = MIXING_RULES.get(rule)(graph)
+    weights = np.asarray(MIXING_RULES.get(rule)(graph), dtype=np.float64)
+    forward, back = (weights, weights) if weights.ndim == 1 else (weights[0], weights[1])
     sources, _ = graph.both_ways()
-    off_diagonal = np.bincount(sources, np.concatenate([weights, weights]), minlength=graph.workers)
-    return Mixing(graph, weights, 1.0 - off_diagonal)
+    off_diagonal = np.bincount(sources, np.concatenate([forward, back]), minlength=graph.workers)
+    asymmetric = weights.ndim == 2 and not np.array_equal(forward, back)
+    return Mixing(graph, forward, 1.0 - off_diagonal, back if asymmetric else None)
 
 
 # What `describe` calls the mixing of a directed graph: P_ji = 1/(1 + out-degree of i).
@@ -898,8 +922,8 @@ def spectral_gap(mixing: Mixing) -> float | None:
     consensus. 0 for a disconnected graph, 1 for exact averaging and for N = 1.
 
     Exact from the graph's symmetry where it has one, by a dense eigendecomposition up to
-    DENSE_SPECTRUM_LIMIT workers, else by Lanczos; None where Lanczos does not converge.
-    Directed graphs: see `_directed_gap`.
+    DENSE_SPECTRUM_LIMIT workers, else by Lanczos; None where Lanczos does not converge, and beyond
+    that limit for a W that is not symmetric (`uniform_row`). Directed graphs: see `_directed_gap`.
     """
     graph = mixing.graph
     if graph.workers <= 1:
@@ -911,7 +935,11 @@ def spectral_gap(mixing: Mixing) -> float | None:
         eigenvalues = (1.0 + graph.cayley.adjacency_eigenvalues()) / (1.0 + graph.cayley.degree)
         slem = float(np.abs(eigenvalues[1:]).max())
     elif graph.workers <= DENSE_SPECTRUM_LIMIT:
-        slem = float(np.sort(np.abs(np.linalg.eigvalsh(mixing.dense())))[-2])
+        dense = mixing.dense()
+        moduli = np.abs(np.linalg.eigvalsh(dense) if mixing.symmetric else np.linalg.eigvals(dense))
+        slem = float(np.sort(moduli)[-2])
+    elif not mixing.symmetric:
+        return None  # no sparse solver for a non-symmetric W
     else:
         largest = _deflated_largest_modulus(mixing)
         if largest is None:
