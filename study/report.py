@@ -1,0 +1,532 @@
+"""Turn the study's runs (runs/study, written by study/run.py) into the tables and figures of
+docs/results.md.
+
+    python study/report.py            # rewrites the generated blocks of docs/results.md and
+                                      # docs/figures/*.png; the prose around them is left alone
+
+Every number in a generated block comes from the runs' summary.json and metrics.jsonl; a block
+is delimited by `<!-- study:NAME -->` and `<!-- /study:NAME -->` lines. Means and sample standard
+deviations are over seeds; a run that failed (diverged) has no summary.json and is counted apart.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import yaml  # noqa: E402
+from plan import ROOT, RUNS  # noqa: E402
+
+RESULTS = ROOT / "docs" / "results.md"
+FIGURES = ROOT / "docs" / "figures"
+SYNTHETIC_TARGET = 0.1  # subspace distance to the true B*: the representation is found
+FMNIST_TARGET = 0.9  # mean personalized test accuracy
+ALGORITHM_ORDER = (
+    "deprl",
+    "fedrep",
+    "fedper",
+    "fedrod",
+    "ditto",
+    "dispfl",
+    "dpsgd",
+    "dfedavgm",
+    "fedavg",
+    "local",
+)
+PARTITION_COLUMNS = (
+    ("dirichlet", "alpha", 0.1),
+    ("dirichlet", "alpha", 0.5),
+    ("shards", "classes_per_worker", 2),
+    ("shards", "classes_per_worker", 5),
+)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished or failed run of the study."""
+
+    sweep: str
+    config: dict[str, Any]
+    summary: dict[str, Any] | None  # None: the run failed (no summary.json)
+    folder: Path
+
+    def metrics(self) -> list[dict[str, Any]]:
+        lines = (self.folder / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def matches(self, **keys: Any) -> bool:
+        return all(self.config.get(k) == v for k, v in keys.items())
+
+
+def load_runs(root: Path = RUNS) -> list[Run]:
+    runs = []
+    for config_file in sorted(root.glob("*/*/config.yaml")):
+        folder = config_file.parent
+        summary_file = folder / "summary.json"
+        summary = json.loads(summary_file.read_text()) if summary_file.exists() else None
+        config = yaml.safe_load(config_file.read_text())
+        runs.append(Run(folder.parent.name, config, summary, folder))
+    return runs
+
+
+def select(runs: Iterable[Run], sweep: str | Sequence[str], **keys: Any) -> list[Run]:
+    sweeps = (sweep,) if isinstance(sweep, str) else tuple(sweep)
+    return [r for r in runs if any(r.sweep.startswith(s) for s in sweeps) and r.matches(**keys)]
+
+
+def values(runs: Iterable[Run], key: str) -> list[float]:
+    return [float(r.summary[key]) for r in runs if r.summary and r.summary.get(key) is not None]
+
+
+def mean_std(xs: Sequence[float], digits: int = 3) -> str:
+    if not xs:
+        return "n/a"
+    if len(xs) == 1:
+        return f"{xs[0]:.{digits}f}"
+    return f"{statistics.mean(xs):.{digits}f} ± {statistics.stdev(xs):.{digits}f}"
+
+
+def failed_note(runs: Sequence[Run]) -> str:
+    failed = sum(r.summary is None for r in runs)
+    return f" ({failed}/{len(runs)} diverged)" if failed else ""
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- part 1: accuracy
+
+
+def _accuracy_variants(runs: list[Run]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, sweep prefix, extra keys) per table row: each algorithm, dfedavgm twice."""
+    rows = []
+    for name in ALGORITHM_ORDER:
+        rows.append((name, "accuracy-", {"algorithm": name}))
+        if name == "dfedavgm":
+            rows[-1] = ("dfedavgm (lr 0.05)", "accuracy-", {"algorithm": name, "lr": 0.05})
+            rows.append(("dfedavgm (lr 0.01)", "accuracy-", {"algorithm": name, "lr": 0.01}))
+    return rows
+
+
+def accuracy_block(runs: list[Run], topology: str) -> str:
+    header = ["algorithm"] + [f"{p} {k.split('_')[0]}={v}" for p, k, v in PARTITION_COLUMNS]
+    rows = []
+    for label, sweep, keys in _accuracy_variants(runs):
+        cells = [label]
+        for partition, knob, value in PARTITION_COLUMNS:
+            chosen = [
+                r
+                for r in select(runs, sweep, partition=partition, **{knob: value}, **keys)
+                if r.config["topology"] == topology or r.sweep.endswith("-central")
+            ]
+            mean = mean_std(values(chosen, "test_acc_mean"))
+            p10 = mean_std(values(chosen, "test_acc_p10"), 2)
+            cells.append(f"{mean} (p10 {p10}){failed_note(chosen)}" if chosen else "n/a")
+        rows.append(cells)
+    return table(header, rows)
+
+
+def accuracy_ranks(runs: list[Run]) -> str:
+    """Where DePRL ranks among the algorithms in each of the 8 settings, by mean accuracy."""
+    lines = []
+    for topology in ("ring", "erdos_renyi"):
+        for partition, knob, value in PARTITION_COLUMNS:
+            scores = {}
+            for label, sweep, keys in _accuracy_variants(runs):
+                chosen = [
+                    r
+                    for r in select(runs, sweep, partition=partition, **{knob: value}, **keys)
+                    if r.config["topology"] == topology or r.sweep.endswith("-central")
+                ]
+                accs = values(chosen, "test_acc_mean")
+                if accs and len(accs) == len(chosen):
+                    scores[label] = statistics.mean(accs)
+            if "deprl" not in scores:
+                continue
+            ranked = sorted(scores, key=lambda k: -scores[k])
+            best = ranked[0]
+            lines.append(
+                f"| {topology} | {partition} {knob.split('_')[0]}={value} | "
+                f"{ranked.index('deprl') + 1} of {len(ranked)} | {best} {scores[best]:.3f} | "
+                f"{scores['deprl'] - scores.get('local', float('nan')):+.3f} |"
+            )
+    head = "| topology | partition | DePRL's rank | best (mean acc) | DePRL - Local |\n"
+    return head + "|---|---|---|---|---|\n" + "\n".join(lines)
+
+
+# ---------------------------------------------------------------- part 2: where it pays
+
+
+def _pays_mean(runs: list[Run], algorithm: str, classes: int, samples: int) -> float | None:
+    chosen = select(
+        runs, "pays", algorithm=algorithm, classes_per_worker=classes, samples_per_worker=samples
+    )
+    accs = [r for r in chosen if r.sweep == "pays"]
+    xs = values(accs, "test_acc_mean")
+    return statistics.mean(xs) if xs else None
+
+
+def _pays_grid(runs: list[Run]) -> tuple[list[int], list[int]]:
+    pays = [r for r in runs if r.sweep == "pays"]
+    classes = sorted({r.config["classes_per_worker"] for r in pays})
+    samples = sorted({r.config["samples_per_worker"] for r in pays})
+    return classes, samples
+
+
+def pays_block(runs: list[Run]) -> str:
+    classes, samples = _pays_grid(runs)
+    header = [
+        "classes per worker",
+        "samples per worker",
+        "deprl",
+        "local",
+        "dpsgd",
+        "deprl - local",
+        "deprl - dpsgd",
+    ]
+    rows = []
+    for c in classes:
+        for n in samples:
+            accs = {a: _pays_mean(runs, a, c, n) for a in ("deprl", "local", "dpsgd")}
+            if any(v is None for v in accs.values()):
+                continue
+            d, lo, dp = accs["deprl"], accs["local"], accs["dpsgd"]
+            assert d is not None and lo is not None and dp is not None
+            rows.append(
+                [c, n, f"{d:.3f}", f"{lo:.3f}", f"{dp:.3f}", f"**{d - lo:+.3f}**", f"{d - dp:+.3f}"]
+            )
+    return table(header, rows)
+
+
+def pays_figure(runs: list[Run]) -> Path | None:
+    classes, samples = _pays_grid(runs)
+    if not classes:
+        return None
+    fig, axes = plt.subplots(1, len(classes), figsize=(4 * len(classes), 3.4), sharey=True)
+    for ax, c in zip(axes if len(classes) > 1 else [axes], classes, strict=True):
+        for algorithm in ("deprl", "local", "dpsgd"):
+            xs, ys = [], []
+            for n in samples:
+                value = _pays_mean(runs, algorithm, c, n)
+                if value is not None:
+                    xs.append(n)
+                    ys.append(value)
+            ax.plot(xs, ys, marker="o", label=algorithm)
+        ax.set_xscale("log")
+        ax.set_title(f"{c} classes per worker")
+        ax.set_xlabel("training samples per worker")
+        ax.grid(alpha=0.3)
+    first = axes[0] if len(classes) > 1 else axes
+    first.set_ylabel("mean test accuracy (2 seeds)")
+    first.legend()
+    return _save(fig, "pays.png")
+
+
+def knobs_block(runs: list[Run]) -> str:
+    knobs = [r for r in runs if r.sweep == "pays-knobs"]
+    heads = sorted({r.config["head_epochs"] for r in knobs})
+    lrs = sorted({r.config["lr_body"] for r in knobs})
+    header = ["head epochs (tau) \\ lr_body", *[str(x) for x in lrs]]
+    rows = []
+    for h in heads:
+        rows.append(
+            [h]
+            + [
+                mean_std(
+                    values(select(knobs, "pays-knobs", head_epochs=h, lr_body=lr), "test_acc_mean")
+                )
+                for lr in lrs
+            ]
+        )
+    local = [r for r in runs if r.sweep == "pays-knobs-local"]
+    local_rows = [
+        f"local at lr={lr}: {mean_std(values(select(local, 'pays-knobs-local', lr=lr), 'test_acc_mean'))}"
+        for lr in sorted({r.config["lr"] for r in local})
+    ]
+    return table(header, rows) + "\n\n" + "; ".join(local_rows) + "."
+
+
+# ---------------------------------------------------------------- part 3: linear speedup
+
+
+def first_round(
+    metrics: list[dict[str, Any]], key: str, reached: Callable[[float], bool]
+) -> int | None:
+    for record in metrics:
+        value = record.get(key)
+        if value is not None and reached(value):
+            return int(record["round"])
+    return None
+
+
+@dataclass(frozen=True)
+class Target:
+    """What "reached" means for one speedup sweep: the first round where `key` passes `bound`."""
+
+    sweep: str
+    key: str
+    bound: float
+    below: bool  # True: reached when key <= bound; False: when key >= bound
+
+    def reached(self, value: float) -> bool:
+        return value <= self.bound if self.below else value >= self.bound
+
+    def __str__(self) -> str:
+        return f"{self.key} {'<=' if self.below else '>='} {self.bound}"
+
+
+SPEEDUP_TARGETS = (
+    Target("speedup-synthetic", "subspace_dist", SYNTHETIC_TARGET, below=True),
+    Target("speedup-fmnist", "test_acc_mean", FMNIST_TARGET, below=False),
+)
+
+
+def rounds_to_target(runs: list[Run], target: Target) -> dict[tuple[str, int], list[int | None]]:
+    """Per (topology, workers): each seed's first round at the target, None where never."""
+    out: dict[tuple[str, int], list[int | None]] = defaultdict(list)
+    for r in runs:
+        if r.sweep != target.sweep:
+            continue
+        first = None if r.summary is None else first_round(r.metrics(), target.key, target.reached)
+        out[(r.config["topology"], r.config["workers"])].append(first)
+    return out
+
+
+def _median_reached(rounds: list[int | None]) -> float | None:
+    """The median over all seeds, a seed that never reached the target counting as infinite:
+    None where half or more never reached it."""
+    ordered = sorted(rounds, key=lambda x: float("inf") if x is None else x)
+    middle = ordered[(len(ordered) - 1) // 2 : len(ordered) // 2 + 1]
+    if not middle or any(x is None for x in middle):
+        return None
+    return statistics.mean(x for x in middle if x is not None)
+
+
+def speedup_block(runs: list[Run]) -> str:
+    rows = []
+    for target in SPEEDUP_TARGETS:
+        by = rounds_to_target(runs, target)
+        for (topology, workers), rounds in sorted(by.items()):
+            smallest = min(w for t, w in by if t == topology)
+            base = _median_reached(by[(topology, smallest)])
+            median = _median_reached(rounds)
+            rows.append(
+                [
+                    target.sweep.removeprefix("speedup-"),
+                    topology,
+                    str(target),
+                    workers,
+                    len(rounds),
+                    sum(x is None for x in rounds),
+                    "never" if median is None else f"{median:g}",
+                    "n/a" if base is None else f"{base * smallest / workers:.1f}",
+                ]
+            )
+    header = [
+        "task",
+        "topology",
+        "target",
+        "workers",
+        "seeds",
+        "seeds that never reached it",
+        "median rounds to target",
+        "1/N line from the smallest N",
+    ]
+    return table(header, rows)
+
+
+def speedup_figure(runs: list[Run]) -> Path | None:
+    fig, axes = plt.subplots(1, len(SPEEDUP_TARGETS), figsize=(9, 3.6))
+    drawn = False
+    for ax, target in zip(axes, SPEEDUP_TARGETS, strict=True):
+        by = rounds_to_target(runs, target)
+        for index, topology in enumerate(sorted({t for t, _ in by})):
+            points = [(w, _median_reached(by[(t, w)])) for t, w in sorted(by) if t == topology]
+            reached = [(w, m) for w, m in points if m is not None]
+            if not reached:
+                continue
+            drawn = True
+            ws, ms = zip(*reached, strict=True)
+            ax.plot(ws, ms, marker="o", label=f"{topology} (median)")
+            ideal = [ms[0] * ws[0] / w for w in ws]
+            ax.plot(ws, ideal, linestyle="--", color="grey", label="1/N" if index == 0 else None)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("workers N")
+        ax.set_ylabel("rounds to target")
+        ax.set_title(f"{target.sweep.removeprefix('speedup-')}: {target}", fontsize=9)
+        ax.grid(alpha=0.3)
+        if drawn:
+            ax.legend(fontsize=8)
+    return _save(fig, "speedup.png") if drawn else None
+
+
+# ---------------------------------------------------------------- part 4: topology
+
+
+def topology_block(runs: list[Run]) -> str:
+    chosen = [r for r in runs if r.sweep == "topology"]
+    gaps = {r.config["topology"]: r.summary["spectral_gap"] for r in chosen if r.summary}
+    names = sorted(gaps, key=lambda t: gaps[t])
+    rows = []
+    for t in names:
+        row = [t, mean_std(values(select(chosen, "topology", topology=t), "spectral_gap"), 4)]
+        for algorithm in ("deprl", "dpsgd"):
+            picked = select(chosen, "topology", topology=t, algorithm=algorithm)
+            row += [
+                mean_std(values(picked, "test_acc_mean")) + failed_note(picked),
+                mean_std(values(picked, "consensus_dist")),
+            ]
+        rows.append(row)
+    header = [
+        "topology",
+        "spectral gap",
+        "deprl acc",
+        "deprl consensus dist",
+        "dpsgd acc",
+        "dpsgd consensus dist",
+    ]
+    return table(header, rows)
+
+
+def topology_figure(runs: list[Run]) -> Path | None:
+    chosen = [r for r in runs if r.sweep == "topology" and r.summary]
+    if not chosen:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for algorithm, marker in (("deprl", "o"), ("dpsgd", "s")):
+        picked = [r for r in chosen if r.config["algorithm"] == algorithm]
+        gaps = [r.summary["spectral_gap"] for r in picked if r.summary]
+        for ax, key in zip(axes, ("test_acc_mean", "consensus_dist"), strict=True):
+            ax.scatter(
+                gaps,
+                [r.summary[key] for r in picked if r.summary],
+                marker=marker,
+                label=algorithm,
+                alpha=0.7,
+            )
+    for ax, label in zip(axes, ("mean test accuracy", "consensus distance"), strict=True):
+        ax.set_xscale("log")
+        ax.set_xlabel("spectral gap of W")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _save(fig, "topology.png")
+
+
+# ---------------------------------------------------------------- part 5: ablations
+
+
+def ablations_block(runs: list[Run]) -> str:
+    variants = (
+        ("base: body 1 epoch, momentum 0, metropolis, gossip after training", "ablation-base", {}),
+        ("body 1 step instead of 1 epoch", "ablation-body-one-step", {}),
+        ("momentum 0.9 kept across rounds", "ablation-momentum", {"reset_momentum": False}),
+        (
+            "momentum 0.9 reset each round (authors' code)",
+            "ablation-momentum",
+            {"reset_momentum": True},
+        ),
+        ("uniform_row mixing (authors' code)", "ablation-uniform-row", {}),
+        ("gossip before local training", "ablation-gossip-first", {}),
+    )
+    rows = []
+    for label, sweep, keys in variants:
+        picked = [r for r in runs if r.sweep == sweep and r.matches(**keys)]
+        rows.append(
+            [
+                label,
+                len(picked),
+                mean_std(values(picked, "test_acc_mean")) + failed_note(picked),
+                mean_std(values(picked, "test_acc_p10"), 2),
+                mean_std(values(picked, "consensus_dist")),
+            ]
+        )
+    return table(["variant", "seeds", "mean acc", "p10 acc", "consensus dist"], rows)
+
+
+# ---------------------------------------------------------------- HAPT
+
+
+def hapt_block(runs: list[Run]) -> str:
+    rows = []
+    for algorithm in ("deprl", "local", "dpsgd"):
+        picked = [r for r in runs if r.sweep == "hapt" and r.config["algorithm"] == algorithm]
+        rows.append(
+            [
+                algorithm,
+                len(picked),
+                mean_std(values(picked, "test_acc_mean")) + failed_note(picked),
+                mean_std(values(picked, "test_acc_p10"), 3),
+                mean_std(values(picked, "test_acc_min"), 3),
+            ]
+        )
+    return table(["algorithm", "seeds", "mean acc", "p10 acc", "worst worker"], rows)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def _save(fig: Any, name: str) -> Path:
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    path = FIGURES / name
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def fill(text: str, name: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- study:{name} -->\n).*?(<!-- /study:{name} -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"docs/results.md has no block <!-- study:{name} -->")
+    return pattern.sub(lambda m: m.group(1) + body.rstrip() + "\n" + m.group(2), text)
+
+
+def main() -> int:
+    runs = load_runs()
+    if not runs:
+        print(f"no runs under {RUNS}: run `python study/run.py` first", file=sys.stderr)
+        return 2
+    blocks = {
+        "accuracy-ring": accuracy_block(runs, "ring"),
+        "accuracy-erdos_renyi": accuracy_block(runs, "erdos_renyi"),
+        "accuracy-ranks": accuracy_ranks(runs),
+        "pays": pays_block(runs),
+        "knobs": knobs_block(runs),
+        "speedup": speedup_block(runs),
+        "topology": topology_block(runs),
+        "ablations": ablations_block(runs),
+        "hapt": hapt_block(runs),
+    }
+    for figure in (pays_figure, speedup_figure, topology_figure):
+        path = figure(runs)
+        if path:
+            print(f"wrote {path.relative_to(ROOT)}")
+    text = RESULTS.read_text()
+    for name, body in blocks.items():
+        text = fill(text, name, body)
+    RESULTS.write_text(text)
+    print(
+        f"wrote {RESULTS.relative_to(ROOT)} from {len(runs)} runs "
+        f"({sum(r.summary is None for r in runs)} failed)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

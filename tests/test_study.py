@@ -1,0 +1,77 @@
+"""The study's plan and report (study/): every sweep is a valid grid, and the report's reading of
+runs (rounds to a target, medians with seeds that never got there, generated blocks) is right."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from repgossip.config import build_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "study"))
+import plan  # noqa: E402
+import report  # noqa: E402
+
+
+def _points(sweep: plan.Sweep) -> list[dict[str, object]]:
+    base = yaml.safe_load((plan.CONFIGS / sweep.config).read_text())
+    sets = dict(s.split("=", 1) for s in sweep.sets)
+    keys, lists = zip(*(g.split("=", 1) for g in sweep.grid), strict=True)
+    grids = [v.split(",") for v in lists]
+    return [
+        base | sets | dict(zip(keys, combo, strict=True)) for combo in itertools.product(*grids)
+    ]
+
+
+@pytest.mark.parametrize("sweep", plan.SWEEPS, ids=lambda s: s.name)
+def test_every_point_of_every_sweep_is_a_valid_config(sweep: plan.Sweep) -> None:
+    points = _points(sweep)
+    assert points
+    for point in points:
+        build_config(point)  # raises UsageError on any bad key or value
+
+
+def test_sweep_names_are_unique_and_commands_resume() -> None:
+    names = [s.name for s in plan.SWEEPS]
+    assert len(names) == len(set(names))
+    for sweep in plan.SWEEPS:
+        command = sweep.command(jobs=2)
+        assert command[:2] == ["repgossip", "sweep"] and "--resume" in command
+
+
+def test_rounds_to_target_and_the_median_over_seeds() -> None:
+    metrics = [{"round": r, "acc": a} for r, a in enumerate([0.1, 0.5, 0.92, 0.89, 0.95])]
+    assert report.first_round(metrics, "acc", lambda v: v >= 0.9) == 2
+    assert report.first_round(metrics, "acc", lambda v: v >= 0.99) is None
+    assert report._median_reached([5, 3, None]) == 5  # a seed that never got there is infinite
+    assert report._median_reached([5, None, None]) is None
+    assert report._median_reached([2, 4, 6, 8]) == 5
+    assert report._median_reached([2, 4, 6, None]) == 5
+
+
+def test_fill_replaces_only_its_block() -> None:
+    text = "a\n<!-- study:x -->\nold\n<!-- /study:x -->\nb\n<!-- study:y -->\nkeep\n<!-- /study:y -->\n"
+    filled = report.fill(text, "x", "new table")
+    assert "new table" in filled and "old" not in filled and "keep" in filled
+    assert report.fill(filled, "x", "again").count("again") == 1
+    with pytest.raises(SystemExit, match="no block"):
+        report.fill(text, "z", "t")
+
+
+def test_runs_are_read_with_failures_counted(tmp_path: Path) -> None:
+    for seed, acc in ((0, 0.8), (1, None)):
+        folder = tmp_path / "sweep-a" / f"seed-{seed}"
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text(yaml.safe_dump({"algorithm": "deprl", "seed": seed}))
+        if acc is not None:
+            (folder / "summary.json").write_text(json.dumps({"test_acc_mean": acc}))
+    runs = report.load_runs(tmp_path)
+    assert len(runs) == 2
+    assert report.values(runs, "test_acc_mean") == [0.8]
+    assert report.failed_note(runs) == " (1/2 diverged)"
+    assert report.mean_std([0.8, 0.6]) == "0.700 ± 0.141"
