@@ -324,3 +324,20 @@ def test_line_breaks_in_yaml_keys_and_values_are_one_line(tmp_path, capsys, text
     path.write_text(text)
     line = one_line(*run_cli(["run", "--quiet", "--config", str(path)], capsys))
     assert line.isprintable()
+
+
+@pytest.mark.parametrize(
+    ("dataset", "model", "shape", "classes"),
+    [("fmnist", "cnn", (1, 28, 28), 10), ("fmnist", "alexnet", (1, 28, 28), 10),
+     ("cifar10", "vgg11", (3, 32, 32), 10), ("cifar100", "resnet18", (3, 32, 32), 100),
+     ("hapt", "mlp", (6, 128), 6), ("synthetic", "linear", (20,), 0)],
+)  # fmt: skip
+def test_memory_counts_each_built_in_models_parameters_exactly(
+    dataset: str, model: str, shape: tuple[int, ...], classes: int
+) -> None:
+    from repgossip.memory import model_parameters
+    from repgossip.models import build_model
+
+    cfg = build_config({"dataset": dataset, "model": model})
+    built = build_model(model, shape, classes, cfg)
+    assert model_parameters(cfg) == sum(p.numel() for p in built.parameters()) > 0

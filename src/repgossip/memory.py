@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import torch
 
 from repgossip.errors import UsageError
 
@@ -25,11 +28,27 @@ FLOAT_BYTES = 4  # data and parameter rows are float32
 # Per model copy, every worker holds a parameter row and a momentum row (Population._add_model_rows).
 ROWS_PER_PARAMETER = 2
 SYNTHETIC_DEFAULT_SAMPLES = 200  # what the synthetic dataset uses when samples_per_worker is unset
-FMNIST_TRAIN, FMNIST_TEST, FMNIST_PIXELS, FMNIST_CLASSES = 60_000, 10_000, 28 * 28, 10
-# The built-in models' sizes (repgossip.models): the CNN is fixed for 28x28 images; the MLP has two
-# hidden layers of this width.
-CNN_PARAMETERS = (25 * 16 + 16) + (16 * 25 * 32 + 32) + (512 * 128 + 128) + (128 * 10 + 10)
-MLP_HIDDEN = 128
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """A built-in image dataset's sizes: what loading it holds in memory, and its model's input."""
+
+    train: int
+    test: int
+    shape: tuple[int, ...]
+    classes: int
+
+    @property
+    def pixels(self) -> int:
+        return math.prod(self.shape)
+
+
+IMAGE_SETS = {
+    "fmnist": ImageSet(60_000, 10_000, (1, 28, 28), 10),
+    "cifar10": ImageSet(50_000, 10_000, (3, 32, 32), 10),
+    "cifar100": ImageSet(50_000, 10_000, (3, 32, 32), 100),
+}
 _HUGE_BITS = 100  # past this an integer is shown as a power of two (str() fails past 4,300 digits)
 
 
@@ -81,38 +100,46 @@ def _data_bytes(cfg: Config) -> int:
     if cfg.dataset == "synthetic":
         samples = cfg.samples_per_worker or SYNTHETIC_DEFAULT_SAMPLES
         return synthetic_bytes(cfg.workers, cfg.dim, cfg.rank, samples, samples)
-    if cfg.dataset == "fmnist":
-        everything = FMNIST_TRAIN + FMNIST_TEST
-        loaded = everything * FMNIST_PIXELS * (1 + FLOAT_BYTES)  # uint8 files, normalized copy
-        wanted = cfg.workers * (cfg.samples_per_worker or FMNIST_TRAIN)
-        shares = min(wanted, FMNIST_TRAIN) + min(wanted, FMNIST_TEST)  # capped by what exists
-        return loaded + shares * FMNIST_PIXELS * FLOAT_BYTES
-    return 0
+    if cfg.dataset in IMAGE_SETS:
+        data = IMAGE_SETS[cfg.dataset]
+        loaded = (data.train + data.test) * data.pixels * (1 + FLOAT_BYTES)  # uint8, normalized
+        wanted = cfg.workers * (cfg.samples_per_worker or data.train)
+        shares = min(wanted, data.train) + min(wanted, data.test)  # capped by what exists
+        return loaded + shares * data.pixels * FLOAT_BYTES
+    return 0  # hapt's windows are tens of MB; a plug-in's size only it knows
 
 
-def _input_size(cfg: Config) -> tuple[int, int] | None:
-    """(flattened input size, outputs) of a built-in dataset; None for a plug-in one."""
+def _input(cfg: Config) -> tuple[tuple[int, ...], int] | None:
+    """(input shape, outputs) of a built-in dataset; None for a plug-in one."""
     if cfg.dataset == "synthetic":
-        return cfg.dim, 1
-    if cfg.dataset == "fmnist":
-        return FMNIST_PIXELS, FMNIST_CLASSES
+        return (cfg.dim,), 0
+    if cfg.dataset in IMAGE_SETS:
+        return IMAGE_SETS[cfg.dataset].shape, IMAGE_SETS[cfg.dataset].classes
+    if cfg.dataset == "hapt":
+        from repgossip.data import har
+
+        return (len(har.CHANNELS), har.WINDOW), len(har.ACTIVITIES)
     return None
 
 
 def model_parameters(cfg: Config) -> int:
-    """Parameters of a built-in model on a built-in dataset; 0 where either is a plug-in."""
-    shape = _input_size(cfg)
-    if shape is None:
+    """Parameters of a built-in model on a built-in dataset, counted on torch's meta device (no
+    memory, no initialisation arithmetic); 0 where either is a plug-in, whose code is not run
+    for an estimate, or where the model does not take the dataset's inputs."""
+    from repgossip.models import (
+        MODELS,
+        build_model,
+    )  # here: models imports config, which imports us
+
+    shape = _input(cfg)
+    if shape is None or cfg.model not in MODELS:
         return 0
-    inputs, outputs = shape
-    if cfg.model == "linear":
-        return inputs * cfg.rank + cfg.rank
-    if cfg.model == "mlp":
-        hidden = MLP_HIDDEN
-        return inputs * hidden + hidden + hidden * hidden + hidden + hidden * outputs + outputs
-    if cfg.model == "cnn":
-        return CNN_PARAMETERS
-    return 0
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg.model, *shape, cfg)
+    except UsageError:
+        return 0
+    return sum(p.numel() for p in model.parameters())
 
 
 def _workers_per_process(cfg: Config) -> int:
