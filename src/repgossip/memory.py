@@ -126,13 +126,11 @@ def model_parameters(cfg: Config) -> int:
     """Parameters of a built-in model on a built-in dataset, counted on torch's meta device (no
     memory, no initialisation arithmetic); 0 where either is a plug-in, whose code is not run
     for an estimate, or where the model does not take the dataset's inputs."""
-    from repgossip.models import (
-        MODELS,
-        build_model,
-    )  # here: models imports config, which imports us
+    # imported here: models imports config, which imports this module
+    from repgossip.models import MODELS, build_model
 
     shape = _input(cfg)
-    if shape is None or cfg.model not in MODELS:
+    if shape is None or cfg.model is None or cfg.model not in MODELS:
         return 0
     try:
         with torch.device("meta"):
