@@ -16,7 +16,6 @@ to a temporary folder: timings and equality do not depend on pixel values.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import subprocess
@@ -28,37 +27,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from fake_data import write_cifar10, write_fmnist
 
 from repgossip.bench import measure
 from repgossip.config import build_config
-
-CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte, then channel-major pixels
-
-
-def write_cifar10(folder: Path, train: int, test: int, rng: np.random.Generator) -> Path:
-    """CIFAR-10's binary version: five training batches and one test batch of random records."""
-    root = folder / "cifar-10-batches-bin"
-    root.mkdir(parents=True, exist_ok=True)
-    sizes = {f"data_batch_{i}.bin": -(-train // 5) for i in range(1, 6)} | {"test_batch.bin": test}
-    for name, n in sizes.items():
-        records = rng.integers(0, 256, size=(n, CIFAR_RECORD), dtype=np.uint8)
-        records[:, 0] = rng.integers(0, 10, size=n)
-        records.tofile(root / name)
-    return folder
-
-
-def write_fmnist(folder: Path, train: int, test: int, rng: np.random.Generator) -> Path:
-    """Fashion-MNIST's four gzipped IDX files of random images and labels."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", train), ("t10k", test)):
-        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 10, size=n, dtype=np.uint8)
-        header = bytes([0, 0, 8, 3]) + np.array([n, 28, 28], ">u4").tobytes()
-        with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
-            f.write(header + images.tobytes())
-        with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
-            f.write(bytes([0, 0, 8, 1]) + np.array([n], ">u4").tobytes() + labels.tobytes())
-    return folder
 
 
 def _settings(**keys: Any) -> list[str]:

@@ -86,6 +86,11 @@ def _pays() -> list[Sweep]:
         Sweep("pays", "pays", "pays.yaml",
               (f"algorithm={PAYS_ALGORITHMS}", f"classes_per_worker={PAYS_CLASSES}",
                f"samples_per_worker={PAYS_SAMPLES}", "seed=0,1")),
+        # 20 rounds favour Local, which trains its body 4 epochs a round to DePRL's 1: the same
+        # question over 60 rounds, on the settings with few samples, curves every 5 rounds.
+        Sweep("pays", "pays-long", "pays.yaml",
+              (f"algorithm={PAYS_ALGORITHMS}", "classes_per_worker=5,10",
+               "samples_per_worker=10,25,50,100", "seed=0,1"), ("rounds=60",)),
         Sweep("pays", "pays-knobs", "pays.yaml",
               ("head_epochs=1,3,5", "lr_body=0.02,0.05,0.1", "seed=0,1"),
               ("algorithm=deprl", *KNOBS_SETTING)),

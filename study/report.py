@@ -11,6 +11,7 @@ deviations are over seeds; a run that failed (diverged) has no summary.json and 
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import statistics
@@ -58,8 +59,9 @@ class Run:
 
     sweep: str
     config: dict[str, Any]
-    summary: dict[str, Any] | None  # None: the run failed (no summary.json)
+    summary: dict[str, Any] | None  # None: the run failed or has not finished
     folder: Path
+    failed: bool = False  # the sweep recorded it as failed (diverged)
 
     def metrics(self) -> list[dict[str, Any]]:
         lines = (self.folder / "metrics.jsonl").read_text().splitlines()
@@ -76,8 +78,22 @@ def load_runs(root: Path = RUNS) -> list[Run]:
         summary_file = folder / "summary.json"
         summary = json.loads(summary_file.read_text()) if summary_file.exists() else None
         config = yaml.safe_load(config_file.read_text())
-        runs.append(Run(folder.parent.name, config, summary, folder))
+        failed = summary is None and _listed_as_failed(folder.parent / "summary.csv", config)
+        runs.append(Run(folder.parent.name, config, summary, folder, failed))
     return runs
+
+
+def _listed_as_failed(table_file: Path, config: dict[str, Any]) -> bool:
+    """Whether the sweep's summary.csv marks this run failed: a run without a summary is either
+    failed (diverged) or not finished yet, and only the sweep's table tells which."""
+    if not table_file.exists():
+        return False
+    with open(table_file, newline="") as handle:
+        for row in csv.DictReader(handle):
+            keys = list(row)[: list(row).index("status")]
+            if all(str(config.get(k)) == row[k] for k in keys):
+                return row["status"].startswith("failed")
+    return False
 
 
 def select(runs: Iterable[Run], sweep: str | Sequence[str], **keys: Any) -> list[Run]:
@@ -98,8 +114,11 @@ def mean_std(xs: Sequence[float], digits: int = 3) -> str:
 
 
 def failed_note(runs: Sequence[Run]) -> str:
-    failed = sum(r.summary is None for r in runs)
-    return f" ({failed}/{len(runs)} diverged)" if failed else ""
+    failed = sum(r.failed for r in runs)
+    unfinished = sum(r.summary is None and not r.failed for r in runs)
+    notes = [f"{failed}/{len(runs)} diverged"] * bool(failed)
+    notes += [f"{unfinished} unfinished"] * bool(unfinished)
+    return f" ({', '.join(notes)})" if notes else ""
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -234,6 +253,92 @@ def pays_figure(runs: list[Run]) -> Path | None:
     first.set_ylabel("mean test accuracy (2 seeds)")
     first.legend()
     return _save(fig, "pays.png")
+
+
+def accuracy_at(run: Run, round_index: int) -> float | None:
+    """Mean test accuracy of `run` at evaluation round `round_index`; None where not evaluated."""
+    for record in run.metrics():
+        if record["round"] == round_index:
+            return float(record["test_acc_mean"])
+    return None
+
+
+PAYS_LONG_ROUNDS = (20, 60)
+
+
+def _long_mean(
+    runs: list[Run], algorithm: str, classes: int, samples: int, at: int
+) -> float | None:
+    chosen = [
+        r
+        for r in runs
+        if r.sweep == "pays-long"
+        and r.summary
+        and r.matches(algorithm=algorithm, classes_per_worker=classes, samples_per_worker=samples)
+    ]
+    accs = [a for a in (accuracy_at(r, at) for r in chosen) if a is not None]
+    return statistics.mean(accs) if accs else None
+
+
+def pays_long_block(runs: list[Run]) -> str:
+    long = [r for r in runs if r.sweep == "pays-long"]
+    settings = sorted(
+        {(r.config["classes_per_worker"], r.config["samples_per_worker"]) for r in long}
+    )
+    header = ["classes per worker", "samples per worker"]
+    for at in PAYS_LONG_ROUNDS:
+        header += [f"deprl @{at}", f"local @{at}", f"dpsgd @{at}", f"deprl - local @{at}"]
+    rows = []
+    for classes, samples in settings:
+        row: list[Any] = [classes, samples]
+        for at in PAYS_LONG_ROUNDS:
+            accs = {
+                a: _long_mean(runs, a, classes, samples, at) for a in ("deprl", "local", "dpsgd")
+            }
+            row += ["n/a" if v is None else f"{v:.3f}" for v in accs.values()]
+            d, lo = accs["deprl"], accs["local"]
+            row.append("n/a" if d is None or lo is None else f"**{d - lo:+.3f}**")
+        rows.append(row)
+    return table(header, rows)
+
+
+def pays_long_figure(runs: list[Run]) -> Path | None:
+    long = [r for r in runs if r.sweep == "pays-long" and r.summary]
+    settings = sorted(
+        {(r.config["classes_per_worker"], r.config["samples_per_worker"]) for r in long}
+    )
+    if not settings:
+        return None
+    fig, axes = plt.subplots(
+        2,
+        -(-len(settings) // 2),
+        figsize=(3.2 * -(-len(settings) // 2), 6),
+        sharex=True,
+        squeeze=False,
+    )
+    for ax, (classes, samples) in zip(axes.flat, settings, strict=False):
+        for algorithm in ("deprl", "local", "dpsgd"):
+            chosen = [
+                r
+                for r in long
+                if r.matches(
+                    algorithm=algorithm, classes_per_worker=classes, samples_per_worker=samples
+                )
+            ]
+            curves = [[(m["round"], m["test_acc_mean"]) for m in r.metrics()] for r in chosen]
+            if not curves:
+                continue
+            rounds = [x for x, _ in curves[0]]
+            mean = [statistics.mean(c[i][1] for c in curves) for i in range(len(rounds))]
+            ax.plot(rounds, mean, label=algorithm)
+        ax.set_title(f"{classes} classes, {samples} samples", fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("round")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("mean test accuracy")
+    axes.flat[0].legend(fontsize=8)
+    return _save(fig, "pays-long.png")
 
 
 def knobs_block(runs: list[Run]) -> str:
@@ -424,7 +529,8 @@ def topology_figure(runs: list[Run]) -> Path | None:
         ax.set_xlabel("spectral gap of W")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     return _save(fig, "topology.png")
 
 
@@ -507,13 +613,14 @@ def main() -> int:
         "accuracy-erdos_renyi": accuracy_block(runs, "erdos_renyi"),
         "accuracy-ranks": accuracy_ranks(runs),
         "pays": pays_block(runs),
+        "pays-long": pays_long_block(runs),
         "knobs": knobs_block(runs),
         "speedup": speedup_block(runs),
         "topology": topology_block(runs),
         "ablations": ablations_block(runs),
         "hapt": hapt_block(runs),
     }
-    for figure in (pays_figure, speedup_figure, topology_figure):
+    for figure in (pays_figure, pays_long_figure, speedup_figure, topology_figure):
         path = figure(runs)
         if path:
             print(f"wrote {path.relative_to(ROOT)}")

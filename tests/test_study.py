@@ -73,5 +73,9 @@ def test_runs_are_read_with_failures_counted(tmp_path: Path) -> None:
     runs = report.load_runs(tmp_path)
     assert len(runs) == 2
     assert report.values(runs, "test_acc_mean") == [0.8]
-    assert report.failed_note(runs) == " (1/2 diverged)"
+    assert report.failed_note(runs) == " (1 unfinished)"  # the sweep has not said it failed
+    (tmp_path / "sweep-a" / "summary.csv").write_text(
+        "algorithm,seed,status,test_acc_mean\ndeprl,0,ok,0.8\ndeprl,1,failed: diverged,\n"
+    )
+    assert report.failed_note(report.load_runs(tmp_path)) == " (1/2 diverged)"
     assert report.mean_std([0.8, 0.6]) == "0.700 ± 0.141"
