@@ -630,7 +630,8 @@ def main() -> int:
     RESULTS.write_text(text)
     print(
         f"wrote {RESULTS.relative_to(ROOT)} from {len(runs)} runs "
-        f"({sum(r.summary is None for r in runs)} failed)"
+        f"({sum(r.failed for r in runs)} failed, "
+        f"{sum(r.summary is None and not r.failed for r in runs)} unfinished)"
     )
     return 0
 
