@@ -103,6 +103,43 @@ def test_divergence_stops_with_the_round_and_worker_and_keeps_the_checkpoint(tmp
     state = torch.load(out / CHECKPOINT_FILE, weights_only=True)
     assert state["round"] == diverged_round - 1
     assert torch.isfinite(state["params"]).all()
+    assert "keeps its config, metrics so far and its last checkpoint" in err
+
+
+def test_a_run_that_diverges_before_any_checkpoint_keeps_its_record(tmp_path, capsys):
+    # A divergence is a result: the folder stays, with the rounds evaluated before it, and says so.
+    out = tmp_path / "run"
+    argv = ["run", "--quiet", "--set", "dataset=synthetic", "workers=4", "rounds=40",
+            "checkpoint_every=40", "lr=0.2", "noise=0", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 3
+    err = capsys.readouterr().err.strip()
+    assert "the run folder keeps its config, metrics so far and no checkpoint yet" in err
+    diverged_round = int(err.split("round ")[1].split(":")[0])
+    assert rounds_logged(out) == list(range(diverged_round))  # every round before it
+    assert (out / "config.yaml").is_file() and not (out / CHECKPOINT_FILE).exists()
+
+
+def test_a_force_that_diverges_in_its_first_round_puts_the_replaced_folder_back(tmp_path, capsys):
+    # Before its first trained round a new run has no record: the old folder comes back (after
+    # one, --force has done what was asked, and the new record stays: the test above).
+    out = tmp_path / "run"
+    good = [
+        "run",
+        "--quiet",
+        "--set",
+        "dataset=synthetic",
+        "workers=4",
+        "rounds=2",
+        "--out",
+        str(out),
+    ]
+    assert main(good) == 0
+    before = (out / "summary.json").read_bytes()
+    bad = ["run", "--quiet", "--force", "--set", "dataset=synthetic", "workers=4", "rounds=40",
+           "lr=5", "--out", str(out)]  # fmt: skip
+    assert main(bad) == 3
+    assert "the folder it was replacing is back" in capsys.readouterr().err
+    assert (out / "summary.json").read_bytes() == before
 
 
 class _Payload:

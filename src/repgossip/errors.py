@@ -19,7 +19,8 @@ class UsageError(RepgossipError, ValueError):
 
 
 class DivergenceError(RepgossipError, RuntimeError):
-    """A loss or a parameter became NaN or infinite (exit code 3); the last checkpoint is kept."""
+    """A loss or a parameter became NaN or infinite (exit code 3); the run folder keeps its record
+    (config, metrics so far, last checkpoint if any)."""
 
     exit_code = 3
 

@@ -277,7 +277,7 @@ def check_finite(exp: Experiment, round_index: int) -> None:
     if worker < exp.cfg.workers:
         raise DivergenceError(
             f"training diverged in round {round_index + 1}: worker {worker} has NaN or inf "
-            "parameters; lower lr (the last checkpoint, from before this round, is kept)"
+            "parameters; lower lr"
         )
 
 
@@ -333,9 +333,7 @@ def _check_metrics(record: dict[str, float], stats: dict[str, np.ndarray], round
         if len(bad)
         else f"{key} is not finite"
     )
-    raise DivergenceError(
-        f"training diverged by round {round_done}: {who}; lower lr (the last checkpoint is kept)"
-    )
+    raise DivergenceError(f"training diverged by round {round_done}: {who}; lower lr")
 
 
 def _linear_body(exp: Experiment) -> bool:
@@ -543,10 +541,26 @@ def _run(
             callbacks.on_run_end(dict(summary))
         finally:
             callbacks.close()
+    except DivergenceError as err:
+        if claim is None:
+            raise
+        raise DivergenceError(f"{err} ({_kept_after_divergence(claim)})") from None
     finally:
         if claim is not None:
             claim.close()  # before its first record, a failed run puts a replaced folder back
     return RunResult(history, summary, exp)
+
+
+def _kept_after_divergence(claim: FolderClaim) -> str:
+    """What a diverged run leaves, said in its error: a diverged run is a result, so a new folder
+    keeps its record (config, metrics so far, checkpoint if any); a folder it was replacing with
+    --force is put back instead, as for any run that fails before it has trained a round."""
+    out = claim.out
+    if claim.aside is not None and not claim.committed:
+        return "the folder it was replacing is back in its place"
+    claim.commit()
+    saved = "its last checkpoint" if (out / CHECKPOINT_FILE).is_file() else "no checkpoint yet"
+    return f"the run folder keeps its config, metrics so far and {saved}"
 
 
 def _check_folder(out: Path, cfg: Config, resume: bool, force: bool) -> None:
