@@ -28,7 +28,7 @@ data:
 	fi
 
 demo: install data
-	repgossip sweep --grid algorithm=deprl,local,dpsgd --out $(DEMO_DIR) --resume
+	repgossip sweep --config configs/demo.yaml --grid algorithm=deprl,local,dpsgd --out $(DEMO_DIR) --resume
 	repgossip plot $(DEMO_DIR)
 
 # The study behind docs/results.md: every sweep of study/plan.py (hours on a 2-core CPU; finished

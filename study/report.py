@@ -426,7 +426,9 @@ def speedup_block(runs: list[Run]) -> str:
     for target in SPEEDUP_TARGETS:
         by = rounds_to_target(runs, target)
         for (topology, workers), rounds in sorted(by.items()):
-            smallest = min(w for t, w in by if t == topology)
+            # the 1/N line starts at the smallest N whose median seed reached the target
+            reached = sorted(w for t, w in by if t == topology and _median_reached(by[(t, w)]))
+            smallest = reached[0] if reached else workers
             base = _median_reached(by[(topology, smallest)])
             median = _median_reached(rounds)
             rows.append(
@@ -438,7 +440,9 @@ def speedup_block(runs: list[Run]) -> str:
                     len(rounds),
                     sum(x is None for x in rounds),
                     "never" if median is None else f"{median:g}",
-                    "n/a" if base is None else f"{base * smallest / workers:.1f}",
+                    "n/a"
+                    if base is None or workers < smallest
+                    else f"{base * smallest / workers:.1f}",
                 ]
             )
     header = [
@@ -449,7 +453,7 @@ def speedup_block(runs: list[Run]) -> str:
         "seeds",
         "seeds that never reached it",
         "median rounds to target",
-        "1/N line from the smallest N",
+        "1/N line (from the smallest N that reached it)",
     ]
     return table(header, rows)
 
