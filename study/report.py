@@ -431,6 +431,9 @@ def speedup_block(runs: list[Run]) -> str:
             smallest = reached[0] if reached else workers
             base = _median_reached(by[(topology, smallest)])
             median = _median_reached(rounds)
+            finals = values(
+                select(runs, target.sweep, topology=topology, workers=workers), target.key
+            )
             rows.append(
                 [
                     target.sweep.removeprefix("speedup-"),
@@ -443,6 +446,7 @@ def speedup_block(runs: list[Run]) -> str:
                     "n/a"
                     if base is None or workers < smallest
                     else f"{base * smallest / workers:.1f}",
+                    f"{statistics.median(finals):.4f}" if finals else "n/a",
                 ]
             )
     header = [
@@ -454,6 +458,7 @@ def speedup_block(runs: list[Run]) -> str:
         "seeds that never reached it",
         "median rounds to target",
         "1/N line (from the smallest N that reached it)",
+        "median final value",
     ]
     return table(header, rows)
 
