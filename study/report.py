@@ -91,7 +91,7 @@ def _listed_as_failed(table_file: Path, config: dict[str, Any]) -> bool:
     with open(table_file, newline="") as handle:
         for row in csv.DictReader(handle):
             keys = list(row)[: list(row).index("status")]
-            if all(str(config.get(k)) == row[k] for k in keys):
+            if all(config.get(k) == yaml.safe_load(row[k]) for k in keys):  # "false" is False
                 return row["status"].startswith("failed")
     return False
 

@@ -67,7 +67,8 @@ def test_runs_are_read_with_failures_counted(tmp_path: Path) -> None:
     for seed, acc in ((0, 0.8), (1, None)):
         folder = tmp_path / "sweep-a" / f"seed-{seed}"
         folder.mkdir(parents=True)
-        (folder / "config.yaml").write_text(yaml.safe_dump({"algorithm": "deprl", "seed": seed}))
+        config = {"algorithm": "deprl", "seed": seed, "reset_momentum": False, "alpha": 0.1}
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
         if acc is not None:
             (folder / "summary.json").write_text(json.dumps({"test_acc_mean": acc}))
     runs = report.load_runs(tmp_path)
@@ -75,7 +76,8 @@ def test_runs_are_read_with_failures_counted(tmp_path: Path) -> None:
     assert report.values(runs, "test_acc_mean") == [0.8]
     assert report.failed_note(runs) == " (1 unfinished)"  # the sweep has not said it failed
     (tmp_path / "sweep-a" / "summary.csv").write_text(
-        "algorithm,seed,status,test_acc_mean\ndeprl,0,ok,0.8\ndeprl,1,failed: diverged,\n"
+        "algorithm,seed,reset_momentum,alpha,status,test_acc_mean\n"
+        "deprl,0,false,0.1,ok,0.8\ndeprl,1,false,0.1,failed: diverged,\n"
     )
     assert report.failed_note(report.load_runs(tmp_path)) == " (1/2 diverged)"
     assert report.mean_std([0.8, 0.6]) == "0.700 ± 0.141"
