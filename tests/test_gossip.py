@@ -133,7 +133,7 @@ def test_a_file_w_gossips_as_given_and_is_refused_with_failures_or_dropouts(tmp_
     assert plan.slots.weight.tolist() == [x for row in w for x in row]
     for probs in ((0.1, 0.0), (0.0, 0.2), (0.5, 0.5)):
         with pytest.raises(
-            UsageError, match=r"those need a rule \(metropolis or max_degree\)"
+            UsageError, match=r"those need a rule \(metropolis, max_degree, uniform_row\)"
         ) as e:
             GossipSchedule(complete, path, *probs)
         assert "\n" not in str(e.value) and path in str(e.value)

@@ -118,7 +118,7 @@ class GossipSchedule:
                 f"mixing {str(self.mixing)!r} is a fixed matrix for the full graph, but "
                 f"link_failure_prob={self.link_failure_prob} and worker_dropout_prob="
                 f"{self.worker_dropout_prob} change the graph every round; those need a rule "
-                f"({MIXING_RULES.valid()})"
+                f"({', '.join(MIXING_RULES.names())})"
             )
 
     @property
