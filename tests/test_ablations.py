@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import torch
 
 import repgossip
 from repgossip.algorithms.deprl import DePRL
+from repgossip.config import build_config
+from repgossip.errors import UsageError
 
 SMALL = {"dataset": "synthetic", "workers": 6, "samples_per_worker": 20, "rounds": 3,
          "head_steps": 2, "body_steps": 2, "eval_every": 3}  # fmt: skip
@@ -62,3 +65,13 @@ def test_uniform_row_equals_metropolis_on_a_ring_and_differs_on_a_star() -> None
     assert torch.equal(_params(), _params(mixing="uniform_row"))  # a ring is regular
     star = {"topology": "star"}
     assert not torch.equal(_params(**star), _params(**star, mixing="uniform_row"))
+
+
+def test_gossip_first_refuses_other_words_naming_none_as_valid() -> None:
+    assert build_config({"gossip_first": "none"}).gossip_first is None
+    with pytest.raises(
+        UsageError, match=r"^gossip_first must be true, false or none, got 'maybe'$"
+    ):
+        build_config({"gossip_first": "maybe"})
+    with pytest.raises(UsageError, match=r"^reset_momentum must be true or false, got '2'$"):
+        build_config({"reset_momentum": "2"})

@@ -194,7 +194,7 @@ def coerce(key: str, value: Any) -> Any:
     if scalar is str:
         return _text(key, value)
     if scalar is bool:
-        return _boolean(key, value)
+        return _boolean(key, value, optional)
     return _number(key, value, scalar is int)
 
 
@@ -209,7 +209,7 @@ def _text(key: str, value: Any) -> str:
     raise UsageError(f"{key} must be a string, got {shown(value)}")
 
 
-def _boolean(key: str, value: Any) -> bool:
+def _boolean(key: str, value: Any, optional: bool = False) -> bool:
     """true/false (yes/no, on/off, 1/0) as YAML or `--set` gives them; nothing else."""
     if isinstance(value, bool):
         return value
@@ -220,7 +220,8 @@ def _boolean(key: str, value: Any) -> bool:
         return True
     if word in _FALSE_WORDS:
         return False
-    raise UsageError(f"{key} must be true or false, got {shown(value)}")
+    choices = "true, false or none" if optional else "true or false"
+    raise UsageError(f"{key} must be {choices}, got {shown(value)}")
 
 
 def _number(key: str, value: Any, integer: bool) -> int | float:

@@ -842,7 +842,7 @@ def _out_split(graph: Graph, rule: str) -> Mixing:
     (and W files) describe a symmetric W that a directed graph cannot have."""
     if rule != "metropolis":
         raise UsageError(
-            f"mixing {str(rule)!r} builds a symmetric W for an undirected graph; a directed graph "
+            f"mixing {str(rule)!r} builds a W for an undirected graph; a directed graph "
             "mixes by push-sum (each sender splits its mass evenly over itself and its "
             "out-neighbours): leave mixing at its default (metropolis)"
         )
