@@ -15,12 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+import repgossip
 from repgossip.cli import main
 from repgossip.config import build_config, parse_assignments
 from repgossip.data import sources
 from repgossip.data.sources import FMNIST_FILES, load_fmnist, make_synthetic
 from repgossip.errors import UsageError
+from repgossip.memory import model_parameters, rows_per_parameter
+from repgossip.models import build_model
+from repgossip.runner import build_experiment
 from repgossip.topology import build_graph
 
 TINY = ["dataset=synthetic", "workers=4", "rounds=1", "samples_per_worker=20"]
@@ -335,9 +340,35 @@ def test_line_breaks_in_yaml_keys_and_values_are_one_line(tmp_path, capsys, text
 def test_memory_counts_each_built_in_models_parameters_exactly(
     dataset: str, model: str, shape: tuple[int, ...], classes: int
 ) -> None:
-    from repgossip.memory import model_parameters
-    from repgossip.models import build_model
-
     cfg = build_config({"dataset": dataset, "model": model})
     built = build_model(model, shape, classes, cfg)
     assert model_parameters(cfg) == sum(p.numel() for p in built.parameters()) > 0
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "rows"),
+    [("deprl", 2), ("dpsgd", 2), ("ditto", 4), ("dispfl", 3)],
+)
+def test_memory_counts_each_algorithms_rows_per_parameter(algorithm: str, rows: int) -> None:
+    # a parameter and a momentum row per model copy (ditto keeps two), plus dispfl's mask row;
+    # the count must match what a population really allocates
+    cfg = build_config({"algorithm": algorithm, "dataset": "synthetic", "workers": 3})
+    assert rows_per_parameter(cfg) == rows
+    pop = build_experiment(cfg).population
+    wide = [t for t in pop.rows.values() if t.shape[1] == pop.layout.size]
+    assert len(wide) == rows
+
+
+def test_a_plug_in_model_too_big_for_memory_is_refused_in_one_line_once_built() -> None:
+    # the config alone cannot size a plug-in model; the check runs once it is built
+    def wide_model() -> torch.nn.Module:
+        body = torch.nn.Linear(20, 40_000)  # 0.88 M parameters: 141 GB of rows
+        return torch.nn.ModuleDict({"body": body, "head": torch.nn.Linear(40_000, 1)})
+
+    with pytest.raises(
+        UsageError, match=r"^holding the model rows of this config \(workers=20000, "
+    ):
+        repgossip.run(
+            {"dataset": "synthetic", "workers": 20_000, "samples_per_worker": 2, "rounds": 1},
+            model=wide_model,
+        )

@@ -22,6 +22,7 @@ import torch
 from repgossip.errors import UsageError
 
 if TYPE_CHECKING:
+    from repgossip.algorithms import Algorithm
     from repgossip.config import Config
 
 FLOAT_BYTES = 4  # data and parameter rows are float32
@@ -150,11 +151,33 @@ def _workers_per_process(cfg: Config) -> int:
     return -(-cfg.workers // processes)
 
 
+def rows_per_parameter(cfg: Config, algorithm: Algorithm | None = None) -> int:
+    """Float rows per model parameter each worker holds: a parameter and a momentum row for every
+    model copy of the algorithm (Ditto has two), plus its per-worker state as wide as the
+    parameters (DisPFL's mask). Without the built `algorithm`, a plug-in's code is not run for an
+    estimate: it counts as one copy, a lower bound like the rest."""
+    from repgossip.algorithms import ALGORITHMS  # here: algorithms import config, which imports us
+
+    if algorithm is None:
+        if cfg.algorithm not in ALGORITHMS:
+            return ROWS_PER_PARAMETER
+        algorithm = ALGORITHMS.get(cfg.algorithm)(cfg)
+    copies = 1 + len(algorithm.extra_models())
+    wide = sum(spec.width == "params" for spec in algorithm.extra_state().values())
+    return ROWS_PER_PARAMETER * copies + wide
+
+
+def model_rows_bytes(cfg: Config, parameters: int, algorithm: Algorithm | None = None) -> int:
+    """Bytes of the per-worker rows one process holds for a model of `parameters` parameters."""
+    per_parameter = rows_per_parameter(cfg, algorithm)
+    return _workers_per_process(cfg) * parameters * per_parameter * FLOAT_BYTES
+
+
 def estimate(cfg: Config) -> dict[str, int]:
     """Bytes one process of a run of `cfg` surely needs, by part: graph, data and model rows."""
     from repgossip.topology import graph_bytes  # here: topology imports this module
 
-    rows = _workers_per_process(cfg) * model_parameters(cfg) * ROWS_PER_PARAMETER * FLOAT_BYTES
+    rows = model_rows_bytes(cfg, model_parameters(cfg))
     return {
         "graph": graph_bytes(cfg.topology, cfg.workers, cfg.edge_prob),
         "data": _data_bytes(cfg),
@@ -177,6 +200,27 @@ def check_config(cfg: Config) -> None:
     check_fits(
         sum(parts.values()),
         f"this config (workers={int_text(cfg.workers)}, dataset {cfg.dataset!r}: {shown})",
-        f"most of it is the {largest}; use fewer workers or smaller sizes "
-        "(samples_per_worker, dim, rank)",
+        f"most of it is the {largest}; {_advice(cfg, largest)}",
     )
+
+
+def check_model_rows(cfg: Config, parameters: int, algorithm: Algorithm) -> None:
+    """Refuse in one line, once the model is built, rows that cannot fit: the config-only check
+    cannot size a plug-in model, or a built-in one on a plug-in dataset."""
+    check_fits(
+        model_rows_bytes(cfg, parameters, algorithm),
+        f"holding the model rows of this config (workers={int_text(cfg.workers)}, model "
+        f"{cfg.model!r} of {int_text(parameters)} parameters)",
+        _advice(cfg, "model rows"),
+    )
+
+
+def _advice(cfg: Config, largest: str) -> str:
+    """Which knobs shrink the largest part of a config's memory."""
+    if largest == "model rows":
+        return "use fewer workers, a smaller model, or more processes (engine=dist)"
+    if cfg.dataset == "synthetic":
+        return "use fewer workers or smaller sizes (samples_per_worker, dim, rank)"
+    if largest == "data":
+        return "use fewer workers or a smaller samples_per_worker"
+    return "use fewer workers"

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import yaml
 
-from repgossip import provenance
+from repgossip import memory, provenance
 from repgossip.algorithms import Algorithm, RoundContext, algorithm_class
 from repgossip.callbacks import (
     Callback,
@@ -130,6 +130,7 @@ def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
             model_name, federation.input_shape, federation.num_classes, cfg, supplied.model
         )
     check_fits(model, federation.train_x[0], federation.num_classes, model_name)
+    memory.check_model_rows(cfg, sum(p.numel() for p in model.parameters()), algorithm)
     check_batch_norm_batches(model, federation.train_sizes(), cfg)
     if cfg.augment and len(federation.input_shape) != 3:
         raise UsageError(
