@@ -11,6 +11,7 @@ deviations are over seeds; a run that failed (diverged) has no summary.json and 
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import re
@@ -26,8 +27,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import yaml  # noqa: E402
 from plan import ROOT, RUNS  # noqa: E402
+
+from repgossip.config import build_config, coerce, read_yaml  # noqa: E402
+from repgossip.errors import RepgossipError, UsageError  # noqa: E402
+from repgossip.runfolder import METRICS_FILE, read_metrics  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results.md"
 FIGURES = ROOT / "docs" / "figures"
@@ -64,20 +68,28 @@ class Run:
     failed: bool = False  # the sweep recorded it as failed (diverged)
 
     def metrics(self) -> list[dict[str, Any]]:
-        lines = (self.folder / "metrics.jsonl").read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        return read_metrics(self.folder / METRICS_FILE)
 
     def matches(self, **keys: Any) -> bool:
         return all(self.config.get(k) == v for k, v in keys.items())
 
 
 def load_runs(root: Path = RUNS) -> list[Run]:
+    """Every run folder of every sweep under `root`; a folder whose config or summary cannot be
+    read is left out with a one-line warning rather than stopping the report."""
     runs = []
     for config_file in sorted(root.glob("*/*/config.yaml")):
         folder = config_file.parent
-        summary_file = folder / "summary.json"
-        summary = json.loads(summary_file.read_text()) if summary_file.exists() else None
-        config = yaml.safe_load(config_file.read_text())
+        try:
+            written = read_yaml(config_file)
+            if not written:
+                raise UsageError("config.yaml is empty")
+            config = build_config(written).to_dict()
+            summary_file = folder / "summary.json"
+            summary = json.loads(summary_file.read_text()) if summary_file.exists() else None
+        except (RepgossipError, ValueError, OSError) as err:
+            print(f"skipped {folder}: {str(err).splitlines()[0]}", file=sys.stderr)
+            continue
         failed = summary is None and _listed_as_failed(folder.parent / "summary.csv", config)
         runs.append(Run(folder.parent.name, config, summary, folder, failed))
     return runs
@@ -85,13 +97,14 @@ def load_runs(root: Path = RUNS) -> list[Run]:
 
 def _listed_as_failed(table_file: Path, config: dict[str, Any]) -> bool:
     """Whether the sweep's summary.csv marks this run failed: a run without a summary is either
-    failed (diverged) or not finished yet, and only the sweep's table tells which."""
+    failed (diverged) or not finished yet, and only the sweep's table tells which. Its cells are
+    grid values as typed on the command line, read back as the config reads them."""
     if not table_file.exists():
         return False
     with open(table_file, newline="") as handle:
         for row in csv.DictReader(handle):
             keys = list(row)[: list(row).index("status")]
-            if all(config.get(k) == yaml.safe_load(row[k]) for k in keys):  # "false" is False
+            if all(config.get(k) == coerce(k, row[k]) for k in keys):
                 return row["status"].startswith("failed")
     return False
 
@@ -612,7 +625,9 @@ def fill(text: str, name: str, body: str) -> str:
     return pattern.sub(lambda m: m.group(1) + body.rstrip() + "\n" + m.group(2), text)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args(argv)  # no options: --help says what it does before it writes anything
     runs = load_runs()
     if not runs:
         print(f"no runs under {RUNS}: run `python study/run.py` first", file=sys.stderr)
@@ -629,13 +644,13 @@ def main() -> int:
         "ablations": ablations_block(runs),
         "hapt": hapt_block(runs),
     }
+    text = RESULTS.read_text()
+    for name, body in blocks.items():
+        text = fill(text, name, body)  # first: a missing block stops before anything is written
     for figure in (pays_figure, pays_long_figure, speedup_figure, topology_figure):
         path = figure(runs)
         if path:
             print(f"wrote {path.relative_to(ROOT)}")
-    text = RESULTS.read_text()
-    for name, body in blocks.items():
-        text = fill(text, name, body)
     RESULTS.write_text(text)
     print(
         f"wrote {RESULTS.relative_to(ROOT)} from {len(runs)} runs "

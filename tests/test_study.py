@@ -81,3 +81,30 @@ def test_runs_are_read_with_failures_counted(tmp_path: Path) -> None:
     )
     assert report.failed_note(report.load_runs(tmp_path)) == " (1/2 diverged)"
     assert report.mean_std([0.8, 0.6]) == "0.700 ± 0.141"
+
+
+def test_table_cells_are_read_as_the_config_reads_them(tmp_path: Path) -> None:
+    # `none` and `5e1` as typed in a grid: a run that failed is counted failed, not unfinished
+    for name, config in (("a", {"gossip_first": None, "lr": 50.0}), ("b", {"lr": 5.0})):
+        folder = tmp_path / "sweep-x" / name
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "sweep-x" / "summary.csv").write_text(
+        "gossip_first,lr,status\nnone,5e1,failed: diverged\nnone,5,failed: diverged\n"
+    )
+    runs = report.load_runs(tmp_path)
+    assert report.failed_note(runs) == " (2/2 diverged)"
+
+
+def test_unreadable_run_folders_are_skipped_with_a_line(tmp_path: Path, capsys) -> None:
+    good, empty, torn = (tmp_path / "sweep-a" / n for n in ("good", "empty", "torn"))
+    for folder in (good, empty, torn):
+        folder.mkdir(parents=True)
+    (good / "config.yaml").write_text(yaml.safe_dump({"seed": 0}))
+    (empty / "config.yaml").write_text("")
+    (torn / "config.yaml").write_text(yaml.safe_dump({"seed": 1}))
+    (torn / "summary.json").write_text('{"test_acc_me')
+    runs = report.load_runs(tmp_path)
+    assert [r.folder.name for r in runs] == ["good"]
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and all(line.startswith("skipped ") for line in lines)
