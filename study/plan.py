@@ -7,6 +7,7 @@ docs/results.md. Sizes are chosen to fit the whole study in a few hours on a 2-c
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +39,9 @@ class Sweep:
         return RUNS / self.name
 
     def command(self, jobs: int) -> list[str]:
-        cmd = ["repgossip", "sweep", "--config", str(CONFIGS / self.config), "--out", str(self.out)]
+        # this interpreter's repgossip, so the study runs the code it was started with
+        cmd = [sys.executable, "-m", "repgossip", "sweep", "--config", str(CONFIGS / self.config)]
+        cmd += ["--out", str(self.out)]
         cmd += ["--grid", *self.grid]
         if self.sets:
             cmd += ["--set", *self.sets]

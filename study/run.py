@@ -30,11 +30,23 @@ def main(argv: list[str] | None = None) -> int:
     for sweep in (s for s in SWEEPS if s.part in chosen):
         start = time.perf_counter()
         print(f"[{sweep.part}] {sweep.name}", flush=True)
-        code = subprocess.call(sweep.command(args.jobs))
+        code = exit_code(subprocess.call(sweep.command(args.jobs)))
         print(f"[{sweep.part}] {sweep.name}: exit {code}, {time.perf_counter() - start:.0f} s")
         worst = max(worst, code)
     return worst
 
 
+def exit_code(returncode: int) -> int:
+    """A child's return code as a shell reports it: killed by signal N is 128 + N, not -N (which
+    `max` would rank below success)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # the sweep has stopped cleanly too; finished points are kept
+        print(
+            "interrupted: `python study/run.py` again continues where it stopped", file=sys.stderr
+        )
+        sys.exit(130)

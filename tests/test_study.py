@@ -16,6 +16,7 @@ from repgossip.config import build_config
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "study"))
 import plan  # noqa: E402
 import report  # noqa: E402
+import run  # noqa: E402
 
 
 def _points(sweep: plan.Sweep) -> list[dict[str, object]]:
@@ -41,7 +42,7 @@ def test_sweep_names_are_unique_and_commands_resume() -> None:
     assert len(names) == len(set(names))
     for sweep in plan.SWEEPS:
         command = sweep.command(jobs=2)
-        assert command[:2] == ["repgossip", "sweep"] and "--resume" in command
+        assert command[:4] == [sys.executable, "-m", "repgossip", "sweep"] and "--resume" in command
 
 
 def test_rounds_to_target_and_the_median_over_seeds() -> None:
@@ -108,3 +109,7 @@ def test_unreadable_run_folders_are_skipped_with_a_line(tmp_path: Path, capsys) 
     assert [r.folder.name for r in runs] == ["good"]
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and all(line.startswith("skipped ") for line in lines)
+
+
+def test_a_sweep_killed_by_a_signal_is_a_failure() -> None:
+    assert run.exit_code(-9) == 137 and run.exit_code(0) == 0 and run.exit_code(3) == 3
