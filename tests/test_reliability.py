@@ -92,14 +92,21 @@ def test_sigkill_while_writing_a_checkpoint_keeps_the_last_good_one(tmp_path, un
     assert_same_run(out, uninterrupted)
 
 
-def test_divergence_stops_with_the_round_and_worker_and_keeps_the_checkpoint(tmp_path, capsys):
-    out = tmp_path / "run"
+def _diverge(out: Path, capsys, checkpoint_every: int) -> tuple[str, int]:
+    """A run that diverges (lr 0.2 on the noiseless synthetic task): its one-line error and the
+    round it names."""
     argv = ["run", "--quiet", "--set", "dataset=synthetic", "workers=4", "rounds=40",
-            "checkpoint_every=1", "lr=0.2", "noise=0", "--out", str(out)]  # fmt: skip
+            f"checkpoint_every={checkpoint_every}", "lr=0.2", "noise=0", "--out", str(out)]  # fmt: skip
     assert main(argv) == 3
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "diverged in round" in err and "worker" in err
-    diverged_round = int(err.split("round ")[1].split(":")[0])
+    assert err.endswith("; rerun with --force)")
+    return err, int(err.split("round ")[1].split(":")[0])
+
+
+def test_divergence_stops_with_the_round_and_worker_and_keeps_the_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    err, diverged_round = _diverge(out, capsys, checkpoint_every=1)
     state = torch.load(out / CHECKPOINT_FILE, weights_only=True)
     assert state["round"] == diverged_round - 1
     assert torch.isfinite(state["params"]).all()
@@ -109,12 +116,8 @@ def test_divergence_stops_with_the_round_and_worker_and_keeps_the_checkpoint(tmp
 def test_a_run_that_diverges_before_any_checkpoint_keeps_its_record(tmp_path, capsys):
     # A divergence is a result: the folder stays, with the rounds evaluated before it, and says so.
     out = tmp_path / "run"
-    argv = ["run", "--quiet", "--set", "dataset=synthetic", "workers=4", "rounds=40",
-            "checkpoint_every=40", "lr=0.2", "noise=0", "--out", str(out)]  # fmt: skip
-    assert main(argv) == 3
-    err = capsys.readouterr().err.strip()
+    err, diverged_round = _diverge(out, capsys, checkpoint_every=40)
     assert "the run folder keeps its config, metrics so far and no checkpoint yet" in err
-    diverged_round = int(err.split("round ")[1].split(":")[0])
     assert rounds_logged(out) == list(range(diverged_round))  # every round before it
     assert (out / "config.yaml").is_file() and not (out / CHECKPOINT_FILE).exists()
 

@@ -190,7 +190,8 @@ def coerce(key: str, value: Any) -> Any:
     if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS):
         if optional:
             return None
-        raise UsageError(f"{key} cannot be empty; it needs a {scalar.__name__}")
+        what = "true or false" if scalar is bool else f"a {scalar.__name__}"
+        raise UsageError(f"{key} needs {what}, got {shown(value)}")
     if scalar is str:
         return _text(key, value)
     if scalar is bool:

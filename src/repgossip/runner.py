@@ -561,7 +561,8 @@ def _kept_after_divergence(claim: FolderClaim) -> str:
         return "the folder it was replacing is back in its place"
     claim.commit()
     saved = "its last checkpoint" if (out / CHECKPOINT_FILE).is_file() else "no checkpoint yet"
-    return f"the run folder keeps its config, metrics so far and {saved}"
+    # --resume would refuse a changed lr, and with the same lr diverge again
+    return f"the run folder keeps its config, metrics so far and {saved}; rerun with --force"
 
 
 def _check_folder(out: Path, cfg: Config, resume: bool, force: bool) -> None:
