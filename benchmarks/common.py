@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -12,12 +13,23 @@ def bench(*argv: str) -> dict:
     """`repgossip bench ARGV...` in a process of its own; its JSON object. Callers run these one
     after the other, never side by side: they would time each other."""
     done = subprocess.run(
-        [sys.executable, "-m", "repgossip", "bench", *argv],
-        capture_output=True,
-        text=True,
-        check=True,
+        [sys.executable, "-m", "repgossip", "bench", *argv], capture_output=True, text=True
     )
+    if done.returncode:  # pass on repgossip's own one-line error, not a CalledProcessError
+        lines = done.stderr.strip().splitlines() or [f"repgossip bench exited {done.returncode}"]
+        raise SystemExit(lines[-1])
     return json.loads(done.stdout)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1, refused in the parser's one line otherwise."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def save(result: dict, out: Path | None) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from common import positive_int
 from fake_data import write_cifar10, write_fmnist
 
 from repgossip.bench import measure
@@ -89,15 +90,17 @@ def timing(device: str, model: str, dataset: str, data_dir: Path, args: argparse
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    parser.add_argument("--workers", type=int, default=128)
-    parser.add_argument("--samples", type=int, default=50, help="samples per worker")
-    parser.add_argument("--rounds-measured", type=int, default=3)
+    parser.add_argument("--workers", type=positive_int, default=128)
+    parser.add_argument("--samples", type=positive_int, default=50, help="samples per worker")
+    parser.add_argument("--rounds-measured", type=positive_int, default=3)
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA device here; --device cpu runs the plumbing on the CPU")
     if args.out is not None and args.out.exists():
         parser.error(f"{args.out} exists; remove it or choose another --out")
+    if args.out is not None and not args.out.parent.is_dir():
+        parser.error(f"--out {args.out}: no folder {args.out.parent}")
     rng = np.random.default_rng(0)
     found: dict[str, Any] = {
         "device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu",

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import bench, header, row, save
+from common import bench, header, positive_int, row, save
 from fake_data import write_cifar10
 
 COLUMNS = ("model", "workers", "s_per_round", "bound_s", "ratio", "bound_batch", "samples_per_s",
@@ -26,9 +26,9 @@ COLUMNS = ("model", "workers", "s_per_round", "bound_s", "ratio", "bound_batch",
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["vgg11", "resnet18"])
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--samples", type=int, default=64, help="samples per worker")
-    parser.add_argument("--rounds-measured", type=int, default=3)
+    parser.add_argument("--workers", type=positive_int, default=4)
+    parser.add_argument("--samples", type=positive_int, default=64, help="samples per worker")
+    parser.add_argument("--rounds-measured", type=positive_int, default=3)
     parser.add_argument("--out", type=Path, help="append the raw JSON lines here")
     parser.add_argument("--set", nargs="*", default=[], help="more config assignments")
     args = parser.parse_args()
