@@ -113,6 +113,7 @@ def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
     written or removed."""
     supplied = supplied or Supplied()
     algorithm = _instantiate(supplied.algorithm or algorithm_class(cfg.algorithm), cfg)
+    algorithm.check_declarations()
     # the graph first: it is cheaper than the data, and may be refused (too big, disconnected)
     graph = supplied.graph or build_graph(
         cfg.topology, cfg.workers, edge_prob=cfg.edge_prob, seed=cfg.seed, directed=cfg.directed

@@ -182,10 +182,11 @@ class Algorithm:
 
     # ------------------------------------------------------------------ checks
 
-    def check(self, layout: RowLayout) -> None:
-        """Refuse in one line declarations the engine cannot honour for a model of `layout`:
-        called once when a run is built, so a plug-in's mistake is not a traceback mid-run."""
-        label = f"algorithm '{self.name or type(self).__name__}'"
+    def check_declarations(self) -> None:
+        """Refuse in one line declarations the engine cannot honour whatever the model: called
+        right after the algorithm is built, before anything (the memory check) reads its model
+        copies or state, so a plug-in's mistake is not a traceback."""
+        label = self._label()
         phases = self.phases
         if not isinstance(phases, (tuple, list)) or not phases:
             raise UsageError(f"{label}: phases must be a non-empty tuple of Phase")
@@ -200,6 +201,18 @@ class Algorithm:
                     f"{label}: model copy '{model}' must be a plain name other than "
                     f"{', '.join(sorted(taken))}"
                 )
+        if self.evaluated_model not in (MAIN_MODEL, *models):
+            raise UsageError(
+                f"{label}: evaluated_model '{self.evaluated_model}' is not one of its model "
+                f"copies ({', '.join((MAIN_MODEL, *models))})"
+            )
+
+    def check(self, layout: RowLayout) -> None:
+        """Refuse in one line extra state and parts the engine cannot honour for a model of
+        `layout`: called once the model is adapted (extra state may depend on it, FedRoD's class
+        prior is as wide as the classes), after `check_declarations`."""
+        label = self._label()
+        models = self.extra_models()
         rows = {row_key(m, kind) for m in (MAIN_MODEL, *models) for kind in ROW_KINDS}
         for name, spec in self.extra_state().items():
             if not _NAME.match(name) or name in rows:
@@ -214,18 +227,16 @@ class Algorithm:
                     f"{label}: extra state '{name}' needs width 'params' or an int > 0 and a "
                     f"numeric fill, got width={width!r} fill={spec.fill!r}"
                 )
-        if self.evaluated_model not in (MAIN_MODEL, *models):
-            raise UsageError(
-                f"{label}: evaluated_model '{self.evaluated_model}' is not one of its model "
-                f"copies ({', '.join((MAIN_MODEL, *models))})"
-            )
-        for part in [p.part for p in phases] + ([self.shared] if self.shared else []):
+        for part in [p.part for p in self.phases] + ([self.shared] if self.shared else []):
             try:
                 cols = layout.part(part)
             except ValueError as err:
                 raise UsageError(f"{label}: {err}") from None
             if cols.stop <= cols.start:
                 raise UsageError(f"{label}: part '{part}' names no parameter of the model")
+
+    def _label(self) -> str:
+        return f"algorithm '{self.name or type(self).__name__}'"
 
     # ------------------------------------------------------------------ description
 
