@@ -8,7 +8,7 @@ Each topology runs in a process of its own (peak memory is per process): the rou
 result is checked against the sparse matrix product W @ X. One JSON object per line.
 
 With `--chunk-bits`, each topology instead times the mixing step as an engine runs it (snapshot,
-then mixing in place) with 2**B rows' elements mixed at a time (`ROWS_PER_CHUNK_ELEMENTS`), the
+then mixing in place) with 2**B rows' elements mixed at a time (`CHUNK_ELEMENTS`), the
 median of 5 steps for each B, the chunk sizes taken in turn: one JSON object per chunk size.
 """
 
@@ -39,7 +39,7 @@ def measure(topology: str, workers: int, params: int) -> dict:
     planned = time.perf_counter()
     x = torch.randn(workers, params, generator=torch.Generator().manual_seed(0))
     out = torch.empty_like(x)
-    mix_rows(np.arange(workers), plan.slots, lambda ids: x[torch.from_numpy(ids)], out)
+    mix_rows(np.arange(workers), plan.slots, lambda ids, cols: x[torch.from_numpy(ids), cols], out)
     mixed = time.perf_counter()
     expected = plan.mixing.sparse() @ x.double().numpy()
     return {
@@ -62,7 +62,7 @@ def chunk_sizes(topology: str, workers: int, params: int, bits: list[int]) -> li
     seconds: dict[int, list[float]] = {b: [] for b in bits}
     for _ in range(REPEATS + 1):  # the first pass warms up
         for b in bits:
-            gossip.ROWS_PER_CHUNK_ELEMENTS = 1 << b
+            gossip.CHUNK_ELEMENTS = 1 << b
             began = time.perf_counter()
             mix_rows(
                 engine.local_workers(), plan.slots, engine.fetch_neighbours(block, plan), block

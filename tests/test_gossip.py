@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from repgossip import gossip
 from repgossip.errors import UsageError
 from repgossip.gossip import GossipSchedule, Slots, mix_rows
 from repgossip.topology import Graph, mixing_matrix
@@ -25,7 +26,7 @@ def mixed(slots: Slots, x: torch.Tensor, row_blocks: list[np.ndarray]) -> torch.
     out = torch.empty_like(x)
     for rows in row_blocks:
         part = torch.empty(len(rows), x.shape[1])
-        mix_rows(rows, slots, lambda ids: x[torch.from_numpy(ids)], part)
+        mix_rows(rows, slots, lambda ids, cols: x[torch.from_numpy(ids), cols], part)
         out[torch.from_numpy(rows)] = part
     return out
 
@@ -59,6 +60,19 @@ def test_slots_mixing_equals_w_times_x_and_ignores_the_row_split(graph, cols, se
     assert torch.equal(mixed(slots, x, blocks), whole)  # bitwise: the process layout is invisible
 
 
+@settings(max_examples=40, deadline=None)
+@given(graphs(), st.integers(1, 40), st.integers(1, 50), st.integers(0, 2**31 - 1))
+def test_mixing_is_bitwise_the_same_whatever_the_chunk_size(graph, cols, chunk, seed):
+    """A chunk of a few elements splits rows into column pieces (as VGG-11's rows are split);
+    every element must come out exactly as with one chunk for everything."""
+    slots, n = Slots.from_mixing(mixing_matrix(graph)), graph.workers
+    x = torch.randn(n, cols, generator=torch.Generator().manual_seed(seed))
+    whole = mixed(slots, x, [np.arange(n)])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gossip, "CHUNK_ELEMENTS", chunk)
+        assert torch.equal(mixed(slots, x, [np.arange(n)]), whole)
+
+
 def test_slots_hold_each_row_as_long_as_it_is():
     star = Graph.from_pairs(4, [(0, 1), (0, 2), (0, 3)])  # worker 0 has 3 neighbours, others 1
     slots = Slots.from_mixing(mixing_matrix(star))
@@ -75,7 +89,7 @@ def test_a_hub_of_thousands_mixes_in_memory_linear_in_the_edges():
     assert len(slots.index) == 5000 + 2 * 4999  # padded rows would hold 5000 x 5000
     x = torch.randn(5000, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     out = torch.empty_like(x)
-    mix_rows(np.arange(5000), slots, lambda ids: x[torch.from_numpy(ids)], out)
+    mix_rows(np.arange(5000), slots, lambda ids, cols: x[torch.from_numpy(ids), cols], out)
     expected = torch.from_numpy(mixing.sparse() @ x.numpy())
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 

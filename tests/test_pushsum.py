@@ -50,7 +50,7 @@ def strongly_connected(draw: st.DrawFn) -> Graph:
 def plain_gossip(plan: RoundPlan, z: torch.Tensor) -> torch.Tensor:
     """What gossip without weights makes of `z` (not changed)."""
     out = torch.empty_like(z)
-    mix_rows(np.arange(len(z)), plan.slots, lambda ids: z[torch.from_numpy(ids)], out)
+    mix_rows(np.arange(len(z)), plan.slots, lambda ids, cols: z[torch.from_numpy(ids), cols], out)
     return out
 
 
@@ -58,7 +58,7 @@ def exact_row_sums(slots: Slots, n: int) -> bool:
     """Whether every row's float32 weights add up to exactly 1 in the mixing order."""
     ones = torch.ones(n, 1)
     out = torch.empty(n, 1)
-    mix_rows(np.arange(n), slots, lambda ids: ones[torch.from_numpy(ids)], out)
+    mix_rows(np.arange(n), slots, lambda ids, cols: ones[torch.from_numpy(ids), cols], out)
     return bool((out == 1).all())
 
 

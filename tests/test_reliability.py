@@ -183,7 +183,7 @@ def test_gossip_still_reaches_consensus_with_links_down(failure):
         mix_rows(
             np.arange(16),
             schedule.round_plan(r).slots,
-            lambda i, b=before: b[torch.from_numpy(i)],
+            lambda i, cols, b=before: b[torch.from_numpy(i), cols],
             x,
         )
         distances.append(consensus_distance(x))

@@ -11,8 +11,8 @@ On a directed graph the same rule mixes push-sum's mass and weight with the colu
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -27,11 +27,19 @@ from repgossip.topology import (
     round_graph,
 )
 
-# Rows mixed at a time: 4 MiB of float32, so a chunk's gathered terms and running sum stay in cache
-# between the multiply and the add. 1,024 workers x 78,000 body parameters on a ring, 2-core Xeon:
-# 0.78 s per gossip with 64 MiB chunks, 0.33 s with 4 MiB, 0.34 s with 1 MiB, 0.38 s with 256 KiB
-# (benchmarks/gossip.py --chunks).
-ROWS_PER_CHUNK_ELEMENTS = 1 << 20
+# Elements mixed at a time (rows, and columns of a row wider than this): 4 MiB of float32, so a
+# chunk's gathered terms and running sum stay in cache between the multiply and the add. 1,024
+# workers x 78,000 body parameters on a ring, 2-core Xeon: 0.78 s per gossip with 64 MiB chunks,
+# 0.33 s with 4 MiB, 0.34 s with 1 MiB, 0.38 s with 256 KiB (benchmarks/gossip.py --chunk-bits).
+CHUNK_ELEMENTS = 1 << 20
+ALL_COLUMNS = slice(None)
+
+
+class Fetch(Protocol):
+    """Global worker ids -> their rows of a snapshot taken by the engine (`Engine.fetch_neighbours`),
+    only columns `cols` if given: a row can be wider than a chunk of mixing."""
+
+    def __call__(self, ids: np.ndarray, cols: slice = ALL_COLUMNS) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -153,29 +161,38 @@ class GossipSchedule:
         return RoundPlan(mixing.graph, mixing, slots, everyone if active is None else active)
 
 
-def mix_rows(
-    rows: np.ndarray, slots: Slots, fetch: Callable[[np.ndarray], torch.Tensor], out: torch.Tensor
-) -> None:
+def mix_rows(rows: np.ndarray, slots: Slots, fetch: Fetch, out: torch.Tensor) -> None:
     """out[r] = sum_k weight_k * fetch(index_k) over row rows[r]'s entries in order, exactly rounded.
 
-    `fetch(ids)` returns the shared blocks of workers `ids` as a (len(ids), P) tensor; the engine
+    `fetch(ids, cols)` returns columns `cols` of the shared blocks of workers `ids`; the engine
     decides where they come from (its own memory, or buffers received from other ranks). Rows are
-    taken longest first, so the k-th term of every row that has one is one prefix of the rows.
+    taken longest first, so the k-th term of every row that has one is one prefix of the rows;
+    they are mixed CHUNK_ELEMENTS at a time, a wide row (VGG-11's 9 million parameters) column
+    chunk by column chunk. Every element is computed alike whatever the chunking.
     """
-    if len(rows) == 0:
+    width = out.shape[1]
+    if len(rows) == 0 or width == 0:
         return
-    rows_per_chunk = max(1, ROWS_PER_CHUNK_ELEMENTS // max(1, out.shape[1]))
+    cols_per_chunk = min(width, CHUNK_ELEMENTS)
+    rows_per_chunk = max(1, CHUNK_ELEMENTS // cols_per_chunk)
     counts = slots.counts(rows)
     by_length = np.argsort(-counts, kind="stable")
     for begin in range(0, len(rows), rows_per_chunk):
         chosen = by_length[begin : begin + rows_per_chunk]
         first, length = slots.start[rows[chosen]], counts[chosen]
-        acc = fetch(slots.index[first]) * _weights(slots, first, out)
+        terms = [(slots.index[first], _weights(slots, first, out))]
         for k in range(1, int(length[0])):
             have = int(np.searchsorted(-length, -k))  # rows with more than k entries
             at = first[:have] + k
-            acc[:have].add_(fetch(slots.index[at]) * _weights(slots, at, out))
-        out[torch.from_numpy(chosen).to(out.device)] = acc
+            terms.append((slots.index[at], _weights(slots, at, out)))
+        target = torch.from_numpy(chosen).to(out.device)
+        for start in range(0, width, cols_per_chunk):
+            cols = slice(start, start + cols_per_chunk)
+            (ids, weights), *rest = terms
+            acc = fetch(ids, cols) * weights
+            for ids, weights in rest:
+                acc[: len(ids)].add_(fetch(ids, cols) * weights)
+            out[target, cols] = acc
 
 
 def _weights(slots: Slots, at: np.ndarray, like: torch.Tensor) -> torch.Tensor:

@@ -7,16 +7,12 @@ identities; the distributed engine over torch.distributed. Algorithms never see 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 
-from repgossip.gossip import RoundPlan, mix_rows
+from repgossip.gossip import ALL_COLUMNS, Fetch, RoundPlan, mix_rows
 from repgossip.metrics import bytes_per_round, push_sum_bytes_per_round
 from repgossip.population import Population
-
-Fetch = Callable[[np.ndarray], torch.Tensor]  # global worker ids -> their rows
 
 
 class Engine:
@@ -76,13 +72,14 @@ class Engine:
     def fetch_neighbours(self, block: torch.Tensor, plan: RoundPlan) -> Fetch:
         """A snapshot of every local worker's row of `block` (local workers x columns) and of its
         neighbours' rows under `plan`: `fetch(ids)` returns the rows of workers `ids` (global ids,
-        each a local worker or a neighbour of one) as they were at this call.
+        each a local worker or a neighbour of one) as they were at this call, `fetch(ids, cols)`
+        only their columns `cols`.
 
         The one way rows travel between workers: gossip mixes what it fetches, and an algorithm
         with its own messages (masked entries, a second block) exchanges them through this too,
         so the same code runs in one process and across ranks."""
         before = block.clone()
-        return lambda ids: before[torch.from_numpy(ids)]
+        return lambda ids, cols=ALL_COLUMNS: before[torch.from_numpy(ids), cols]
 
     # collectives: identities in one process
     def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from repgossip.engines.base import Engine, Fetch
+from repgossip.engines.base import Engine
 from repgossip.errors import DistributedError, UsageError
-from repgossip.gossip import RoundPlan
+from repgossip.gossip import ALL_COLUMNS, Fetch, RoundPlan
 
 
 def _one_line(err: BaseException) -> str:
@@ -107,7 +107,7 @@ class DistEngine(Engine):
                 offset += len(recv)
         self._wait(ops, "gossip")
         pool = torch.cat([before, *received]) if received else before
-        return lambda ids: pool[torch.from_numpy(position[ids])]
+        return lambda ids, cols=ALL_COLUMNS: pool[torch.from_numpy(position[ids]), cols]
 
     def _wait(self, ops: list, what: str) -> None:
         if not ops:
