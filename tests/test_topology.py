@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -949,7 +950,45 @@ def test_uniform_row_is_not_doubly_stochastic_on_an_irregular_graph() -> None:
     assert not mixing.symmetric and not is_doubly_stochastic(mixing)
     W = mixing.dense()
     assert W[0, 1] == pytest.approx(1 / 5) and W[1, 0] == pytest.approx(1 / 2)
-    # not symmetric: its spectrum comes from the dense eigenvalues, and none beyond that size
+    # not symmetric: its spectrum comes from the dense eigenvalues
     assert spectral_gap(mixing) == pytest.approx(1 - np.sort(np.abs(np.linalg.eigvals(W)))[-2])
-    big = mixing_matrix(build_graph("star", topology.DENSE_SPECTRUM_LIMIT + 1), "uniform_row")
-    assert spectral_gap(big) is None
+
+
+@pytest.mark.parametrize("name", ["erdos_renyi", "star"])
+def test_uniform_row_gap_beyond_the_dense_limit_is_the_dense_one(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond DENSE_SPECTRUM_LIMIT the authors' (reversible) weights go to Lanczos through their
+    symmetric similar form: the same gap as the dense eigenvalues of W itself."""
+    mixing = mixing_matrix(build_graph(name, 300, edge_prob=0.05, seed=1), "uniform_row")
+    dense = 1 - np.sort(np.abs(np.linalg.eigvals(mixing.dense())))[-2]
+    monkeypatch.setattr(topology, "DENSE_SPECTRUM_LIMIT", 100)
+    assert spectral_gap(mixing) == pytest.approx(dense, abs=1e-9)
+
+
+def test_a_nonsymmetric_w_that_is_not_reversible_has_no_gap_beyond_the_dense_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a cycle walked one way with weight 0.4 and back with 0.2: Kolmogorov's criterion fails
+    cycle = Graph.from_pairs(5, [(0, 1), (1, 2), (2, 3), (3, 4), (0, 4)])
+    forward = np.full(cycle.num_edges, 0.4)
+    back = np.full(cycle.num_edges, 0.2)
+    skewed = dataclasses.replace(
+        mixing_matrix(cycle), edge_weights=forward, back_weights=back, self_weights=np.zeros(5)
+    )
+    skewed = dataclasses.replace(skewed, self_weights=1.0 - skewed.sparse().sum(axis=1))
+    assert np.allclose(skewed.dense().sum(axis=1), 1.0)
+    dense_gap = spectral_gap(skewed)
+    assert dense_gap is not None and 0 < dense_gap < 1
+    monkeypatch.setattr(topology, "DENSE_SPECTRUM_LIMIT", 2)
+    assert spectral_gap(skewed) is None
+
+
+def test_a_ring_with_weights_of_its_own_gets_its_own_gap_not_the_closed_form() -> None:
+    ring = build_graph("ring", 6)  # symmetric, so its closed form would apply to (I + A) / 3
+    lazy = dataclasses.replace(
+        mixing_matrix(ring), edge_weights=np.full(6, 0.1), self_weights=np.full(6, 0.8)
+    )
+    dense = 1 - np.sort(np.abs(np.linalg.eigvalsh(lazy.dense())))[-2]
+    assert spectral_gap(lazy) == pytest.approx(dense, abs=1e-12)
+    assert spectral_gap(lazy) != pytest.approx(spectral_gap(mixing_matrix(ring)), abs=1e-3)

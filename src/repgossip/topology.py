@@ -922,30 +922,39 @@ def spectral_gap(mixing: Mixing) -> float | None:
     consensus. 0 for a disconnected graph, 1 for exact averaging and for N = 1.
 
     Exact from the graph's symmetry where it has one, by a dense eigendecomposition up to
-    DENSE_SPECTRUM_LIMIT workers, else by Lanczos; None where Lanczos does not converge, and beyond
-    that limit for a W that is not symmetric (`uniform_row`). Directed graphs: see `_directed_gap`.
+    DENSE_SPECTRUM_LIMIT workers, else by Lanczos on W or, for a W that is not symmetric but
+    reversible (`uniform_row`), on the symmetric matrix similar to it (`_symmetric_form`); None
+    where Lanczos does not converge or no such form exists. Directed graphs: `_directed_gap`.
     """
     graph = mixing.graph
     if graph.workers <= 1:
         return 1.0
     if graph.directed:
         return _directed_gap(mixing)
-    if graph.cayley is not None:
-        # A d-regular graph under either rule has W = (I + A) / (1 + d).
+    if graph.cayley is not None and _is_uniform_on_regular(mixing, graph.cayley.degree):
+        # A d-regular graph under every built-in rule has W = (I + A) / (1 + d).
         eigenvalues = (1.0 + graph.cayley.adjacency_eigenvalues()) / (1.0 + graph.cayley.degree)
         slem = float(np.abs(eigenvalues[1:]).max())
     elif graph.workers <= DENSE_SPECTRUM_LIMIT:
         dense = mixing.dense()
         moduli = np.abs(np.linalg.eigvalsh(dense) if mixing.symmetric else np.linalg.eigvals(dense))
         slem = float(np.sort(moduli)[-2])
-    elif not mixing.symmetric:
-        return None  # no sparse solver for a non-symmetric W
     else:
-        largest = _deflated_largest_modulus(mixing)
+        form = _symmetric_form(mixing)
+        largest = None if form is None else _deflated_largest_modulus(*form)
         if largest is None:
             return None
         slem = largest
     return float(min(1.0, max(0.0, 1.0 - slem)))
+
+
+def _is_uniform_on_regular(mixing: Mixing, degree: int) -> bool:
+    """Whether every weight of W is 1/(1 + degree): the closed form of the symmetric graphs holds
+    for the built-in rules, not necessarily for a rule registered by a user."""
+    share = 1.0 / (1.0 + degree)
+    weights = [mixing.edge_weights, mixing.self_weights]
+    weights += [] if mixing.back_weights is None else [mixing.back_weights]
+    return all(np.allclose(w, share, rtol=0.0, atol=1e-15) for w in weights)
 
 
 _ROUND_OFF = 1e-12  # moduli below this are an exact zero (exact averaging) blurred by float
@@ -979,12 +988,35 @@ def _directed_gap(mixing: Mixing) -> float | None:
     return float(min(1.0, max(0.0, 1.0 - slem)))
 
 
-def _deflated_largest_modulus(mixing: Mixing) -> float | None:
-    """Largest |eigenvalue| of W - 11^T/N (W without its consensus eigenvector), by Lanczos."""
+def _symmetric_form(mixing: Mixing) -> tuple[sp.csr_array, np.ndarray] | None:
+    """A symmetric S with W's eigenvalues and S's unit eigenvector u for eigenvalue 1, or None.
+
+    A symmetric W is its own form, u = 1/sqrt(N). A row-stochastic W that is reversible, pi_i W_ij
+    = pi_j W_ji with pi_i = 1 / W_ii (uniform_row: W_ij = 1/(1 + d_i), so pi_i = 1 + d_i), is
+    similar to S = Pi^(1/2) W Pi^(-1/2), which is symmetric, with u proportional to sqrt(pi).
+    That puts the Lanczos solver within reach of the authors' weights beyond the dense limit.
+    """
     w, n = mixing.sparse(), mixing.graph.workers
+    if mixing.symmetric:
+        return w, np.full(n, 1.0 / math.sqrt(n))
+    if np.any(mixing.self_weights <= 0):
+        return None
+    root = np.sqrt(1.0 / mixing.self_weights)  # sqrt(pi)
+    form = sp.csr_array(sp.diags_array(root) @ w @ sp.diags_array(1.0 / root))
+    if abs(form - form.T).max() > 1e-12:  # not reversible in this sense: no symmetric form
+        return None
+    return form, root / np.linalg.norm(root)
+
+
+def _deflated_largest_modulus(form: sp.csr_array, top: np.ndarray) -> float | None:
+    """Largest |eigenvalue| of the symmetric `form` without its eigenvector `top` (eigenvalue 1,
+    consensus), by Lanczos."""
+    n = form.shape[0]
+    top = top[:, None]
 
     def apply(x: np.ndarray) -> np.ndarray:
-        return w @ x - x.mean(axis=0)
+        columns = x.reshape(n, -1)
+        return (form @ columns - top @ (top.T @ columns)).reshape(x.shape)
 
     operator = LinearOperator((n, n), matvec=apply, matmat=apply, dtype=np.float64)
     try:
