@@ -1,12 +1,19 @@
 """Random images in CIFAR-10's and Fashion-MNIST's standard file formats, for benchmarks on
-machines without the datasets (or without internet): timings do not depend on pixel values."""
+machines without the datasets (or without internet): timings do not depend on pixel values.
+
+    python benchmarks/fake_data.py {cifar10,fmnist} FOLDER [--train 2560] [--test 640]
+
+writes them into FOLDER and prints the folder to pass as `data_dir`.
+"""
 
 from __future__ import annotations
 
+import argparse
 import gzip
 from pathlib import Path
 
 import numpy as np
+from common import positive_int
 
 CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte, then channel-major pixels
 
@@ -35,3 +42,23 @@ def write_fmnist(folder: Path, train: int, test: int, rng: np.random.Generator) 
         with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
             f.write(bytes([0, 0, 8, 1]) + np.array([n], ">u4").tobytes() + labels.tobytes())
     return folder
+
+
+WRITERS = {"cifar10": write_cifar10, "fmnist": write_fmnist}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset", choices=sorted(WRITERS))
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--train", type=positive_int, default=2560)
+    parser.add_argument("--test", type=positive_int, default=640)
+    args = parser.parse_args()
+    if args.folder.exists() and any(args.folder.iterdir()):
+        parser.error(f"{args.folder} is not empty; give a new or empty folder")
+    folder = WRITERS[args.dataset](args.folder, args.train, args.test, np.random.default_rng(0))
+    print(folder)
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,9 @@
 
 CIFAR-10 cannot be downloaded here, so the data are random images in its binary format, written to
 a temporary folder (a round's arithmetic does not depend on pixel values; pass
-`--set data_dir=FOLDER` to use the real files). Each model is its own `repgossip bench` process,
+`--set data_dir=FOLDER` to use the real files). Ten times the images the workers need are written,
+so that every worker of the default partition (shards of 2 classes) gets its `--samples`; the
+`samples` column says how many each worker had. Each model is its own `repgossip bench` process,
 one after the other.
 """
 
@@ -19,7 +21,7 @@ import numpy as np
 from common import bench, header, positive_int, row, save
 from fake_data import write_cifar10
 
-COLUMNS = ("model", "workers", "s_per_round", "bound_s", "ratio", "bound_batch", "samples_per_s",
+COLUMNS = ("model", "workers", "samples", "s_per_round", "bound_s", "ratio", "bound_batch", "samples_per_s",
            "peak_rss_mb")  # fmt: skip
 
 
@@ -35,14 +37,16 @@ def main() -> None:
     print(header(COLUMNS))
     with tempfile.TemporaryDirectory() as tmp:
         n = args.workers * args.samples
-        data = write_cifar10(Path(tmp), n, max(n // 4, 100), np.random.default_rng(0))
+        data = write_cifar10(Path(tmp), 10 * n, max(n // 4, 100), np.random.default_rng(0))
         for model in args.models:
             assignments = ["dataset=cifar10", f"data_dir={data}", f"model={model}",
                            f"workers={args.workers}", f"samples_per_worker={args.samples}",
                            *args.set]  # fmt: skip
             result = bench("--set", *assignments, "--rounds-measured", str(args.rounds_measured))
             save(result, args.out)
-            print(row(result | {"model": model, "workers": args.workers}, COLUMNS), flush=True)
+            samples = result["train_samples"] / args.workers  # what each worker really had
+            shown = {"model": model, "workers": args.workers, "samples": f"{samples:g}"}
+            print(row(result | shown, COLUMNS), flush=True)
 
 
 if __name__ == "__main__":

@@ -240,6 +240,7 @@ def report(
         "samples_per_s": samples_per_round(exp) / s_per_round,
         "peak_rss_mb": round(rss, 1),
         "model_params": exp.population.layout.size,
+        "train_samples": sum(len(y) for y in exp.population.train_y),
         "data_mb": round(data_bytes(exp) / 2**20, 4),
         "rounds_measured": len(rounds),
         "round_s": [round(t, 4) for t in rounds],

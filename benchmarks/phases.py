@@ -1,0 +1,93 @@
+"""Where a round's time goes: seconds of each local phase and of communication, per round.
+
+    python benchmarks/phases.py [--rounds-measured 3] [--threads N] [--profile 25]
+                                [--set key=value ...]
+
+Builds the experiment of the config given by `--set` (the default job without it), runs one
+warm-up round, then times `--rounds-measured` rounds of `train_round`, splitting each into its
+local phases (`Population.train`, by the part they train) and its communication
+(`Algorithm.communicate`). Prints the median seconds of each, and of the whole round, as one JSON
+object. Compare with `repgossip bench` on the same config, whose bound says what each phase could
+cost. `--profile K` also prints the K functions with the most own time in the measured rounds
+(cProfile; it sees the main thread only, so use it with `--threads 1`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import pstats
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from common import positive_int
+
+from repgossip.config import build_config, parse_assignments
+from repgossip.runner import build_experiment, train_round
+
+
+def timed_into(seconds: list[float], fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn`, appending the wall seconds of each call to `seconds`."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - began)
+
+    return wrapper
+
+
+def per_round(seconds: list[float], rounds: int) -> list[float]:
+    """Each round's total of a part timed the same number of times every round (a part that runs
+    twice a round, such as two head phases, counts their sum)."""
+    calls = len(seconds) // rounds
+    return [sum(seconds[i * calls : (i + 1) * calls]) for i in range(rounds)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds-measured", type=positive_int, default=3)
+    parser.add_argument("--threads", type=positive_int, help="torch intra-op threads")
+    parser.add_argument("--profile", type=positive_int, metavar="K", help="print the top K")
+    parser.add_argument("--set", nargs="*", default=[], help="config assignments key=value")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    exp = build_experiment(build_config(parse_assignments(args.set)))
+    train_round(exp, 0)  # warm-up: first-call allocations, kernel selection
+    per_part: dict[str, list[float]] = defaultdict(list)
+    communicate = exp.algorithm.communicate
+    exp.algorithm.communicate = timed_into(per_part["communicate"], communicate)  # type: ignore[method-assign]
+    train = exp.population.train
+
+    def train_timed(part: str, *rest: Any, **kwargs: Any) -> None:
+        timed_into(per_part[f"phase {part}"], train)(part, *rest, **kwargs)
+
+    exp.population.train = train_timed  # type: ignore[method-assign]
+    rounds = []
+    profiler = cProfile.Profile() if args.profile else None
+    for r in range(1, args.rounds_measured + 1):
+        began = time.perf_counter()
+        if profiler is not None:
+            profiler.runcall(train_round, exp, r)
+        else:
+            train_round(exp, r)
+        rounds.append(time.perf_counter() - began)
+    result = {
+        name: round(statistics.median(per_round(s, len(rounds))), 4) for name, s in per_part.items()
+    }
+    result["round"] = round(statistics.median(rounds), 4)
+    print(json.dumps(result | {"config": exp.cfg.to_dict()}))
+    if profiler is not None:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
+
+
+if __name__ == "__main__":
+    main()
