@@ -5,7 +5,7 @@
 The synthetic task's linear model at growing input dimensions, in this one process: each round is
 timed with the whole model trained stacked (repgossip.stacked) and then worker by worker, in turn,
 so a disturbance falls on both alike; medians over the measured rounds after a warm-up.
-`STACK_MAX_PARAMS` in repgossip/population.py is set from what this prints.
+`STACK_MAX_PARAMS` in repgossip/training.py is set from what this prints.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from common import header, row
-from repgossip.run import build_experiment, train_round
+from common import header, positive_int, row
 
 from repgossip.bench import timed
 from repgossip.config import build_config
+from repgossip.runner import build_experiment, train_round
 
 COLUMNS = ("dim", "model_params", "stacked_s", "loop_s", "loop_over_stacked")
 
@@ -40,10 +40,10 @@ def compare(workers: int, dim: int, rank: int, rounds: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=256)
-    parser.add_argument("--dims", type=int, nargs="+", default=[20, 200, 500, 1000, 2000])
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--rounds-measured", type=int, default=3)
+    parser.add_argument("--workers", type=positive_int, default=256)
+    parser.add_argument("--dims", type=positive_int, nargs="+", default=[20, 200, 500, 1000, 2000])
+    parser.add_argument("--rank", type=positive_int, default=8)
+    parser.add_argument("--rounds-measured", type=positive_int, default=3)
     args = parser.parse_args()
     print(header(COLUMNS))
     for dim in args.dims:

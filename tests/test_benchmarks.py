@@ -1,0 +1,56 @@
+"""The scripts in benchmarks/ still start, parse their arguments and run a tiny case: nothing here
+times anything (timings are reported by the scripts, never asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+SCRIPTS = sorted(p.name for p in BENCHMARKS.glob("*.py") if p.name != "common.py")
+
+
+def script(name: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / name), *argv], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_benchmark_script_starts_and_explains_itself(name: str) -> None:
+    done = script(name, "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage:")
+
+
+def test_phases_times_each_part_of_a_round() -> None:
+    done = script("phases.py", "--rounds-measured", "2", "--set", "workers=4", "rounds=1")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert {"phase head", "phase body", "communicate", "round"} <= set(result)
+    assert result["phase head"] + result["phase body"] <= result["round"]
+
+
+def test_gossip_chunk_sizes_are_timed_one_line_each() -> None:
+    argv = ("--workers", "8", "--params", "100", "--topologies", "ring", "--chunk-bits", "4", "12")
+    done = script("gossip.py", *argv)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["chunk_bits"] for line in lines] == [4, 12]
+
+
+def test_fake_data_refuses_a_folder_that_holds_something(tmp_path: Path) -> None:
+    (tmp_path / "mine.txt").write_text("keep me")
+    done = script("fake_data.py", "fmnist", str(tmp_path))
+    assert done.returncode == 2 and "is not empty" in done.stderr
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("argv", [("--workers", "0"), ("--chunk-bits", "99")])
+def test_gossip_benchmark_refuses_bad_sizes_in_one_line(argv: tuple[str, ...]) -> None:
+    done = script("gossip.py", *argv)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
