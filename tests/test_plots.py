@@ -6,6 +6,7 @@ metrics.jsonl (and config.yaml to tell seeds apart); the seeded sweep is a real 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -223,3 +224,18 @@ def test_the_library_refuses_an_unknown_option(tmp_path, option, needle):
     with pytest.raises(UsageError, match=needle):
         plot_runs(run, **option)
     assert sorted(p.name for p in run.iterdir()) == ["metrics.jsonl"]
+
+
+def test_a_run_that_diverged_in_its_first_round_plots_without_warnings(tmp_path, capsys):
+    """Its log holds round 0 only, where the consensus distance is exactly 0: nothing a log
+    scale can show, so that panel stays linear instead of a matplotlib warning."""
+    run = tmp_path / "run"
+    run.mkdir()
+    first = {"round": 0, "wall_s": 0.0, "train_loss": 3.4, "test_loss_mean": 2.7,
+             "consensus_dist": 0.0, "bytes_sent": 0}  # fmt: skip
+    (run / "metrics.jsonl").write_text(json.dumps(first) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["plot", str(run), "--out", str(tmp_path / "c.png")]) == 0
+    assert capsys.readouterr().err == ""
+    assert (tmp_path / "c.png").read_bytes().startswith(PNG_MAGIC)

@@ -283,11 +283,19 @@ def _panel(ax: Any, metric: str, groups: Sequence[Group], x: str, band: str) -> 
         warn(f"no '{metric}' in {', '.join(missing)}; left out of the {metric} panel")
     ax.set_xlabel(X_LABELS[x])
     ax.set_title(metric)
-    if log and ax.lines:
-        # a band whose lower edge is <= 0 reaches the bottom of the axes ("clip"), which is
-        # what a std above the mean looks like on a log scale; lines mask such values
+    if log and any(_has_positive(line.get_ydata()) for line in ax.lines):
+        # only zeros (consensus distance at round 0 of a run that diverged in round 1) cannot be
+        # log-scaled and stay linear; a band whose lower edge is <= 0 reaches the bottom of the
+        # axes ("clip"), which is what a std above the mean looks like on a log scale; lines
+        # mask such values
         ax.set_yscale("log", nonpositive="clip" if ax.collections else "mask")
     ax.grid(alpha=0.3)
+
+
+def _has_positive(values: Any) -> bool:
+    import numpy as np
+
+    return bool((np.asarray(values, dtype=float) > 0).any())
 
 
 def _draw_group(ax: Any, group: Group, metric: str, x: str, band: str, log: bool) -> bool:
