@@ -966,6 +966,18 @@ def test_uniform_row_gap_beyond_the_dense_limit_is_the_dense_one(
     assert spectral_gap(mixing) == pytest.approx(dense, abs=1e-9)
 
 
+def test_uniform_row_on_a_star_beyond_the_dense_limit_has_its_exact_gap() -> None:
+    """The hub's weight 1 - (N - 1)/N carries rounding that a tolerance at rounding level would
+    take for irreversibility; the leaves' eigenvalue 1/2 gives the gap exactly."""
+    star = build_graph("star", topology.DENSE_SPECTRUM_LIMIT + 1)
+    assert spectral_gap(mixing_matrix(star, "uniform_row")) == pytest.approx(0.5, abs=1e-9)
+
+
+@pytest.mark.parametrize("n", [65, 72, 257, 2047])
+def test_complete_graphs_keep_their_exact_gap_despite_rounded_self_weights(n: int) -> None:
+    assert spectral_gap(mixing_matrix(build_graph("complete", n))) == 1.0
+
+
 def test_a_nonsymmetric_w_that_is_not_reversible_has_no_gap_beyond_the_dense_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
