@@ -215,6 +215,19 @@ def check_model_rows(cfg: Config, parameters: int, algorithm: Algorithm) -> None
     )
 
 
+def check_state_rows(cfg: Config, algorithm: Algorithm, parameters: int) -> None:
+    """Refuse in one line extra state rows that cannot fit (a plug-in's StateSpec of a huge
+    width), once the model is adapted and the widths are final."""
+    widths = [spec.width for spec in algorithm.extra_state().values()]
+    values = sum(parameters if width == "params" else int(width) for width in widths)
+    check_fits(
+        _workers_per_process(cfg) * values * FLOAT_BYTES,
+        f"holding the extra state of algorithm '{cfg.algorithm}' ({int_text(values)} values per "
+        f"worker, workers={int_text(cfg.workers)})",
+        "use fewer workers or narrower state",
+    )
+
+
 def _advice(cfg: Config, largest: str) -> str:
     """Which knobs shrink the largest part of a config's memory."""
     if largest == "model rows":

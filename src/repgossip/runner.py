@@ -141,7 +141,9 @@ def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = algorithm.adapt_model(model, federation.num_classes)
-    algorithm.check(RowLayout.parameters(model))
+    layout = RowLayout.parameters(model)
+    algorithm.check(layout)
+    memory.check_state_rows(cfg, algorithm, layout.size)
     return Parts(algorithm, federation, schedule, model)
 
 

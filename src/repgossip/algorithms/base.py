@@ -21,14 +21,16 @@ One round, as the run loop performs it:
 
 from __future__ import annotations
 
+import math
 import re
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from repgossip.errors import UsageError
+from repgossip.errors import RepgossipError, UsageError
 from repgossip.layout import MAIN_MODEL, PARTS, ROW_KINDS, RowLayout, row_key
 
 if TYPE_CHECKING:
@@ -184,28 +186,70 @@ class Algorithm:
 
     def check_declarations(self) -> None:
         """Refuse in one line declarations the engine cannot honour whatever the model: called
-        right after the algorithm is built, before anything (the memory check) reads its model
-        copies or state, so a plug-in's mistake is not a traceback."""
+        right after the algorithm is built, before anything (the memory check, push-sum's check)
+        reads its phases, model copies or state, so a plug-in's mistake is not a traceback.
+        Widths and fills of extra state wait for `check`: they may depend on the model."""
         label = self._label()
-        phases = self.phases
+        phases = self._declared("phases", lambda: self.phases)
         if not isinstance(phases, (tuple, list)) or not phases:
             raise UsageError(f"{label}: phases must be a non-empty tuple of Phase")
         for phase in phases:
-            if not isinstance(phase, Phase):
+            if not isinstance(phase, Phase) or not isinstance(phase.model, str):
                 raise UsageError(f"{label}: phases must hold Phase objects, got {phase!r}")
-        models = self.extra_models()
+        models = self._declared("extra_models()", self.extra_models)
+        if not isinstance(models, (tuple, list)) or not all(isinstance(m, str) for m in models):
+            raise UsageError(
+                f"{label}: extra_models() must return a tuple of names, got {models!r}"
+            )
         taken = {MAIN_MODEL, *ROW_KINDS}
         for model in models:
-            if not _NAME.match(model) or model in taken:
+            if not _NAME.match(model) or model in taken or models.count(model) > 1:
                 raise UsageError(
-                    f"{label}: model copy '{model}' must be a plain name other than "
+                    f"{label}: model copy '{model}' must be a plain name, given once, other than "
                     f"{', '.join(sorted(taken))}"
                 )
-        if self.evaluated_model not in (MAIN_MODEL, *models):
+        copies = (MAIN_MODEL, *models)
+        for phase in phases:
+            if phase.model not in copies:
+                raise UsageError(
+                    f"{label}: a phase trains model copy '{phase.model}', which is not one of its "
+                    f"model copies ({', '.join(copies)}); declare it in extra_models()"
+                )
+        evaluated = self._declared("evaluated_model", lambda: self.evaluated_model)
+        if evaluated not in copies:
             raise UsageError(
-                f"{label}: evaluated_model '{self.evaluated_model}' is not one of its model "
-                f"copies ({', '.join((MAIN_MODEL, *models))})"
+                f"{label}: evaluated_model {evaluated!r} is not one of its model copies "
+                f"({', '.join(copies)})"
             )
+        shared = self._declared("shared", lambda: self.shared)
+        if shared is not None and (not isinstance(shared, str) or not shared):
+            raise UsageError(f"{label}: shared must be a part name or None, got {shared!r}")
+        self._state_specs()
+
+    def _state_specs(self) -> Mapping[str, StateSpec]:
+        """`extra_state()`, refused in one line unless it maps names to StateSpec."""
+        label = self._label()
+        specs = self._declared("extra_state()", self.extra_state)
+        if not isinstance(specs, Mapping) or not all(
+            isinstance(name, str) and isinstance(spec, StateSpec) for name, spec in specs.items()
+        ):
+            raise UsageError(
+                f"{label}: extra_state() must return a mapping of names to StateSpec, got "
+                f"{reprlib.repr(specs)}"
+            )
+        return specs
+
+    def _declared(self, what: str, read: Callable[[], Any]) -> Any:
+        """A declaration read from a plug-in, its failure reported in one line."""
+        try:
+            return read()
+        except RepgossipError:
+            raise
+        except Exception as err:
+            line = (str(err).strip().splitlines() or [""])[0][:300]
+            raise UsageError(
+                f"{self._label()}: {what} raised {type(err).__name__}: {line}".rstrip(": ")
+            ) from None
 
     def check(self, layout: RowLayout) -> None:
         """Refuse in one line extra state and parts the engine cannot honour for a model of
@@ -214,18 +258,19 @@ class Algorithm:
         label = self._label()
         models = self.extra_models()
         rows = {row_key(m, kind) for m in (MAIN_MODEL, *models) for kind in ROW_KINDS}
-        for name, spec in self.extra_state().items():
+        for name, spec in self._state_specs().items():
             if not _NAME.match(name) or name in rows:
                 raise UsageError(
                     f"{label}: extra state '{name}' must be a plain name that no model row "
                     f"uses ({', '.join(sorted(rows))})"
                 )
-            width = spec.width
+            width, fill = spec.width, spec.fill
             ok = width == "params" or (type(width) is int and width > 0)
-            if not ok or not isinstance(spec.fill, (int, float)):
+            finite = type(fill) in (int, float) and math.isfinite(fill)
+            if not ok or not finite:
                 raise UsageError(
                     f"{label}: extra state '{name}' needs width 'params' or an int > 0 and a "
-                    f"numeric fill, got width={width!r} fill={spec.fill!r}"
+                    f"finite number as fill, got width={width!r} fill={fill!r}"
                 )
         for part in [p.part for p in self.phases] + ([self.shared] if self.shared else []):
             try:
