@@ -13,7 +13,7 @@ import gzip
 from pathlib import Path
 
 import numpy as np
-from common import positive_int
+from common import one_line_errors, positive_int
 
 CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte, then channel-major pixels
 
@@ -22,7 +22,8 @@ def write_cifar10(folder: Path, train: int, test: int, rng: np.random.Generator)
     """CIFAR-10's binary version: five training batches and one test batch of random records."""
     root = folder / "cifar-10-batches-bin"
     root.mkdir(parents=True, exist_ok=True)
-    sizes = {f"data_batch_{i}.bin": -(-train // 5) for i in range(1, 6)} | {"test_batch.bin": test}
+    batches = {f"data_batch_{i + 1}.bin": train // 5 + (i < train % 5) for i in range(5)}
+    sizes = batches | {"test_batch.bin": test}
     for name, n in sizes.items():
         records = rng.integers(0, 256, size=(n, CIFAR_RECORD), dtype=np.uint8)
         records[:, 0] = rng.integers(0, 10, size=n)
@@ -54,11 +55,17 @@ def main() -> None:
     parser.add_argument("--train", type=positive_int, default=2560)
     parser.add_argument("--test", type=positive_int, default=640)
     args = parser.parse_args()
-    if args.folder.exists() and any(args.folder.iterdir()):
+    if args.folder.exists() and not args.folder.is_dir():
+        parser.error(f"{args.folder} is a file, not a folder")
+    if args.folder.is_dir() and any(args.folder.iterdir()):
         parser.error(f"{args.folder} is not empty; give a new or empty folder")
+    try:
+        args.folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        parser.error(f"cannot make {args.folder}: {err.strerror}")
     folder = WRITERS[args.dataset](args.folder, args.train, args.test, np.random.default_rng(0))
     print(folder)
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

@@ -10,9 +10,8 @@ against them.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from common import bench, header, row, save
+from common import bench, header, one_line_errors, output_file, positive_int, row, save
 
 GOAL = ["workers=32", "samples_per_worker=200", "partition=shards", "classes_per_worker=2",
         "topology=ring", "batch_size=16", "head_epochs=3", "body_epochs=1"]  # fmt: skip
@@ -22,10 +21,10 @@ COLUMNS = ("threads", "s_per_round", "bound_s", "ratio", "reference_s_per_round"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds-measured", type=int, default=9)
-    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--out", type=Path, help="append the raw JSON lines here")
+    parser.add_argument("--rounds-measured", type=positive_int, default=9)
+    parser.add_argument("--threads", type=positive_int, nargs="+", default=[2, 1])
+    parser.add_argument("--repeats", type=positive_int, default=1)
+    parser.add_argument("--out", type=output_file, help="append the raw JSON lines here")
     args = parser.parse_args()
     print(header(COLUMNS))
     for _ in range(args.repeats):
@@ -37,4 +36,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

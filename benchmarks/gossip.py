@@ -17,13 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import time
 
 import numpy as np
 import torch
-from common import positive_int
+from common import child, one_line_errors, positive_int
 
 from repgossip import gossip
 from repgossip.engines.base import Engine
@@ -93,11 +91,11 @@ def main() -> None:
         print(json.dumps(measure(args.one, args.workers, args.params)))
         return
     for topology in args.topologies:
-        argv = [sys.executable, __file__, "--one", topology, "--workers", str(args.workers),
+        argv = [__file__, "--one", topology, "--workers", str(args.workers),
                 "--params", str(args.params)]  # fmt: skip
         argv += ["--chunk-bits", *map(str, args.chunk_bits)] if args.chunk_bits else []
-        print(subprocess.run(argv, capture_output=True, text=True, check=True).stdout, end="")
+        print(child(*argv), end="")
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

@@ -17,6 +17,7 @@ import threading
 import time
 
 import torch
+from common import one_line_errors, positive_int
 
 from repgossip.memory import IMAGE_SETS
 from repgossip.models import build_model
@@ -53,8 +54,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vgg11")
     parser.add_argument("--dataset", default="cifar10", choices=sorted(IMAGE_SETS))
-    parser.add_argument("--samples", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--samples", type=positive_int, default=256)
+    parser.add_argument("--threads", type=positive_int, default=2)
     args = parser.parse_args()
     data = IMAGE_SETS[args.dataset]
     model = build_model(args.model, data.shape, data.classes).train()
@@ -73,4 +74,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

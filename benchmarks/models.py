@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import bench, header, positive_int, row, save
+from common import bench, header, one_line_errors, output_file, positive_int, row, save
 from fake_data import write_cifar10
 
 COLUMNS = ("model", "workers", "samples", "s_per_round", "bound_s", "ratio", "bound_batch", "samples_per_s",
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--workers", type=positive_int, default=4)
     parser.add_argument("--samples", type=positive_int, default=64, help="samples per worker")
     parser.add_argument("--rounds-measured", type=positive_int, default=3)
-    parser.add_argument("--out", type=Path, help="append the raw JSON lines here")
+    parser.add_argument("--out", type=output_file, help="append the raw JSON lines here")
     parser.add_argument("--set", nargs="*", default=[], help="more config assignments")
     args = parser.parse_args()
     print(header(COLUMNS))
@@ -50,4 +50,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

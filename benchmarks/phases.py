@@ -5,7 +5,8 @@
 
 Builds the experiment of the config given by `--set` (the default job without it), runs one
 warm-up round, then times `--rounds-measured` rounds of `train_round`, splitting each into its
-local phases (`Population.train`, by the part they train) and its communication
+local phases (`Population.train`: "phase 0 head" is the round's first phase, training the head)
+and its communication
 (`Algorithm.communicate`). Prints the median seconds of each, and of the whole round, as one JSON
 object. Compare with `repgossip bench` on the same config, whose bound says what each phase could
 cost. `--profile K` also prints the K functions with the most own time in the measured rounds
@@ -25,9 +26,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from common import positive_int
+from common import fail, one_line_errors, positive_int
 
 from repgossip.config import build_config, parse_assignments
+from repgossip.layout import MAIN_MODEL
 from repgossip.runner import build_experiment, train_round
 
 
@@ -60,15 +62,22 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    exp = build_experiment(build_config(parse_assignments(args.set)))
+    cfg = build_config(parse_assignments(args.set))
+    if cfg.engine != "sim":
+        fail(f"engine={cfg.engine}: this script times the one-process engine; under torchrun use "
+             "repgossip bench, which reports a distributed round and its communication share")  # fmt: skip
+    exp = build_experiment(cfg)
     train_round(exp, 0)  # warm-up: first-call allocations, kernel selection
     per_part: dict[str, list[float]] = defaultdict(list)
     communicate = exp.algorithm.communicate
     exp.algorithm.communicate = timed_into(per_part["communicate"], communicate)  # type: ignore[method-assign]
     train = exp.population.train
 
-    def train_timed(part: str, *rest: Any, **kwargs: Any) -> None:
-        timed_into(per_part[f"phase {part}"], train)(part, *rest, **kwargs)
+    def train_timed(part: str, budget: Any, rule: Any, round_index: int, phase: int,
+                    *rest: Any, **kwargs: Any) -> None:  # fmt: skip
+        model = kwargs.get("model", MAIN_MODEL)
+        name = f"phase {phase} {part}" + ("" if model == MAIN_MODEL else f" of {model}")
+        timed_into(per_part[name], train)(part, budget, rule, round_index, phase, *rest, **kwargs)
 
     exp.population.train = train_timed  # type: ignore[method-assign]
     rounds = []
@@ -90,4 +99,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

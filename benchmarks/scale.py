@@ -13,9 +13,8 @@ smallest and the largest size) against the model's size and the worker's data.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from common import bench, header, row, save
+from common import bench, header, one_line_errors, output_file, positive_int, row, save
 
 COLUMNS = ("workers", "s_per_round", "bound_s", "ratio", "samples_per_s", "peak_rss_mb", "data_mb")
 PER_DATASET = {"fmnist": ["samples_per_worker=none"], "synthetic": []}
@@ -24,9 +23,9 @@ PER_DATASET = {"fmnist": ["samples_per_worker=none"], "synthetic": []}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=sorted(PER_DATASET), default="synthetic")
-    parser.add_argument("--workers", type=int, nargs="+", default=[128, 1024, 10000])
-    parser.add_argument("--rounds-measured", type=int, default=3)
-    parser.add_argument("--out", type=Path, help="append the raw JSON lines here")
+    parser.add_argument("--workers", type=positive_int, nargs="+", default=[128, 1024, 10000])
+    parser.add_argument("--rounds-measured", type=positive_int, default=3)
+    parser.add_argument("--out", type=output_file, help="append the raw JSON lines here")
     parser.add_argument("--set", nargs="*", default=[], help="more config assignments")
     args = parser.parse_args()
     print(header(COLUMNS))
@@ -50,4 +49,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from common import header, positive_int, row
+from common import header, one_line_errors, positive_int, row
 
 from repgossip.bench import timed
 from repgossip.config import build_config
@@ -51,4 +51,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    one_line_errors(main)

@@ -31,8 +31,8 @@ def test_phases_times_each_part_of_a_round() -> None:
     done = script("phases.py", "--rounds-measured", "2", "--set", "workers=4", "rounds=1")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert {"phase head", "phase body", "communicate", "round"} <= set(result)
-    assert result["phase head"] + result["phase body"] <= result["round"]
+    assert {"phase 0 head", "phase 1 body", "communicate", "round"} <= set(result)
+    assert result["phase 0 head"] + result["phase 1 body"] <= result["round"]
 
 
 def test_gossip_chunk_sizes_are_timed_one_line_each() -> None:
@@ -50,7 +50,24 @@ def test_fake_data_refuses_a_folder_that_holds_something(tmp_path: Path) -> None
     assert (tmp_path / "mine.txt").read_text() == "keep me"
 
 
-@pytest.mark.parametrize("argv", [("--workers", "0"), ("--chunk-bits", "99")])
-def test_gossip_benchmark_refuses_bad_sizes_in_one_line(argv: tuple[str, ...]) -> None:
-    done = script("gossip.py", *argv)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
+@pytest.mark.parametrize(
+    ("name", "argv", "needle"),
+    [
+        ("gossip.py", ("--workers", "0"), "must be >= 1"),
+        ("gossip.py", ("--chunk-bits", "99"), "between 0 and 40"),
+        ("gossip.py", ("--workers", "4", "--topologies", "nosuch"), "unknown topology 'nosuch'"),
+        ("phases.py", ("--set", "nosuchkey=1"), "unknown config key 'nosuchkey'"),
+        ("phases.py", ("--set", "engine=dist"), "times the one-process engine"),
+        ("stacking.py", ("--dims", "3", "--rank", "5"), "rank must be <= dim"),
+        ("scale.py", ("--out", f"{__file__}/no/x.jsonl"), "not a file in an existing folder"),
+        ("fake_data.py", ("fmnist", __file__), "is a file, not a folder"),
+    ],
+)
+def test_a_bad_argument_is_one_line_with_exit_code_2(
+    name: str, argv: tuple[str, ...], needle: str
+) -> None:
+    done = script(name, *argv)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert last.startswith(f"{name}: error: ") and needle in last, last
+    assert last.count(": error: ") == 1  # a child's error is passed on, not wrapped twice

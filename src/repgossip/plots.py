@@ -295,7 +295,8 @@ def _panel(ax: Any, metric: str, groups: Sequence[Group], x: str, band: str) -> 
 def _has_positive(values: Any) -> bool:
     import numpy as np
 
-    return bool((np.asarray(values, dtype=float) > 0).any())
+    values = np.asarray(values, dtype=float)
+    return bool((np.isfinite(values) & (values > 0)).any())
 
 
 def _draw_group(ax: Any, group: Group, metric: str, x: str, band: str, log: bool) -> bool:
