@@ -11,6 +11,7 @@ On a directed graph the same rule mixes push-sum's mass and weight with the colu
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -180,19 +181,30 @@ def mix_rows(rows: np.ndarray, slots: Slots, fetch: Fetch, out: torch.Tensor) ->
     for begin in range(0, len(rows), rows_per_chunk):
         chosen = by_length[begin : begin + rows_per_chunk]
         first, length = slots.start[rows[chosen]], counts[chosen]
-        terms = [(slots.index[first], _weights(slots, first, out))]
-        for k in range(1, int(length[0])):
-            have = int(np.searchsorted(-length, -k))  # rows with more than k entries
-            at = first[:have] + k
-            terms.append((slots.index[at], _weights(slots, at, out)))
+        terms: Iterable[tuple[np.ndarray, torch.Tensor]] = _terms(slots, first, length, out)
+        if width > cols_per_chunk:  # reused by every column piece (else made one at a time: a
+            terms = list(terms)  # star's hub of 100,000 leaves would hold 50 MB of them)
         target = torch.from_numpy(chosen).to(out.device)
         for start in range(0, width, cols_per_chunk):
             cols = slice(start, start + cols_per_chunk)
-            (ids, weights), *rest = terms
+            each = iter(terms)
+            ids, weights = next(each)
             acc = fetch(ids, cols) * weights
-            for ids, weights in rest:
+            for ids, weights in each:
                 acc[: len(ids)].add_(fetch(ids, cols) * weights)
             out[target, cols] = acc
+
+
+def _terms(
+    slots: Slots, first: np.ndarray, length: np.ndarray, like: torch.Tensor
+) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """The k-th entries (ids and weights) of rows starting at `first`, longest first, k = 0, 1,
+    ...: the k-th term of the rows that have one, a prefix of them."""
+    yield slots.index[first], _weights(slots, first, like)
+    for k in range(1, int(length[0])):
+        have = int(np.searchsorted(-length, -k))  # rows with more than k entries
+        at = first[:have] + k
+        yield slots.index[at], _weights(slots, at, like)
 
 
 def _weights(slots: Slots, at: np.ndarray, like: torch.Tensor) -> torch.Tensor:
