@@ -1,7 +1,7 @@
 """What a model's forward and backward cost in plain PyTorch at the local batch size against a big
 batch, with no repgossip code in the loop: the floor under a round made of small per-worker batches.
 
-    python benchmarks/kernels.py [--model vgg11] [--samples 256] [--threads 2]
+    python benchmarks/kernels.py [--model vgg11] [--samples 256] [--threads 2] [--channels-last]
 
 Times `--samples` samples of training steps (train mode, cross-entropy, backward) three ways: batch
 16 in one thread; batch 16 in `--threads` threads side by side, each on its own copy of the model
@@ -25,8 +25,15 @@ from repgossip.models import build_model
 SMALL, BIG = 16, 128
 
 
-def steps(model: torch.nn.Module, batch: int, count: int, shape: tuple[int, ...]) -> None:
-    x, y = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
+def steps(
+    model: torch.nn.Module,
+    batch: int,
+    count: int,
+    shape: tuple[int, ...],
+    layout: torch.memory_format = torch.contiguous_format,
+) -> None:
+    x = torch.randn(batch, *shape).contiguous(memory_format=layout)
+    y = torch.randint(0, 10, (batch,))
     for _ in range(count):
         model.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
@@ -42,8 +49,12 @@ def best_of(fn, repeats: int = 3) -> float:
     return min(times)
 
 
-def side_by_side(models: list[torch.nn.Module], count: int, shape: tuple[int, ...]) -> None:
-    threads = [threading.Thread(target=steps, args=(m, SMALL, count, shape)) for m in models]
+def side_by_side(
+    models: list[torch.nn.Module], count: int, shape: tuple[int, ...], layout: torch.memory_format
+) -> None:
+    threads = [
+        threading.Thread(target=steps, args=(m, SMALL, count, shape, layout)) for m in models
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -56,17 +67,22 @@ def main() -> None:
     parser.add_argument("--dataset", default="cifar10", choices=sorted(IMAGE_SETS))
     parser.add_argument("--samples", type=positive_int, default=256)
     parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--channels-last", action="store_true", help="images and weights NHWC")
     args = parser.parse_args()
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
     data = IMAGE_SETS[args.dataset]
-    model = build_model(args.model, data.shape, data.classes).train()
+    model = build_model(args.model, data.shape, data.classes).train().to(memory_format=layout)
     copies = [copy.deepcopy(model) for _ in range(args.threads)]
     torch.set_num_threads(1)
-    one = best_of(lambda: steps(model, SMALL, args.samples // SMALL, data.shape))
+    one = best_of(lambda: steps(model, SMALL, args.samples // SMALL, data.shape, layout))
     per_thread = args.samples // SMALL // args.threads
-    parallel = best_of(lambda: side_by_side(copies, per_thread, data.shape))
+    parallel = best_of(lambda: side_by_side(copies, per_thread, data.shape, layout))
     torch.set_num_threads(args.threads)
-    big = best_of(lambda: steps(model, BIG, args.samples // BIG, data.shape))
-    print(f"{args.model}, {args.samples} samples of training steps, torch {torch.__version__}:")
+    big = best_of(lambda: steps(model, BIG, args.samples // BIG, data.shape, layout))
+    layout = ", channels last" if args.channels_last else ""
+    print(
+        f"{args.model}, {args.samples} samples of training steps{layout}, torch {torch.__version__}:"
+    )
     print(f"  batch {SMALL}, 1 thread:                       {one:.3f} s")
     print(f"  batch {SMALL}, {args.threads} threads side by side:        {parallel:.3f} s")
     print(f"  batch {BIG}, {args.threads} intra-op threads:            {big:.3f} s")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,9 +26,11 @@ from repgossip.reference import ReferenceSimulation
 from repgossip.runner import build_experiment, train_round
 from repgossip.training import Budget, StepRule
 
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
 TINY = ["dataset=synthetic", "workers=4", "samples_per_worker=16", "batch_size=8"]
 KEYS = {"s_per_round", "bound_s", "ratio", "samples_per_s", "peak_rss_mb", "config",
-        "reference_s_per_round", "speedup", "model_params", "data_mb"}  # fmt: skip
+        "reference_s_per_round", "speedup", "model_params", "data_mb", "train_samples",
+        "bound_layout"}  # fmt: skip
 RULE = StepRule(lr=0.05, momentum=0.9, weight_decay=1e-3)
 
 
@@ -50,6 +53,20 @@ def test_bench_prints_one_json_object_with_the_keys():
     # 4 workers x (16 train + 16 test samples) x (20 features + 1 label) in float32
     assert result["data_mb"] == pytest.approx(4 * (16 + 16) * (20 + 1) * 4 / 2**20, abs=1e-4)
     assert all(result[k] > 0 for k in ("s_per_round", "bound_s", "samples_per_s", "speedup"))
+    assert result["train_samples"] == 4 * 16 and result["bound_layout"] == "contiguous"
+
+
+@pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST not installed (make data)")
+def test_the_bound_tries_both_memory_layouts_on_images_and_computes_the_same():
+    from repgossip.bench import Bound
+
+    cfg = build_config({}, {"dataset": "fmnist", "workers": "2", "samples_per_worker": "8"})
+    bound = Bound(build_experiment(cfg))
+    assert {s.channels_last for s in bound.settings()} == {False, True}
+    with torch.no_grad():
+        plain = bound.models[False](bound.inputs[False])
+        last = bound.models[True](bound.inputs[True])
+    torch.testing.assert_close(last, plain, rtol=1e-4, atol=1e-5)  # the same model, other kernels
 
 
 @pytest.mark.parametrize(
