@@ -1,15 +1,15 @@
 """Where a round's time goes: seconds of each local phase and of communication, per round.
 
-    python benchmarks/phases.py [--rounds-measured 3] [--threads N] [--profile 25]
+    python benchmarks/phases.py [--rounds-measured 3] [--threads N] [--bound] [--profile 25]
                                 [--set key=value ...]
 
 Builds the experiment of the config given by `--set` (the default job without it), runs one
 warm-up round, then times `--rounds-measured` rounds of `train_round`, splitting each into its
 local phases (`Population.train`: "phase 0 head" is the round's first phase, training the head)
-and its communication
-(`Algorithm.communicate`). Prints the median seconds of each, and of the whole round, as one JSON
-object. Compare with `repgossip bench` on the same config, whose bound says what each phase could
-cost. `--profile K` also prints the K functions with the most own time in the measured rounds
+and its communication (`Algorithm.communicate`). Prints the median seconds of each, and of the
+whole round, as one JSON object. `--bound` adds each phase's part of `repgossip bench`'s compute
+bound ("bound phase 1 body"), what that phase could cost, timed after the rounds. `--profile K`
+also prints the K functions with the most own time in the measured rounds
 (cProfile; it sees the main thread only, so use it with `--threads 1`).
 """
 
@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import json
+import math
 import pstats
 import statistics
 import time
@@ -28,9 +30,10 @@ from typing import Any
 import torch
 from common import fail, one_line_errors, positive_int
 
+from repgossip.bench import Bound, intra_op_threads, phase_samples, timed
 from repgossip.config import build_config, parse_assignments
 from repgossip.layout import MAIN_MODEL
-from repgossip.runner import build_experiment, train_round
+from repgossip.runner import Experiment, build_experiment, train_round
 
 
 def timed_into(seconds: list[float], fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -53,11 +56,34 @@ def per_round(seconds: list[float], rounds: int) -> list[float]:
     return [sum(seconds[i * calls : (i + 1) * calls]) for i in range(rounds)]
 
 
+def bound_parts(exp: Experiment, repeats: int) -> dict[str, float]:
+    """What each phase could cost: its part of `repgossip bench`'s compute bound (a head phase:
+    the frozen body's forward pass over all samples; any other: forward, backward and update
+    over its samples), the fastest candidate setting's median of `repeats`."""
+    bound = Bound(exp)
+    parts = {}
+    for index, phase in enumerate(exp.algorithm.phases):
+        best = math.inf
+        for setting in bound.settings():
+            model, x = bound.models[setting.channels_last], bound.inputs[setting.channels_last]
+            if phase.part == "head":
+                work = functools.partial(bound.forward_features, model, x, setting.batch)
+            else:
+                samples = phase_samples(exp, phase.budget)
+                work = functools.partial(bound.train, model, x, samples, setting.batch)
+            with intra_op_threads(setting.threads):
+                work()  # warm-up
+                best = min(best, statistics.median(timed(work) for _ in range(repeats)))
+        parts[f"bound phase {index} {phase.part}"] = round(best, 4)
+    return parts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds-measured", type=positive_int, default=3)
     parser.add_argument("--threads", type=positive_int, help="torch intra-op threads")
     parser.add_argument("--profile", type=positive_int, metavar="K", help="print the top K")
+    parser.add_argument("--bound", action="store_true", help="also time each phase's bound")
     parser.add_argument("--set", nargs="*", default=[], help="config assignments key=value")
     args = parser.parse_args()
     if args.threads:
@@ -93,6 +119,8 @@ def main() -> None:
         name: round(statistics.median(per_round(s, len(rounds))), 4) for name, s in per_part.items()
     }
     result["round"] = round(statistics.median(rounds), 4)
+    if args.bound:
+        result |= bound_parts(exp, args.rounds_measured)
     print(json.dumps(result | {"config": exp.cfg.to_dict()}))
     if profiler is not None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)

@@ -28,10 +28,12 @@ def test_every_benchmark_script_starts_and_explains_itself(name: str) -> None:
 
 
 def test_phases_times_each_part_of_a_round() -> None:
-    done = script("phases.py", "--rounds-measured", "2", "--set", "workers=4", "rounds=1")
+    argv = ("--rounds-measured", "2", "--bound", "--set", "workers=4", "samples_per_worker=20")
+    done = script("phases.py", *argv)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert {"phase 0 head", "phase 1 body", "communicate", "round"} <= set(result)
+    assert result["bound phase 0 head"] > 0 and result["bound phase 1 body"] > 0
     assert result["phase 0 head"] + result["phase 1 body"] <= result["round"]
 
 
