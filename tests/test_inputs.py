@@ -23,7 +23,7 @@ from repgossip.config import build_config, parse_assignments
 from repgossip.data import sources
 from repgossip.data.sources import FMNIST_FILES, load_fmnist, make_synthetic
 from repgossip.errors import UsageError
-from repgossip.memory import model_parameters, rows_per_parameter
+from repgossip.memory import model_parameters, values_per_worker
 from repgossip.models import build_model
 from repgossip.runner import build_experiment
 from repgossip.topology import build_graph
@@ -353,8 +353,8 @@ def test_memory_counts_each_algorithms_rows_per_parameter(algorithm: str, rows: 
     # a parameter and a momentum row per model copy (ditto keeps two), plus dispfl's mask row;
     # the count must match what a population really allocates
     cfg = build_config({"algorithm": algorithm, "dataset": "synthetic", "workers": 3})
-    assert rows_per_parameter(cfg) == rows
     pop = build_experiment(cfg).population
+    assert values_per_worker(cfg, pop.layout.size) == rows * pop.layout.size
     wide = [t for t in pop.rows.values() if t.shape[1] == pop.layout.size]
     assert len(wide) == rows
 

@@ -62,7 +62,7 @@ def refused(needle: str, **kwargs) -> None:
         ({"extra_state": lambda self: {}["x"]}, "extra_state() raised KeyError"),
         ({"extra_state": lambda self: {"m": StateSpec(fill=True)}}, "fill=True"),
         ({"extra_state": lambda self: {"m": StateSpec(fill=float("nan"))}}, "fill=nan"),
-        ({"extra_state": lambda self: {"m": StateSpec(width=10**13)}}, "narrower state"),
+        ({"extra_state": lambda self: {"m": StateSpec(width=10**13)}}, "values per worker"),
         ({"shared": 3}, "shared must be a part name or None"),
         ({"shared": ""}, "shared must be a part name or None"),
     ],

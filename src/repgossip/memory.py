@@ -151,26 +151,26 @@ def _workers_per_process(cfg: Config) -> int:
     return -(-cfg.workers // processes)
 
 
-def rows_per_parameter(cfg: Config, algorithm: Algorithm | None = None) -> int:
-    """Float rows per model parameter each worker holds: a parameter and a momentum row for every
-    model copy of the algorithm (Ditto has two), plus its per-worker state as wide as the
-    parameters (DisPFL's mask). Without the built `algorithm`, a plug-in's code is not run for an
-    estimate: it counts as one copy, a lower bound like the rest."""
+def values_per_worker(cfg: Config, parameters: int, algorithm: Algorithm | None = None) -> int:
+    """Float values each worker holds for a model of `parameters` parameters: a parameter and a
+    momentum row for every model copy of the algorithm (Ditto has two), plus its extra state rows
+    (DisPFL's mask is as wide as the parameters). Without the built `algorithm`, a plug-in's code
+    is not run for an estimate: it counts as one copy, a lower bound like the rest."""
     from repgossip.algorithms import ALGORITHMS  # here: algorithms import config, which imports us
 
     if algorithm is None:
         if cfg.algorithm not in ALGORITHMS:
-            return ROWS_PER_PARAMETER
+            return ROWS_PER_PARAMETER * parameters
         algorithm = ALGORITHMS.get(cfg.algorithm)(cfg)
     copies = 1 + len(algorithm.extra_models())
-    wide = sum(spec.width == "params" for spec in algorithm.extra_state().values())
-    return ROWS_PER_PARAMETER * copies + wide
+    widths = [spec.width for spec in algorithm.extra_state().values()]
+    state = sum(parameters if width == "params" else int(width) for width in widths)
+    return ROWS_PER_PARAMETER * copies * parameters + state
 
 
 def model_rows_bytes(cfg: Config, parameters: int, algorithm: Algorithm | None = None) -> int:
     """Bytes of the per-worker rows one process holds for a model of `parameters` parameters."""
-    per_parameter = rows_per_parameter(cfg, algorithm)
-    return _workers_per_process(cfg) * parameters * per_parameter * FLOAT_BYTES
+    return _workers_per_process(cfg) * values_per_worker(cfg, parameters, algorithm) * FLOAT_BYTES
 
 
 def estimate(cfg: Config) -> dict[str, int]:
@@ -205,26 +205,16 @@ def check_config(cfg: Config) -> None:
 
 
 def check_model_rows(cfg: Config, parameters: int, algorithm: Algorithm) -> None:
-    """Refuse in one line, once the model is built, rows that cannot fit: the config-only check
-    cannot size a plug-in model, or a built-in one on a plug-in dataset."""
+    """Refuse in one line, once the model is built and adapted, rows that cannot fit: the
+    config-only check cannot size a plug-in model, a built-in one on a plug-in dataset, or a
+    plug-in's extra state."""
+    values = values_per_worker(cfg, parameters, algorithm)
     check_fits(
         model_rows_bytes(cfg, parameters, algorithm),
         f"holding the model rows of this config (workers={int_text(cfg.workers)}, model "
-        f"{cfg.model!r} of {int_text(parameters)} parameters)",
+        f"{cfg.model!r} of {int_text(parameters)} parameters, algorithm {cfg.algorithm!r}: "
+        f"{int_text(values)} values per worker)",
         _advice(cfg, "model rows"),
-    )
-
-
-def check_state_rows(cfg: Config, algorithm: Algorithm, parameters: int) -> None:
-    """Refuse in one line extra state rows that cannot fit (a plug-in's StateSpec of a huge
-    width), once the model is adapted and the widths are final."""
-    widths = [spec.width for spec in algorithm.extra_state().values()]
-    values = sum(parameters if width == "params" else int(width) for width in widths)
-    check_fits(
-        _workers_per_process(cfg) * values * FLOAT_BYTES,
-        f"holding the extra state of algorithm '{cfg.algorithm}' ({int_text(values)} values per "
-        f"worker, workers={int_text(cfg.workers)})",
-        "use fewer workers or narrower state",
     )
 
 

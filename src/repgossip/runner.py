@@ -131,7 +131,6 @@ def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
             model_name, federation.input_shape, federation.num_classes, cfg, supplied.model
         )
     check_fits(model, federation.train_x[0], federation.num_classes, model_name)
-    memory.check_model_rows(cfg, sum(p.numel() for p in model.parameters()), algorithm)
     check_batch_norm_batches(model, federation.train_sizes(), cfg)
     if cfg.augment and len(federation.input_shape) != 3:
         raise UsageError(
@@ -142,8 +141,8 @@ def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
         torch.manual_seed(cfg.seed)
         model = algorithm.adapt_model(model, federation.num_classes)
     layout = RowLayout.parameters(model)
-    algorithm.check(layout)
-    memory.check_state_rows(cfg, algorithm, layout.size)
+    algorithm.check(layout)  # extra state is valid: the memory check may size it
+    memory.check_model_rows(cfg, layout.size, algorithm)
     return Parts(algorithm, federation, schedule, model)
 
 
