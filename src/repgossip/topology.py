@@ -945,8 +945,7 @@ def spectral_gap(mixing: Mixing) -> float | None:
         if largest is None:
             return None
         slem = largest
-    slem = 0.0 if slem < _ROUND_OFF else slem  # exact averaging reports exactly 1
-    return float(min(1.0, max(0.0, 1.0 - slem)))
+    return _gap(slem)
 
 
 def _is_uniform_on_regular(mixing: Mixing, degree: int) -> bool:
@@ -961,6 +960,13 @@ def _is_uniform_on_regular(mixing: Mixing, degree: int) -> bool:
 
 
 _ROUND_OFF = 1e-12  # moduli below this are an exact zero (exact averaging) blurred by float
+
+
+def _gap(slem: float, rounds: int = 1) -> float:
+    """1 - the per-round rate of a second-largest eigenvalue modulus over `rounds` rounds, in
+    [0, 1]; exact averaging (a modulus at rounding level) reports exactly 1."""
+    rate = 0.0 if slem < _ROUND_OFF else slem ** (1.0 / rounds)
+    return float(min(1.0, max(0.0, 1.0 - rate)))
 
 
 def _directed_gap(mixing: Mixing) -> float | None:
@@ -987,8 +993,7 @@ def _directed_gap(mixing: Mixing) -> float | None:
         slem = float(np.sort(np.abs(np.linalg.eigvals(dense)))[-2])
     else:
         return None
-    slem = 0.0 if slem < _ROUND_OFF else slem ** (1.0 / len(graphs))
-    return float(min(1.0, max(0.0, 1.0 - slem)))
+    return _gap(slem, rounds=len(graphs))
 
 
 _REVERSIBLE_TOLERANCE = 1e-9
