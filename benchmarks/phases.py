@@ -19,7 +19,6 @@ import argparse
 import cProfile
 import functools
 import json
-import math
 import pstats
 import statistics
 import time
@@ -30,7 +29,7 @@ from typing import Any
 import torch
 from common import fail, one_line_errors, positive_int
 
-from repgossip.bench import Bound, intra_op_threads, phase_samples, timed
+from repgossip.bench import Bound, intra_op_threads, timed
 from repgossip.config import build_config, parse_assignments
 from repgossip.layout import MAIN_MODEL
 from repgossip.runner import Experiment, build_experiment, train_round
@@ -57,24 +56,18 @@ def per_round(seconds: list[float], rounds: int) -> list[float]:
 
 
 def bound_parts(exp: Experiment, repeats: int) -> dict[str, float]:
-    """What each phase could cost: its part of `repgossip bench`'s compute bound (a head phase:
-    the frozen body's forward pass over all samples; any other: forward, backward and update
-    over its samples), the fastest candidate setting's median of `repeats`."""
+    """Each phase's part of `repgossip bench`'s compute bound (`Bound.phase`): the fastest
+    candidate setting's median of `repeats`."""
     bound = Bound(exp)
     parts = {}
     for index, phase in enumerate(exp.algorithm.phases):
-        best = math.inf
+        medians = []
         for setting in bound.settings():
-            model, x = bound.models[setting.channels_last], bound.inputs[setting.channels_last]
-            if phase.part == "head":
-                work = functools.partial(bound.forward_features, model, x, setting.batch)
-            else:
-                samples = phase_samples(exp, phase.budget)
-                work = functools.partial(bound.train, model, x, samples, setting.batch)
+            work = functools.partial(bound.phase, phase, setting)
             with intra_op_threads(setting.threads):
                 work()  # warm-up
-                best = min(best, statistics.median(timed(work) for _ in range(repeats)))
-        parts[f"bound phase {index} {phase.part}"] = round(best, 4)
+                medians.append(statistics.median(timed(work) for _ in range(repeats)))
+        parts[f"bound phase {index} {phase.part}"] = round(min(medians), 4)
     return parts
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from repgossip.algorithms import Phase
 from repgossip.config import Config
 from repgossip.errors import UsageError
 from repgossip.runner import Experiment, build_experiment, train_round
@@ -101,13 +102,18 @@ class Bound:
         self.lr = step_rule(exp.cfg, "body", 0).lr
 
     def round(self, setting: BoundSetting) -> None:
-        model, x = self.models[setting.channels_last], self.inputs[setting.channels_last]
         with intra_op_threads(setting.threads):
             for phase in self.exp.algorithm.phases:
-                if phase.part == "head":
-                    self.forward_features(model, x, setting.batch)
-                else:
-                    self.train(model, x, phase_samples(self.exp, phase.budget), setting.batch)
+                self.phase(phase, setting)
+
+    def phase(self, phase: Phase, setting: BoundSetting) -> None:
+        """One phase's part of the bound: a head phase, the frozen body's forward pass over
+        all samples; any other, forward, backward and update over its samples."""
+        model, x = self.models[setting.channels_last], self.inputs[setting.channels_last]
+        if phase.part == "head":
+            self.forward_features(model, x, setting.batch)
+        else:
+            self.train(model, x, phase_samples(self.exp, phase.budget), setting.batch)
 
     @torch.no_grad()
     def forward_features(self, model: nn.Module, x: torch.Tensor, batch: int) -> None:
