@@ -37,6 +37,15 @@ def sgd(params: list[torch.Tensor], loss: torch.Tensor) -> None:
         torch._foreach_add_(params, grads, alpha=-0.01)
 
 
+def step(params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> None:
+    """One worker's (or one big batch's) training step of the cnn on its own weights."""
+    w1, b1, w2, b2, w3, b3, w4, b4 = params
+    h = F.max_pool2d(F.relu(F.conv2d(x, w1, b1)), 2)
+    h = F.max_pool2d(F.relu(F.conv2d(h, w2, b2)), 2)
+    h = F.relu(F.linear(h.flatten(1), w3, b3))
+    sgd(params, F.cross_entropy(F.linear(h, w4, b4), y))
+
+
 def head(h: torch.Tensor, params: list[torch.Tensor], y: torch.Tensor, workers: int) -> None:
     """The stacked linear layers, the loss (each worker's mean, summed) and the update."""
     *_, w3, b3, w4, b4 = params
@@ -54,18 +63,11 @@ def ways(workers: int) -> dict[str, Callable[[], None]]:
     own = [[p[g].detach().clone().requires_grad_() for p in stacked] for g in range(workers)]
     single = [p[0].detach().clone().requires_grad_() for p in stacked]
 
-    def one_worker(g: int) -> None:
-        w1, b1, w2, b2, w3, b3, w4, b4 = own[g]
-        h = F.max_pool2d(F.relu(F.conv2d(x[g], w1, b1)), 2)
-        h = F.max_pool2d(F.relu(F.conv2d(h, w2, b2)), 2)
-        h = F.relu(F.linear(h.flatten(1), w3, b3))
-        sgd(own[g], F.cross_entropy(F.linear(h, w4, b4), y[g]))
-
     def side() -> None:
         def run(part: range) -> None:
             torch.set_num_threads(1)
             for g in part:
-                one_worker(g)
+                step(own[g], x[g], y[g])
 
         parts = [range(i, workers, THREADS) for i in range(THREADS)]
         threads = [threading.Thread(target=run, args=(part,)) for part in parts]
@@ -97,12 +99,8 @@ def ways(workers: int) -> dict[str, Callable[[], None]]:
         head(h.reshape(workers, BATCH, 512), stacked, y, workers)
 
     def big() -> None:
-        w1, b1, w2, b2, w3, b3, w4, b4 = single
         for xb, yb in zip(x.flatten(0, 1).split(BIG), y.flatten().split(BIG), strict=True):
-            h = F.max_pool2d(F.relu(F.conv2d(xb, w1, b1)), 2)
-            h = F.max_pool2d(F.relu(F.conv2d(h, w2, b2)), 2)
-            h = F.relu(F.linear(h.flatten(1), w3, b3))
-            sgd(single, F.cross_entropy(F.linear(h, w4, b4), yb))
+            step(single, xb, yb)
 
     return {"side": side, "grouped": grouped, "im2col": im2col, "big": big}
 
