@@ -30,8 +30,9 @@ from repgossip.topology import (
 
 # Elements mixed at a time (rows, and columns of a row wider than this): 4 MiB of float32, so a
 # chunk's gathered terms and running sum stay in cache between the multiply and the add. 1,024
-# workers x 78,000 body parameters on a ring, 2-core Xeon: 0.78 s per gossip with 64 MiB chunks,
-# 0.33 s with 4 MiB, 0.34 s with 1 MiB, 0.38 s with 256 KiB (benchmarks/gossip.py --chunk-bits).
+# workers x 78,000 body parameters on a ring, 2-core Xeon: 1.10 s per gossip with 64 MiB chunks,
+# 0.36 with 16 MiB, 0.32 with 4 MiB, 0.34 with 1 MiB, 0.38 with 256 KiB (`python
+# benchmarks/gossip.py --workers 1024 --params 78000 --topologies ring --chunk-bits 24 22 20 18 16`).
 CHUNK_ELEMENTS = 1 << 20
 ALL_COLUMNS = slice(None)
 
