@@ -218,6 +218,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_topology(args: argparse.Namespace) -> int:
+    from repgossip.threads import single_threaded
     from repgossip.topology import describe
 
     settings: dict[str, Any] = {
@@ -233,7 +234,8 @@ def cmd_topology(args: argparse.Namespace) -> int:
     build_config({"mixing": settings["mixing"], "edge_prob": settings["edge_prob"]})  # validate
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
-    info = describe(args.name, args.workers, **settings)
+    with single_threaded():  # the spectral gap's eigenvalues, the same on any thread count
+        info = describe(args.name, args.workers, **settings)
     print(json.dumps(info))
     return 0
 

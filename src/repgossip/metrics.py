@@ -6,6 +6,8 @@ those accuracies over workers, `test_acc_pooled` divides all correct predictions
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -22,15 +24,27 @@ def accuracy_summary(correct: np.ndarray, count: np.ndarray) -> dict[str, float]
     }
 
 
-def squared_deviation(rows: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """sum_i ||x_i - mean||^2 over rows x_i, in float64: the part of the consensus distance that
-    one process's workers contribute (the distributed engine adds the parts up)."""
-    return ((rows.double() - mean) ** 2).sum()
+def add_in_order(total: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """`total` plus every row of `rows`, one row at a time in order, in place and in `total`'s
+    dtype: a fixed order of additions, where a reduction kernel's order depends on its thread count
+    and an all-reduce adds per-process partial sums in an order of its own."""
+    for row in rows:
+        total.add_(row)
+    return total
+
+
+def squared_deviations(rows: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """||x_i - mean||^2 for each row x_i, in float64, each row reduced on its own: a worker's value
+    is the same whichever process holds it."""
+    return ((rows.double() - mean) ** 2).sum(1)
 
 
 def consensus_distance(shared: torch.Tensor) -> float:
-    """Mean over workers of ||x_i - mean_j x_j||^2 for rows x_i of the shared parameters."""
-    return float(squared_deviation(shared, shared.double().mean(0))) / len(shared)
+    """Mean over workers of ||x_i - mean_j x_j||^2 for rows x_i of the shared parameters; the mean
+    is added in worker order and the deviations summed exactly (math.fsum), as the run does."""
+    zero = torch.zeros(shared.shape[1:], dtype=torch.float64, device=shared.device)
+    mean = add_in_order(zero, shared) / len(shared)
+    return math.fsum(squared_deviations(shared, mean).tolist()) / len(shared)
 
 
 def subspace_distance(b_star: np.ndarray, body_weight: np.ndarray) -> float:

@@ -63,6 +63,7 @@ class Population:
         share_buffers: bool = False,
         augment: bool = False,
         push_sum: bool = False,
+        threads: int | None = None,
     ) -> None:
         self.model = model.to(device)
         self.layout = RowLayout.parameters(model)
@@ -90,7 +91,7 @@ class Population:
         self.stack_model = stacks_well(self.model)
         self.stack_head = stacks_well(self.model.head)
         layouts = (self.layout, self.buffer_layout, self.int_buffer_layout)
-        self.pool = WorkerPool(lambda: Scratch(self.model, layouts, device), device)
+        self.pool = WorkerPool(lambda: Scratch(self.model, layouts, device), device, threads)
 
     def _add_model_rows(self, name: str) -> None:
         """Every worker's copy `name` starts from the common initialisation, momentum zero."""

@@ -11,6 +11,7 @@ thin layers over `run_experiment`.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ from repgossip.errors import DivergenceError, RepgossipError, UsageError
 from repgossip.faults import maybe_fail_rank
 from repgossip.gossip import GossipSchedule
 from repgossip.layout import RowLayout, row_key
-from repgossip.metrics import accuracy_summary, squared_deviation, subspace_distance
+from repgossip.metrics import accuracy_summary, squared_deviations, subspace_distance
 from repgossip.models import ModelFunction, SplitModel, build_model, check_fits
 from repgossip.population import PUSH_WEIGHT, Population
 from repgossip.runfolder import (
@@ -55,6 +56,7 @@ from repgossip.runfolder import (
     read_metrics,
     resumable_config,
 )
+from repgossip.threads import single_threaded
 from repgossip.topology import Graph, build_graph, spectral_gap
 from repgossip.training import budget, check_batch_norm_batches, step_rule
 
@@ -187,9 +189,13 @@ def preflight(cfg: Config, supplied: Supplied | None = None) -> None:
 
 
 def build_experiment(
-    cfg: Config, engine: Engine | None = None, supplied: Supplied | None = None
+    cfg: Config,
+    engine: Engine | None = None,
+    supplied: Supplied | None = None,
+    threads: int | None = None,
 ) -> Experiment:
-    """Data, model, graph and this process's workers; all workers start from one initialisation."""
+    """Data, model, graph and this process's workers; all workers start from one initialisation.
+    `threads`: how many workers train side by side (default: torch's thread count)."""
     engine = engine or Engine(cfg.workers)
     parts = build_parts(cfg, supplied)
     mine = engine.local_workers().tolist()
@@ -208,6 +214,7 @@ def build_experiment(
         share_buffers=cfg.share_bn_stats,
         augment=cfg.augment,
         push_sum=parts.schedule.directed,
+        threads=threads,
     )
     try:
         algorithm.init_state(population)
@@ -285,16 +292,17 @@ def check_finite(exp: Experiment, round_index: int) -> None:
 
 
 def shared_mean(exp: Experiment, part: str) -> torch.Tensor:
-    """The average over all workers of the `part` block, in float64."""
-    rows = exp.population.params[:, exp.population.layout.part(part)].double()
-    return exp.engine.all_sum(rows.sum(0)) / exp.cfg.workers
+    """The average over all workers of the `part` block, in float64, added in worker order."""
+    rows = exp.population.params[:, exp.population.layout.part(part)]
+    return exp.engine.ordered_sum(rows) / exp.cfg.workers
 
 
 def consensus(exp: Experiment, part: str) -> float:
-    """Mean over all workers of ||x_i - x_bar||^2 of the `part` block."""
+    """Mean over all workers of ||x_i - x_bar||^2 of the `part` block: each worker's term on its
+    own, all of them summed exactly (math.fsum), so no process layout changes a bit."""
     rows = exp.population.params[:, exp.population.layout.part(part)]
-    deviation = squared_deviation(rows, shared_mean(exp, part)).reshape(1)
-    return float(exp.engine.all_sum(deviation)) / exp.cfg.workers
+    deviations = exp.engine.assemble(squared_deviations(rows, shared_mean(exp, part)).cpu())
+    return math.fsum(deviations.tolist()) / exp.cfg.workers
 
 
 def evaluate(exp: Experiment, round_done: int) -> tuple[dict[str, float], dict[str, list[float]]]:
@@ -505,13 +513,14 @@ def run_experiment(
     supplied = supplied or Supplied()
     if resume and out is None:
         raise UsageError("resume needs the folder of the run to continue (out)")
-    engine = build_engine(cfg)
-    try:
-        cfg = same_config_everywhere(engine, cfg, supplied)
-        folder = Path(out) if out is not None else None
-        return _run(engine, cfg, folder, resume, force, progress, callbacks, supplied)
-    finally:
-        engine.close()
+    with single_threaded() as threads:  # no number may depend on a thread count
+        engine = build_engine(cfg)
+        try:
+            cfg = same_config_everywhere(engine, cfg, supplied)
+            folder = Path(out) if out is not None else None
+            return _run(engine, cfg, folder, resume, force, progress, callbacks, supplied, threads)
+        finally:
+            engine.close()
 
 
 def _run(
@@ -523,10 +532,12 @@ def _run(
     progress: bool | None,
     user_callbacks: Sequence[Callback],
     supplied: Supplied,
+    threads: int,
 ) -> RunResult:
     if out is not None:
         on_writer(engine, lambda: _check_folder(out, cfg, resume, force))
-    exp = build_experiment(cfg, engine, supplied)  # every input error surfaces here, before writing
+    # every input error surfaces here, before writing
+    exp = build_experiment(cfg, engine, supplied, threads)
     start, wall_before, sent = restore_checkpoint(out, exp) if resume and out else (0, 0.0, 0)
     if start > cfg.rounds:
         raise UsageError(

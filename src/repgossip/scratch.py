@@ -29,6 +29,7 @@ from torch import nn
 
 from repgossip.layout import RowLayout
 from repgossip.models import SplitModel, use_worker_dropout
+from repgossip.threads import pin_this_thread, single_threaded
 
 FORWARD_CHUNK = 256  # samples per gradient-free forward pass: bounded activation memory
 # Fewest workers worth a thread of their own in a stacked step: below it, a second thread adds more
@@ -111,9 +112,14 @@ class WorkerPool:
     """Runs a function per worker (or per group of workers) on up to `threads` threads, each with
     a scratch model of its own."""
 
-    def __init__(self, make_scratch: Callable[[], Scratch], device: torch.device) -> None:
+    def __init__(
+        self, make_scratch: Callable[[], Scratch], device: torch.device, threads: int | None = None
+    ) -> None:
         self.make_scratch = make_scratch
         self.device = device
+        # Workers side by side: torch's thread count when the pool was made, unless given (a run
+        # pins its kernels to one thread and hands over the count it had before).
+        self.threads = threads or torch.get_num_threads()
         self._scratches: list[Scratch] = []
 
     @contextmanager
@@ -123,12 +129,8 @@ class WorkerPool:
         if self.device.type != "cpu":
             yield 1
             return
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield threads
-        finally:
-            torch.set_num_threads(threads)
+        with single_threaded():
+            yield self.threads
 
     def each(self, items: Sequence[S], fn: Callable[[Scratch, S], T], threads: int) -> list[T]:
         """`fn(scratch, item)` for every item (a worker, or a chunk of workers), up to `threads` at
@@ -149,7 +151,7 @@ class WorkerPool:
             finally:
                 free.put(scratch)
 
-        with ThreadPoolExecutor(threads) as pool:
+        with ThreadPoolExecutor(threads, initializer=pin_this_thread) as pool:
             return list(pool.map(task, items))
 
     @staticmethod

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from repgossip.gossip import ALL_COLUMNS, Fetch, RoundPlan, mix_rows
-from repgossip.metrics import bytes_per_round, push_sum_bytes_per_round
+from repgossip.metrics import add_in_order, bytes_per_round, push_sum_bytes_per_round
 from repgossip.population import Population
 
 
@@ -91,6 +91,12 @@ class Engine:
     def broadcast_bytes(self, payload: bytes) -> bytes:
         return payload
 
+    def ordered_sum(self, rows: torch.Tensor) -> torch.Tensor:
+        """The sum of every worker's row, this process's `rows` (local workers x columns) among
+        them, on every process: in float64, one worker at a time in ascending id, so the bits do
+        not depend on how workers are spread over processes or on any thread count."""
+        return add_in_order(_float64_zeros(rows), rows)
+
     def gather_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
         """Every worker's rows on the writer (None elsewhere), in worker order."""
         return rows
@@ -112,3 +118,7 @@ class Engine:
 
     def close(self) -> None:
         pass
+
+
+def _float64_zeros(rows: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(rows.shape[1:], dtype=torch.float64, device=rows.device)

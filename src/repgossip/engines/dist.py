@@ -17,9 +17,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from repgossip.engines.base import Engine
+from repgossip.engines.base import Engine, _float64_zeros
 from repgossip.errors import DistributedError, UsageError
 from repgossip.gossip import ALL_COLUMNS, Fetch, RoundPlan
+from repgossip.metrics import add_in_order
 
 
 def _one_line(err: BaseException) -> str:
@@ -146,6 +147,18 @@ class DistEngine(Engine):
             data.copy_(torch.frombuffer(bytearray(payload), dtype=torch.uint8))
         self._collective(dist.broadcast, data, src=0, what="broadcast")
         return bytes(data.cpu().numpy().tobytes())
+
+    def ordered_sum(self, rows: torch.Tensor) -> torch.Tensor:
+        """Ranks hold consecutive blocks of workers, so the running sum passes from rank to
+        rank, each adding its workers in order, and the last rank's total goes to every rank."""
+        total = _float64_zeros(rows)
+        if self.rank > 0:
+            self._wait([dist.P2POp(dist.irecv, total, self.rank - 1)], "ordered sum")
+        add_in_order(total, rows)
+        if self.rank < self.world - 1:
+            self._wait([dist.P2POp(dist.isend, total, self.rank + 1)], "ordered sum")
+        self._collective(dist.broadcast, total, src=self.world - 1, what="broadcast")
+        return total
 
     def gather_rows(self, rows: torch.Tensor) -> torch.Tensor | None:
         if not self.is_writer:
