@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import re
 import statistics
@@ -29,7 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from plan import ROOT, RUNS  # noqa: E402
 
-from repgossip.config import build_config, coerce, read_yaml  # noqa: E402
+from repgossip.config import KEYS, build_config, coerce, read_yaml, shown, suggest_key  # noqa: E402
 from repgossip.errors import RepgossipError, UsageError  # noqa: E402
 from repgossip.runfolder import METRICS_FILE, read_metrics  # noqa: E402
 
@@ -49,6 +50,10 @@ ALGORITHM_ORDER = (
     "fedavg",
     "local",
 )
+STATUS = "status"  # the sweep table's column after the grid keys: "ok" or "failed: <reason>"
+# the summary.json numbers the report reads
+SUMMARY_NUMBERS = ("test_acc_mean", "test_acc_p10", "test_acc_min", "consensus_dist",
+                   "subspace_dist", "spectral_gap")  # fmt: skip
 PARTITION_COLUMNS = (
     ("dirichlet", "alpha", 0.1),
     ("dirichlet", "alpha", 0.5),
@@ -75,9 +80,11 @@ class Run:
 
 
 def load_runs(root: Path = RUNS) -> list[Run]:
-    """Every run folder of every sweep under `root`; a folder whose config or summary cannot be
-    read is left out with a one-line warning rather than stopping the report."""
+    """Every run folder of every sweep under `root`. A folder whose config or summary cannot be
+    read is left out, and a sweep table that cannot be read is ignored (its runs without a
+    summary count as unfinished), each with a one-line warning rather than stopping the report."""
     runs = []
+    tables: dict[Path, list[TableRow]] = {}
     for config_file in sorted(root.glob("*/*/config.yaml")):
         folder = config_file.parent
         try:
@@ -85,27 +92,85 @@ def load_runs(root: Path = RUNS) -> list[Run]:
             if not written:
                 raise UsageError("config.yaml is empty")
             config = build_config(written).to_dict()
-            summary_file = folder / "summary.json"
-            summary = json.loads(summary_file.read_text()) if summary_file.exists() else None
+            summary = _read_summary(folder / "summary.json")
         except (RepgossipError, ValueError, OSError) as err:
             print(f"skipped {folder}: {str(err).splitlines()[0]}", file=sys.stderr)
             continue
-        failed = summary is None and _listed_as_failed(folder.parent / "summary.csv", config)
+        failed = summary is None and _listed_as_failed(_table(folder.parent, tables), config)
         runs.append(Run(folder.parent.name, config, summary, folder, failed))
     return runs
 
 
-def _listed_as_failed(table_file: Path, config: dict[str, Any]) -> bool:
-    """Whether the sweep's summary.csv marks this run failed: a run without a summary is either
-    failed (diverged) or not finished yet, and only the sweep's table tells which. Its cells are
-    grid values as typed on the command line, read back as the config reads them."""
-    if not table_file.exists():
-        return False
-    with open(table_file, newline="") as handle:
-        for row in csv.DictReader(handle):
-            keys = list(row)[: list(row).index("status")]
-            if all(config.get(k) == coerce(k, row[k]) for k in keys):
-                return row["status"].startswith("failed")
+def _text(path: Path) -> str:
+    """A file's text; one that is not UTF-8 is a one-line UsageError, not a decoding traceback."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path.name} is not UTF-8 text (byte {err.start})") from None
+
+
+def _read_summary(path: Path) -> dict[str, Any] | None:
+    """A run's summary.json, None where there is none (the run failed or has not finished).
+    It must be a JSON object whose numbers the report reads are numbers (or null)."""
+    if not path.exists():
+        return None
+    summary = json.loads(_text(path))
+    if not isinstance(summary, dict):
+        raise UsageError(f"{path.name} holds a JSON {type(summary).__name__}, not an object")
+    for key in SUMMARY_NUMBERS:
+        value = summary.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UsageError(f"{path.name}: {key} is {shown(value)}, not a number")
+    return summary
+
+
+TableRow = tuple[dict[str, Any], bool]  # a summary.csv row's grid values, and whether it failed
+
+
+def _table(sweep: Path, tables: dict[Path, list[TableRow]]) -> list[TableRow]:
+    """The rows of `sweep`'s summary.csv, read once per sweep; a table that cannot be read is
+    reported once and counts as empty."""
+    path = sweep / "summary.csv"
+    if path not in tables:
+        try:
+            tables[path] = _read_table(path) if path.exists() else []
+        except (RepgossipError, ValueError, OSError, csv.Error) as err:
+            print(f"ignored {path}: {str(err).splitlines()[0]}; its runs without a summary count "
+                  "as unfinished", file=sys.stderr)  # fmt: skip
+            tables[path] = []
+    return tables[path]
+
+
+def _read_table(path: Path) -> list[TableRow]:
+    """A sweep's summary.csv: grid keys, then `status`, then results. Its cells are grid values
+    as typed on the command line, read back as the config reads them."""
+    reader = csv.reader(io.StringIO(_text(path)))
+    header = next(reader, [])
+    if STATUS not in header:
+        raise UsageError(f"no '{STATUS}' column")
+    keys = header[: header.index(STATUS)]
+    unknown = [k for k in keys if k not in KEYS]
+    if not keys or unknown:
+        raise UsageError(suggest_key(unknown[0]) if unknown else f"no grid key before '{STATUS}'")
+    rows = []
+    for cells in (c for c in reader if c):  # a blank line is no row
+        line = f"line {reader.line_num}"
+        if len(cells) != len(header):
+            raise UsageError(f"{line} has {len(cells)} cells where the header has {len(header)}")
+        try:
+            values = {k: coerce(k, cell) for k, cell in zip(keys, cells[: len(keys)], strict=True)}
+        except UsageError as err:
+            raise UsageError(f"{line}: {err}") from None
+        rows.append((values, cells[len(keys)].startswith("failed")))
+    return rows
+
+
+def _listed_as_failed(rows: Sequence[TableRow], config: dict[str, Any]) -> bool:
+    """Whether the sweep's table marks this run failed: a run without a summary is either failed
+    (diverged) or not finished yet, and only the sweep's table tells which."""
+    for values, failed in rows:
+        if all(config.get(k) == v for k, v in values.items()):
+            return failed
     return False
 
 
@@ -625,14 +690,9 @@ def fill(text: str, name: str, body: str) -> str:
     return pattern.sub(lambda m: m.group(1) + body.rstrip() + "\n" + m.group(2), text)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args(argv)  # no options: --help says what it does before it writes anything
-    runs = load_runs()
-    if not runs:
-        print(f"no runs under {RUNS}: run `python study/run.py` first", file=sys.stderr)
-        return 2
-    blocks = {
+def blocks(runs: list[Run]) -> dict[str, str]:
+    """Every generated block of docs/results.md, by name."""
+    return {
         "accuracy-ring": accuracy_block(runs, "ring"),
         "accuracy-erdos_renyi": accuracy_block(runs, "erdos_renyi"),
         "accuracy-ranks": accuracy_ranks(runs),
@@ -644,8 +704,17 @@ def main(argv: list[str] | None = None) -> int:
         "ablations": ablations_block(runs),
         "hapt": hapt_block(runs),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args(argv)  # no options: --help says what it does before it writes anything
+    runs = load_runs()
+    if not runs:
+        print(f"no runs under {RUNS}: run `python study/run.py` first", file=sys.stderr)
+        return 2
     text = RESULTS.read_text()
-    for name, body in blocks.items():
+    for name, body in blocks(runs).items():
         text = fill(text, name, body)  # first: a missing block stops before anything is written
     for figure in (pays_figure, pays_long_figure, speedup_figure, topology_figure):
         path = figure(runs)

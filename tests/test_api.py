@@ -4,6 +4,7 @@ callbacks; real networks (BatchNorm, Dropout) behave as a PyTorch user expects."
 from __future__ import annotations
 
 import networkx as nx
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -162,6 +163,8 @@ def test_centralized_datasets_are_partitioned():
         ),
         ({"algorithm": object}, "subclass of repgossip.Algorithm"),
         ({"model": lambda: nn.Linear(2, 2)}, "'body' and 'head' submodules"),
+        ({"out": 5}, "out must be a folder path (a str or os.PathLike) or None, got 5"),
+        ({"out": b"runs/x"}, "got b'runs/x'"),
     ],
 )
 def test_bad_api_input_is_a_one_line_usage_error(kwargs, needle):
@@ -169,6 +172,52 @@ def test_bad_api_input_is_a_one_line_usage_error(kwargs, needle):
     with pytest.raises(repgossip.UsageError) as info:
         repgossip.run(**{**settings, **kwargs})
     assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_numpy_scalars_count_as_their_python_values(tmp_path):
+    """`workers=np.int64(4)` as a keyword or in the config mapping, as numpy code hands them
+    over, builds the config of the plain values and writes a config.yaml that reads back."""
+    plain = {"dataset": "synthetic", "workers": 4, "rounds": 1, "samples_per_worker": 20,
+             "lr": 0.5, "seed": 3, "tensorboard": False, "algorithm": "deprl"}  # fmt: skip
+    numpy = {"workers": np.int64(4), "lr": np.float32(0.5), "seed": np.uint8(3),
+             "tensorboard": np.bool_(False), "dataset": np.str_("synthetic")}  # fmt: skip
+    as_keys = repgossip.run(plain, **numpy, out=tmp_path / "a")
+    in_mapping = repgossip.run({**plain, **numpy}, out=tmp_path / "b")
+    expected = repgossip.build_config(plain)
+    assert as_keys.experiment.cfg == in_mapping.experiment.cfg == expected
+    assert yaml.safe_load((tmp_path / "b" / "config.yaml").read_text()) == expected.to_dict()
+    with pytest.raises(repgossip.UsageError, match="workers must be an integer, got True"):
+        repgossip.run(plain, workers=np.bool_(True))  # a bool is no integer, numpy's neither
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e300], ids=["nan", "inf", "1e300"])
+def test_non_finite_regression_targets_are_bad_input_naming_the_sample(bad):
+    """NaN, inf, or a float64 that becomes inf in float32: refused (exit 2) before training, not
+    trained on into a "divergence" (exit 3) that no learning rate cures."""
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(8, FEATURES, generator=gen) for _ in range(2)]
+    ys = [torch.randn(8, generator=gen, dtype=torch.float64) for _ in range(2)]
+    ys[1][5] = bad
+    data = (xs, ys, xs, [y.clone().fill_(0.5) for y in ys])
+    with pytest.raises(repgossip.UsageError) as info:
+        repgossip.run({"workers": 2, "rounds": 1, "topology": "complete"}, model=bn_model,
+                      data=data)  # fmt: skip
+    message = str(info.value)
+    assert "train split of worker 1" in message, message
+    assert "NaN or infinite label at sample 5" in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("worker", ["1", 1.0, True, None])
+def test_worker_state_of_a_value_that_is_no_index_names_it_and_the_range(worker):
+    result = run(rounds=1)
+    with pytest.raises(repgossip.UsageError) as info:
+        result.worker_state(worker)
+    message = str(info.value)
+    assert f"got {worker!r}" in message and f"0..{WORKERS - 1}" in message, message
+    assert "integer" in message and "\n" not in message
+    assert torch.equal(result.worker_state(np.int64(2))["head.weight"],
+                       result.worker_state(2)["head.weight"])  # fmt: skip
 
 
 API_SCRIPT = """

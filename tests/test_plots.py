@@ -1,5 +1,6 @@
 """Tests for `repgossip plot`: damaged logs, folders that mix tasks, the output path (the file
-written is the file named, and a path it cannot write is one line, exit 2), and the seeds of one
+written is the file named, a path it cannot take is one line, exit 2, and a write that fails one
+line, exit 5), and the seeds of one
 configuration drawn as a mean and a band. Most runs are written by hand, as plot reads nothing but
 metrics.jsonl (and config.yaml to tell seeds apart); the seeded sweep is a real tiny one."""
 
@@ -97,6 +98,20 @@ def test_an_unknown_image_format_is_one_line(tmp_path, capsys):
     code = main(["plot", str(run), "--out", str(target)])
     one_line_error(code, capsys.readouterr().err, "x.foo", "png", "pdf", "svg")
     assert not target.exists()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("name", ["curves.png", "curves.svg"])
+def test_a_write_that_fails_is_a_storage_error_with_exit_5(tmp_path, capsys, name):
+    """A full disk (here /dev/full behind the path) or a read-only folder is a storage failure,
+    exit 5 as for a run's files, not bad input (2): the path itself was fine."""
+    run = write_run(tmp_path / "run", "subspace_dist")
+    target = tmp_path / name
+    target.symlink_to("/dev/full")  # opens, and every write fails with ENOSPC
+    code = main(["plot", str(run), "--out", str(target)])
+    err = capsys.readouterr().err
+    assert code == 5, err
+    assert err.count("\n") == 1 and str(target) in err and "No space left" in err, err
 
 
 # ---------------------------------------------------------------- seeds: a mean and a band

@@ -111,5 +111,46 @@ def test_unreadable_run_folders_are_skipped_with_a_line(tmp_path: Path, capsys) 
     assert len(lines) == 2 and all(line.startswith("skipped ") for line in lines)
 
 
+HOSTILE_FILES = {
+    "summary-not-an-object": ("seed-0/summary.json", b"[1, 2]", "skipped", "not an object"),
+    "summary-text-for-a-number": (
+        "seed-0/summary.json", b'{"test_acc_mean": "0.8"}', "skipped", "'0.8', not a number",
+    ),
+    "summary-not-utf8": ("seed-0/summary.json", b'{"a": "\xff"}', "skipped", "not UTF-8"),
+    "table-without-status": ("summary.csv", b"seed,test_acc_mean\n0,0.8\n1,\n", "ignored",
+                             "no 'status' column"),
+    "table-bad-header": ("summary.csv", b"sed,status\n0,ok\n1,failed: x\n", "ignored",
+                         "did you mean 'seed'"),
+    "table-bad-seed-cell": ("summary.csv", b"seed,status\nzero,ok\n1,failed: x\n", "ignored",
+                            "line 2: seed must be an integer, got 'zero'"),
+    "table-short-row": ("summary.csv", b"seed,status\n0\n1,failed: x\n", "ignored",
+                        "line 2 has 1 cells"),
+    "table-not-utf8": ("summary.csv", b"seed,status\n\xff,ok\n", "ignored", "not UTF-8"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "text", "verdict", "needle"), HOSTILE_FILES.values(),
+                         ids=HOSTILE_FILES)  # fmt: skip
+def test_hostile_summaries_and_tables_are_one_line_each_and_the_report_goes_on(
+    tmp_path: Path, capsys, name: str, text: bytes, verdict: str, needle: str
+) -> None:
+    """A run whose summary.json cannot be read is skipped; a sweep table that cannot be read is
+    ignored (its runs without a summary count as unfinished): one line each, no traceback, and
+    every generated block is still made from what could be read."""
+    sweep = tmp_path / "accuracy-x"
+    for seed in (0, 1):
+        (sweep / f"seed-{seed}").mkdir(parents=True)
+        (sweep / f"seed-{seed}" / "config.yaml").write_text(yaml.safe_dump({"seed": seed}))
+    (sweep / "seed-0" / "summary.json").write_text(json.dumps({"test_acc_mean": 0.8}))
+    (sweep / name).write_bytes(text)
+    runs = report.load_runs(tmp_path)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(verdict) and needle in lines[0], lines
+    assert str(sweep / name if verdict == "ignored" else sweep / "seed-0") in lines[0]
+    assert len(runs) == (2 if verdict == "ignored" else 1)
+    assert report.failed_note(runs) == " (1 unfinished)"
+    assert all(report.blocks(runs).values())
+
+
 def test_a_sweep_killed_by_a_signal_is_a_failure() -> None:
     assert run.exit_code(-9) == 137 and run.exit_code(0) == 0 and run.exit_code(3) == 3

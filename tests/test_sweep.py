@@ -5,6 +5,7 @@ the synthetic task with tiny settings, so each point takes well under a second."
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -377,33 +378,101 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def running(pids: list[int]) -> list[int]:
+    """Those of `pids` still running (a zombie waiting to be reaped has ended)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
+def ended_within(pids: list[int], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while running(pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not running(pids)
+
+
+def start_parallel_sweep(out: Path, seeds: str, rounds: int) -> tuple[subprocess.Popen, list[int]]:
+    """A `--jobs 2` sweep of `seeds` in its own session, once both its workers are inside a
+    run, and its worker processes (not multiprocessing's resource tracker)."""
+    argv = sweep_argv(out, [f"seed={seeds}"], f"rounds={rounds}", flags=("--jobs", "2"))
+    proc = subprocess.Popen([sys.executable, "-m", "repgossip", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(list(out.glob("seed-*/metrics.jsonl"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)  # both workers are inside a run
+    workers = [
+        p for p in children(proc.pid) if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()
+    ]
+    assert len(workers) == 2, workers
+    return proc, workers
+
+
+def kill_all(proc: subprocess.Popen) -> None:
+    """Clean-up, after the checks: whatever is left in the sweep's process group (the sweep,
+    workers it left behind)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
 @pytest.mark.parametrize("whom", ["terminal", "parent"])
 def test_ctrl_c_stops_a_parallel_sweep_in_one_line_and_leaves_no_process(tmp_path, whom):
     """`terminal`: SIGINT to the whole process group, as Ctrl-C sends it; `parent`: to the
     sweep's process alone (kill -INT)."""
     out = tmp_path / "S"
-    argv = sweep_argv(out, ["seed=0,1,2"], "rounds=1000000", flags=("--jobs", "2"))
-    proc = subprocess.Popen([sys.executable, "-m", "repgossip", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    proc, workers = start_parallel_sweep(out, "0,1,2", 1000000)
     try:
-        deadline = time.monotonic() + 120
-        while len(list(out.glob("seed-*/metrics.jsonl"))) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)  # both workers are inside a run
-        workers = children(proc.pid)
-        assert len(workers) >= 2, workers
         if whom == "terminal":
             os.killpg(proc.pid, signal.SIGINT)
         else:
             proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
+        assert ended_within(workers, 10)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_all(proc)
     assert proc.returncode == 130, err
     assert err.splitlines() == ["repgossip: interrupted; continue with --resume"]
-    deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
     assert not (out / "seed-2").exists()  # the third point never started
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
+def test_workers_die_with_a_killed_sweep_and_an_immediate_resume_completes(tmp_path, capsys):
+    """SIGKILL to the sweep's process alone (an OOM kill, `kill -9`): its workers must not run on
+    unseen, holding their points' locks, and then wait on a dead pipe forever."""
+    out = tmp_path / "S"
+    proc, _ = start_parallel_sweep(out, "0,1", 600)
+    try:
+        kids = children(proc.pid)  # the workers and multiprocessing's resource tracker
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)  # not communicate(): workers left behind would hold its pipes
+        assert ended_within(kids, 5), f"left running: {running(kids)}"
+    finally:
+        kill_all(proc)
+    argv = sweep_argv(out, ["seed=0,1"], "rounds=600", flags=("--jobs", "2", "--resume"))
+    assert main(argv) == 0, capsys.readouterr().err
+    assert [(r["status"], r["rounds"]) for r in summary_rows(out)] == [("ok", "600")] * 2
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc")
+def test_a_worker_killed_by_a_signal_ends_the_sweep_with_128_plus_the_signal(tmp_path):
+    """A worker the OOM killer takes: the sweep stops in one line with the shell's code for a
+    command killed by SIGKILL (137), as study/run.py counts it, not an undocumented 1."""
+    out = tmp_path / "S"
+    proc, workers = start_parallel_sweep(out, "0,1,2", 1000000)
+    try:
+        os.kill(workers[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+        assert ended_within(workers, 10)
+    finally:
+        kill_all(proc)
+    assert proc.returncode == 128 + signal.SIGKILL, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and "SIGKILL" in lines[0] and "--resume" in lines[0], lines

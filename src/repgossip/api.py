@@ -14,13 +14,15 @@ path for each that has one (so `repgossip run --resume` can continue the run), e
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 from repgossip.algorithms import Algorithm
 from repgossip.callbacks import Callback
-from repgossip.config import KEYS, Config, build_config, read_yaml, suggest_key
+from repgossip.config import KEYS, Config, build_config, read_yaml, shown, suggest_key
 from repgossip.errors import UsageError
 from repgossip.registry import API_PREFIX, reference_of
 from repgossip.runner import RunResult, Supplied, run_experiment
@@ -52,6 +54,7 @@ def run(
     """
     base = _base_config(config)
     _check_callbacks(callbacks)
+    _check_out(out)
     if isinstance(graph, (str, Path)):
         raise UsageError(
             f"graph must be a networkx graph or an (N, N) adjacency; to name a topology or a "
@@ -91,6 +94,17 @@ def run(
         cfg, out, resume=resume, force=force, progress=progress, callbacks=callbacks,
         supplied=supplied,
     )  # fmt: skip
+
+
+def _check_out(out: Any) -> None:
+    """A folder path as str or os.PathLike (of str), or None: anything else (an int, bytes) would
+    end in a TypeError from deep inside pathlib."""
+    if out is None:
+        return
+    with suppress(TypeError):  # os.fspath's answer to what is no path at all
+        if isinstance(os.fspath(out), str):
+            return
+    raise UsageError(f"out must be a folder path (a str or os.PathLike) or None, got {shown(out)}")
 
 
 def _check_callbacks(callbacks: Any) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from repgossip import memory
@@ -181,9 +182,13 @@ def suggest_key(key: str) -> str:
 
 
 def coerce(key: str, value: Any) -> Any:
-    """Turn a YAML value or a `--set` string into the field's type, or raise a one-line UsageError."""
+    """Turn a YAML value or a `--set` string into the field's type, or raise a one-line UsageError.
+    A numpy scalar (an API caller's `np.int64(4)`, `np.float32(0.1)`, `np.str_`) counts as its
+    Python value: np.bool_ as a bool, so it is no integer, as a Python bool is none."""
     if key not in _FIELD_TYPES:
         raise UsageError(suggest_key(key))
+    if isinstance(value, np.generic):
+        value = value.item()
     scalar, optional = _base_type(_FIELD_TYPES[key])
     if isinstance(value, str):
         check_printable(f"{key} value", value)

@@ -32,6 +32,17 @@ class DistributedError(RepgossipError, RuntimeError):
     exit_code = 4
 
 
+class WorkerDied(RepgossipError):
+    """A worker process of `repgossip sweep --jobs J` died without reporting its point (killed,
+    out of memory, a crash in native code). Its exit code is the shell's for a killed command:
+    128 + N when signal N killed it (137: SIGKILL, the kernel's out-of-memory killer's signal),
+    else 1. The points' folders stay resumable: `--resume` continues the sweep."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class StorageError(RepgossipError, OSError):
     """A file of the run could not be written (a full disk, a lost mount): exit code 5. The
     temporary file is removed and the last good checkpoint is kept, so `--resume` continues once

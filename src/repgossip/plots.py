@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from repgossip.errors import UsageError
+from repgossip.errors import StorageError, UsageError
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
@@ -167,8 +167,8 @@ def plot_runs(
     fig = draw(folder, runs, chosen, x=x, band=band)
     try:
         fig.savefig(target, dpi=DPI, format=fmt)
-    except OSError as err:
-        raise UsageError(f"cannot write '{target}': {err.strerror or err}") from None
+    except OSError as err:  # the path was checked: what fails now is storage (exit 5)
+        raise StorageError(f"cannot write '{target}': {err.strerror or err}") from None
     finally:
         plt.close(fig)
     return target

@@ -31,7 +31,7 @@ from repgossip.callbacks import (
     TensorBoardLogger,
     default_callbacks,
 )
-from repgossip.config import KEYS, RESUMABLE_KEYS, Config, build_config, dump_yaml
+from repgossip.config import KEYS, RESUMABLE_KEYS, Config, build_config, dump_yaml, shown
 from repgossip.data.datasets import load_federation
 from repgossip.data.federation import Federation
 from repgossip.engines import Engine, make_engine
@@ -478,15 +478,20 @@ class RunResult:
     def worker_state(self, worker: int) -> dict[str, torch.Tensor]:
         """The state_dict of worker `worker`'s whole model (the evaluated copy), BatchNorm
         buffers included, as a standalone module of the run's architecture would hold it.
-        Under `engine=dist`, for the workers of this rank only."""
+        Under `engine=dist`, for the workers of this rank only. `worker` is an integer (a numpy
+        one too); a string, float or bool is refused, as `"1" in ids` would only say it is
+        not among them."""
         exp = self.experiment
         pop = exp.population
-        if worker not in pop.worker_ids:
-            where = "this rank's" if exp.engine.world > 1 else "the run's"
+        where = f"{'this rank' if exp.engine.world > 1 else 'the run'}'s workers"
+        if isinstance(worker, bool) or not isinstance(worker, (int, np.integer)):
             raise UsageError(
-                f"worker {worker} is not among {where} workers {_span(pop.worker_ids)}"
+                f"worker must be an integer, one of {where} {_span(pop.worker_ids)}; got "
+                f"{shown(worker)}"
             )
-        local = pop.worker_ids.index(worker)
+        if worker not in pop.worker_ids:
+            raise UsageError(f"worker {worker} is not among {where} {_span(pop.worker_ids)}")
+        local = pop.worker_ids.index(int(worker))
         model = exp.algorithm.evaluated_model
         tensors: dict[str, torch.Tensor] = {}
         for kind, layout in (("params", pop.layout), ("buffers", pop.buffer_layout),

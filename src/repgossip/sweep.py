@@ -16,6 +16,7 @@ the mean of `X`, `X_std` its std), `n` the seeds that ran and `failed` those tha
 from __future__ import annotations
 
 import csv
+import ctypes
 import hashlib
 import io
 import itertools
@@ -25,13 +26,14 @@ import os
 import re
 import signal
 import statistics
+import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -40,7 +42,7 @@ from typing import Any
 import torch
 
 from repgossip.config import Config, build_config, changed_keys, load_resolved, split_assignment
-from repgossip.errors import RepgossipError, StorageError, UsageError
+from repgossip.errors import RepgossipError, StorageError, UsageError, WorkerDied
 from repgossip.runfolder import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -69,6 +71,8 @@ AGGREGATED = (
 BY_CONFIG_FILE = "summary_by_config.csv"
 COUNT, FAILED = "n", "failed"  # by-config columns: seeds that ran, seeds that failed
 GRACE_S = 30.0  # how long an interrupted worker may take to leave its run before it is killed
+PARENT_POLL_S = 0.5  # how often a worker checks that the sweep that started it is still there
+PR_SET_PDEATHSIG = 1  # Linux prctl(2): the signal a process gets when its parent dies
 
 
 # ---------------------------------------------------------------- the grid
@@ -362,14 +366,16 @@ class _Workers:
     contend). Leaving the `with` block by an exception (Ctrl-C included) stops them cleanly: no
     point starts any more, each running one is interrupted as Ctrl-C interrupts a run (its
     folder stays resumable), and a worker still there after GRACE_S is killed: none outlives
-    the sweep."""
+    the sweep. A sweep that is killed outright takes its workers with it (`_die_with_parent`)."""
 
     def __init__(self, count: int) -> None:
         context = multiprocessing.get_context("spawn")
         self.stopping = context.Event()
         self.pool = ProcessPoolExecutor(
-            count, mp_context=context, initializer=_init_worker, initargs=(self.stopping,)
-        )
+            count, mp_context=context, initializer=_init_worker,
+            initargs=(self.stopping, os.getpid()),
+        )  # fmt: skip
+        self.processes: list[multiprocessing.process.BaseProcess] = []
 
     def __enter__(self) -> _Workers:
         return self
@@ -386,16 +392,34 @@ class _Workers:
         """(index, outcome) of each point of `todo`, as they finish."""
         with _sigint_ignored():  # workers start with Ctrl-C ignored: no traceback from a child
             futures = {self.pool.submit(_point_in_worker, points[i]): i for i in todo}
+        self.processes = list((self.pool._processes or {}).values())  # all started by submit
         for future in as_completed(futures):
             try:
                 outcome = future.result()
             except BrokenProcessPool:
-                raise RepgossipError(
-                    "a sweep worker process died (killed, out of memory?); continue with --resume"
-                ) from None
+                raise self._death() from None
             if outcome is None:  # its worker was interrupted by a signal of its own
                 raise KeyboardInterrupt
             yield futures[future], outcome
+
+    def _death(self) -> WorkerDied:
+        """The error of a worker that died, with the exit code a shell gives a command killed
+        by the same signal. Once one worker dies the pool terminates the others (SIGTERM), so
+        the cause is the one end that is not SIGTERM (or SIGTERM, when all ended by it)."""
+        for process in self.processes:
+            process.join(GRACE_S)  # the pool is terminating the others
+        ends = [p.exitcode for p in self.processes if p.exitcode]
+        end = next((e for e in ends if e != -signal.SIGTERM), ends[0] if ends else 0)
+        if end < 0:
+            name = signal.Signals(-end).name if -end in signal.valid_signals() else str(-end)
+            how, code = f"was killed by signal {name}", 128 - end
+        else:
+            how, code = f"ended with status {end} without a result", 1
+        return WorkerDied(
+            f"a sweep worker process {how} (out of memory? see the system log); continue with "
+            f"--resume (exit code {code})",
+            code,
+        )
 
     def _halt(self) -> None:
         """Stop every worker: no new point, SIGINT to the running ones, then wait, then kill."""
@@ -432,14 +456,39 @@ def _sigint_ignored() -> Iterator[None]:
 _stopping: Any = None  # in a worker: the sweep's stop event, set by the parent on Ctrl-C
 
 
-def _init_worker(stopping: Any) -> None:
-    """A worker's set-up: one torch thread (OMP_NUM_THREADS too, for what reads it later), and
-    SIGINT ignored between points, as a terminal's Ctrl-C reaches every worker with the parent."""
+def _init_worker(stopping: Any, parent: int) -> None:
+    """A worker's set-up: it dies with the sweep `parent`, one torch thread (OMP_NUM_THREADS too,
+    for what reads it later), and SIGINT ignored between points, as a terminal's Ctrl-C reaches
+    every worker with the parent."""
     global _stopping
+    _die_with_parent(parent)
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _stopping = stopping
+
+
+def _die_with_parent(parent: int) -> None:
+    """Kill this worker when the sweep process `parent` dies (SIGKILL, the OOM killer). A worker
+    left behind would finish its point unseen, then wait on the pool's pipe forever (it holds
+    the pipe's writing end itself, so it never reads its end), and a `--resume` would find its
+    point locked. On Linux the kernel sends SIGKILL at the parent's death (PR_SET_PDEATHSIG,
+    tied to the thread that spawned the worker: the one running the sweep, which outlives its
+    workers); everywhere a thread also watches the parent's pid, which covers a parent that
+    died before the first was set, and systems without prctl."""
+    if sys.platform.startswith("linux"):
+        with suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    watch = threading.Thread(target=_watch_parent, args=(parent,), name="parent-watch", daemon=True)
+    watch.start()
+
+
+def _watch_parent(parent: int) -> None:
+    """Poll until this process's parent is no longer `parent` (it died; this one was adopted),
+    then die at once, as SIGKILL from the kernel would."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _point_in_worker(point: Point) -> Outcome | None:

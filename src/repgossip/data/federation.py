@@ -18,6 +18,7 @@ for an embedding). Anything else is refused in one line naming the expected form
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -246,8 +247,8 @@ def _check_worker(
             f"dataset {source}: the {where} has inputs of dtype {x.dtype}; expected floats (or "
             "integer token ids)"
         )
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        raise UsageError(f"dataset {source}: the {where} has NaN or infinite inputs")
+    if x.is_floating_point():
+        _refuse_non_finite(x, "input", where, source)
     if y.dim() != 1 or len(y) != len(x) or len(x) == 0:
         raise UsageError(
             f"dataset {source}: the {where} needs as many 1-D labels as inputs (at least one), "
@@ -258,6 +259,7 @@ def _check_worker(
             raise UsageError(
                 f"dataset {source}: the {where} has {y.dtype} labels in a regression task"
             )
+        _refuse_non_finite(y, "label", where, source)
         return
     if y.is_floating_point() or y.dtype == torch.bool:
         raise UsageError(
@@ -269,4 +271,21 @@ def _check_worker(
         raise UsageError(
             f"dataset {source}: the {where} has label {low if low < 0 else high}; classes must be "
             f"0..{fed.num_classes - 1}"
+        )
+
+
+def _refuse_non_finite(values: torch.Tensor, what: str, where: str, source: str) -> None:
+    """Refuse, naming the first sample, a NaN or infinite value in floating inputs or regression
+    targets, as training sees them (float32: a float64 1e300 becomes inf). Training on one would
+    end in a "divergence" (exit 3) that no learning rate cures; it is bad input (exit 2)."""
+    if values.numel() == 0:
+        return  # nothing to check (an empty split is refused by its own check)
+    as_trained = values.float().reshape(len(values), -1)
+    bad = (~torch.isfinite(as_trained)).any(1).nonzero()
+    if len(bad):
+        sample = int(bad[0])
+        value = next(v for v in as_trained[sample].tolist() if not math.isfinite(v))
+        raise UsageError(
+            f"dataset {source}: the {where} has a NaN or infinite {what} at sample {sample} ({value} "
+            f"as float32); {what}s must be finite numbers"
         )
