@@ -2,10 +2,10 @@
 
 Contract: `config.yaml`, `metrics.jsonl`, `summary.json`, `checkpoint.pt`, `provenance.json`. A folder
 that holds anything is never overwritten unless asked (`resume` continues it, `force` replaces it),
-and `force` replaces only folders repgossip wrote, once the new run is under way. Every file is
-replaced atomically, so a crash at any moment leaves the last good version; a checkpoint carries its
-run's config, a digest of its data and a checksum of its payload, so it resumes only the run that
-wrote it, intact.
+and `force` replaces only folders repgossip wrote, once the new run is under way. An output path is
+resolved once (`resolve_out`), before any check. Every file is replaced atomically, so a crash at
+any moment leaves the last good version; a checkpoint carries its run's config, a digest of its
+data and a checksum of its payload, so it resumes only the run that wrote it, intact.
 """
 
 from __future__ import annotations
@@ -60,6 +60,31 @@ def locked(folder: Path) -> Iterator[None]:
 
 MARKER_FILE = ".repgossip"  # "run" or "sweep": what wrote this folder, so --force knows it
 MAX_NAME_BYTES = 255  # longest file name most file systems take
+
+
+def resolve_out(out: str | os.PathLike[str], *, link_ok: bool = True) -> Path:
+    """The folder `out` names, absolute and with no `~`, `.`, `..` or symbolic link left in it:
+    every check and every write of a run or sweep uses this one path, so no spelling can make a
+    check look at one folder and the writes land in another.
+
+    Resolved as the kernel will resolve it once the missing folders exist: `new/..` is the folder
+    holding `new` (the working directory for `new/..`), whether `new` exists or not, and
+    `link/..` the parent of the link's target. A leading `~` is the home folder, as in a shell.
+    A symbolic link as the last part is refused where it points nowhere, and with `link_ok`
+    False (--force, --resume): the folder to replace or continue is named as itself.
+    """
+    try:
+        spelled = Path(os.path.expanduser(os.fspath(out)))
+        check_path(spelled)
+        if spelled.name not in ("", ".."):  # "x/." is "x"; "", "." and ".." end in no link
+            last = Path(os.path.realpath(spelled.parent)) / spelled.name
+            if last.is_symlink() and not (link_ok and last.is_dir()):
+                raise UsageError(f"'{out}' is a symbolic link; give the folder it points to")
+        return Path(os.path.realpath(spelled))
+    except UsageError:
+        raise
+    except (OSError, ValueError) as err:  # a NUL byte in the name, a loop of links
+        raise UsageError(f"cannot use output path {str(out)!r}: {err}") from None
 
 
 def check_path(out: Path) -> None:
@@ -165,9 +190,10 @@ def _protected(folder: Path) -> str | None:
 
 
 def check_output(out: Path, *, keep: bool, force: bool) -> None:
-    """Refuse a non-empty `out` unless it is kept (`keep`, for resuming) or may be replaced:
-    `force` on a folder that holds only what repgossip wrote (never another folder, the working
-    directory or its parents), or a run folder with no finished round."""
+    """Refuse a non-empty `out` (a path `resolve_out` gave) unless it is kept (`keep`, for
+    resuming) or may be replaced: `force` on a folder that holds only what repgossip wrote
+    (never another folder, the working directory or its parents), or a run folder with no
+    finished round."""
     check_path(out)
     stale = _stale_replacement(out)
     if stale is not None:
@@ -175,8 +201,6 @@ def check_output(out: Path, *, keep: bool, force: bool) -> None:
             f"'{stale}' holds the folder a killed --force was replacing; put it back "
             f"(mv '{stale}' '{out}') or delete it, then run again"
         )
-    if out.is_symlink() and (force or keep):
-        raise UsageError(f"'{out}' is a symbolic link; give the folder it points to")
     if not out.is_dir() or not has_content(out) or keep:
         return
     if force or _is_replaceable(out):

@@ -53,6 +53,7 @@ from repgossip.runfolder import (
     checkpoint_bytes,
     read_checkpoint,
     read_metrics,
+    resolve_out,
     resumable_config,
 )
 from repgossip.topology import Graph, build_graph, spectral_gap
@@ -508,7 +509,7 @@ def run_experiment(
     engine = build_engine(cfg)
     try:
         cfg = same_config_everywhere(engine, cfg, supplied)
-        folder = Path(out) if out is not None else None
+        folder = resolve_out(out, link_ok=not (resume or force)) if out is not None else None
         return _run(engine, cfg, folder, resume, force, progress, callbacks, supplied)
     finally:
         engine.close()

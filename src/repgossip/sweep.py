@@ -50,6 +50,7 @@ from repgossip.runfolder import (
     check_output,
     claim_output,
     locked,
+    resolve_out,
 )
 from repgossip.runner import preflight, resolve_device, run_experiment
 
@@ -278,7 +279,7 @@ def sweep(
     `jobs` > 1 runs that many points at a time, each in its own process (see `_Workers`)."""
     if jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {jobs}")
-    out = Path(out)
+    out = resolve_out(out, link_ok=not (resume or force))
     check_output(out, keep=resume, force=force)  # the cheap refusal before the per-point checks
     points = plan(grid, base, out, resume=resume, force=force)
     _refuse_if_locked(out)
