@@ -44,11 +44,14 @@ from repgossip.population import PUSH_WEIGHT, Population
 from repgossip.runfolder import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
+    FOLDER,
     METRICS_FILE,
     SUMMARY_FILE,
+    TENSORBOARD_DIR,
     FolderClaim,
     append_metrics,
     atomic_write,
+    check_entry,
     check_output,
     checkpoint_bytes,
     read_checkpoint,
@@ -58,8 +61,6 @@ from repgossip.runfolder import (
 )
 from repgossip.topology import Graph, build_graph, spectral_gap
 from repgossip.training import budget, check_batch_norm_batches, step_rule
-
-TENSORBOARD_DIR = "tensorboard"
 
 
 @dataclass(frozen=True)
@@ -572,6 +573,8 @@ def _check_folder(out: Path, cfg: Config, resume: bool, force: bool) -> None:
     check_output(out, keep=resume, force=force)
     if resume:
         resumable_config(out, cfg)
+        if cfg.tensorboard:  # a file by that name: one line now, not a traceback in round 0
+            check_entry(out / TENSORBOARD_DIR, FOLDER)
 
 
 def _callbacks(

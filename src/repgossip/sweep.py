@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from repgossip.config import Config, build_config, changed_keys, load_resolved, split_assignment
-from repgossip.errors import RepgossipError, StorageError, UsageError
+from repgossip.errors import RepgossipError, UsageError
 from repgossip.runfolder import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -50,6 +50,7 @@ from repgossip.runfolder import (
     check_output,
     claim_output,
     locked,
+    remove_file,
     resolve_out,
 )
 from repgossip.runner import preflight, resolve_device, run_experiment
@@ -490,7 +491,7 @@ def write_tables(out: Path, rows: list[dict[str, Any]], keys: Sequence[str]) -> 
         atomic_write(out / BY_CONFIG_FILE, _csv(configs, config_columns(configs, keys)))
         table = config_table(configs, keys)
     else:
-        _remove(out / BY_CONFIG_FILE)
+        remove_file(out / BY_CONFIG_FILE)
         table = markdown_table(rows, names)
     atomic_write(out / "summary.md", table.encode())
 
@@ -510,15 +511,6 @@ def _csv(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> bytes:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue().encode()
-
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    except OSError as err:
-        raise StorageError(f"cannot remove '{path}': {err.strerror or err}") from None
 
 
 def _cell(value: Any) -> str:
