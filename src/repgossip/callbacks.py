@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import numbers
+import os
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 
 from repgossip.errors import UsageError
-from repgossip.runfolder import atomic_write
+from repgossip.runfolder import TENSORBOARD_DIR, atomic_write, make_folder, record_entry
 
 
 @dataclass(frozen=True)
@@ -226,12 +227,20 @@ class TensorBoardLogger(Callback):
         self.writer: Any = None
 
     def on_run_start(self, info: RunInfo) -> None:
-        purge = info.start_round + 1 if info.start_round > 0 else None
+        self._open(purge=info.start_round + 1 if info.start_round > 0 else None)
+
+    def _open(self, purge: int | None = None) -> None:
+        """Start the writer in `logdir`, made if missing; in a run folder, the event file it
+        creates is recorded as the run's (so --force removes it, and nothing else there)."""
+        make_folder(self.logdir, TENSORBOARD_DIR)
+        before = set(os.listdir(self.logdir))
         self.writer = self.summary_writer_class(str(self.logdir), purge_step=purge)
+        for name in sorted(set(os.listdir(self.logdir)) - before):
+            record_entry(self.logdir / name, made=True)
 
     def on_evaluation(self, record: Mapping[str, Any]) -> None:
         if self.writer is None:
-            self.writer = self.summary_writer_class(str(self.logdir))
+            self._open()
         step = int(record["round"])
         for key, value in record.items():
             if key != "round" and _is_number(value):

@@ -168,9 +168,10 @@ def default_out(algorithm: str, dataset: str) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from repgossip.runfolder import resolve_out
     from repgossip.runner import run_experiment
 
-    out = Path(args.out) if args.out else None
+    out = resolve_out(args.out, link_ok=not (args.resume or args.force)) if args.out else None
     if args.resume and out is None:
         raise UsageError("--resume needs --out DIR, the folder of the run to continue")
     if restarted_by_torchrun() and out is not None and (out / "checkpoint.pt").is_file():

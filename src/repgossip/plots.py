@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from repgossip.errors import StorageError, UsageError
+from repgossip.runfolder import record_entry
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
@@ -165,6 +166,7 @@ def plot_runs(
     chosen = choose_metrics(runs, metrics)
     target, fmt = output_path(folder, out, fmt)
     fig = draw(folder, runs, chosen, x=x, band=band)
+    record_entry(target)  # in a run or sweep folder, the figure is repgossip's (--force may go)
     try:
         fig.savefig(target, dpi=DPI, format=fmt)
     except OSError as err:  # the path was checked: what fails now is storage (exit 5)

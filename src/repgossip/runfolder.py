@@ -2,10 +2,13 @@
 
 Contract: `config.yaml`, `metrics.jsonl`, `summary.json`, `checkpoint.pt`, `provenance.json`. A folder
 that holds anything is never overwritten unless asked (`resume` continues it, `force` replaces it),
-and `force` replaces only folders repgossip wrote, once the new run is under way. Every file is
-replaced atomically, so a crash at any moment leaves the last good version; a checkpoint carries its
-run's config, a digest of its data and a checksum of its payload, so it resumes only the run that
-wrote it, intact.
+and `force` replaces only folders repgossip wrote, once the new run is under way. An output path is
+resolved once (`resolve_out`), before any check; what repgossip creates in a run or sweep folder is
+listed in the folder's manifest (`.repgossip`), and removal (--force, the clean-up of a failed run)
+takes exactly those entries, as the kind written, and nothing else. Every file is replaced
+atomically, so a crash at any moment leaves the last good version; a checkpoint carries its run's
+config, a digest of its data and a checksum of its payload, so it resumes only the run that wrote
+it, intact.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import io
 import json
 import math
 import os
-import shutil
+import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +62,32 @@ def locked(folder: Path) -> Iterator[None]:
         handle.close()
 
 
-MARKER_FILE = ".repgossip"  # "run" or "sweep": what wrote this folder, so --force knows it
 MAX_NAME_BYTES = 255  # longest file name most file systems take
+
+
+def resolve_out(out: str | os.PathLike[str], *, link_ok: bool = True) -> Path:
+    """The folder `out` names, absolute and with no `~`, `.`, `..` or symbolic link left in it:
+    every check and every write of a run or sweep uses this one path, so no spelling can make a
+    check look at one folder and the writes land in another.
+
+    Resolved as the kernel will resolve it once the missing folders exist: `new/..` is the folder
+    holding `new` (the working directory for `new/..`), whether `new` exists or not, and
+    `link/..` the parent of the link's target. A leading `~` is the home folder, as in a shell.
+    A symbolic link as the last part is refused where it points nowhere, and with `link_ok`
+    False (--force, --resume): the folder to replace or continue is named as itself.
+    """
+    try:
+        spelled = Path(os.path.expanduser(os.fspath(out)))
+        check_path(spelled)
+        if spelled.name not in ("", ".."):  # "x/." is "x"; "", "." and ".." end in no link
+            last = Path(os.path.realpath(spelled.parent)) / spelled.name
+            if last.is_symlink() and not (link_ok and last.is_dir()):
+                raise UsageError(f"'{out}' is a symbolic link; give the folder it points to")
+        return Path(os.path.realpath(spelled))
+    except UsageError:
+        raise
+    except (OSError, ValueError) as err:  # a NUL byte in the name, a loop of links
+        raise UsageError(f"cannot use output path {str(out)!r}: {err}") from None
 
 
 def check_path(out: Path) -> None:
@@ -77,49 +105,243 @@ def check_path(out: Path) -> None:
         raise UsageError(f"cannot use output path '{out}': {err.strerror or err}") from None
 
 
+# ---------------------------------------------------------------- what is ours: the manifest
+
+MANIFEST_FILE = ".repgossip"  # the folder's kind, then one line per entry repgossip created
+MANIFEST_VERSION = 1
+FILE, FOLDER, OTHER = "file", "folder", "other"  # OTHER: a symbolic link, a device, a socket
+TMP_SUFFIX = ".tmp"  # atomic_write's temporary file, beside the file it replaces
+BOOKKEEPING = (MANIFEST_FILE, LOCK_FILE)
 PLOT_NAMES = ("curves.png", "curves.pdf", "curves.svg")
 TENSORBOARD_DIR = "tensorboard"
-RUN_NAMES = frozenset(
-    (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE, "provenance.json", MARKER_FILE,
-     LOCK_FILE, TENSORBOARD_DIR, *PLOT_NAMES)
-)  # fmt: skip
-SWEEP_NAMES = frozenset(
-    ("summary.csv", "summary_by_config.csv", "summary.md", MARKER_FILE, LOCK_FILE, *PLOT_NAMES)
-)
+# What releases before the manifest wrote (0.2.0: no marker; later: `.repgossip` holding "run" or
+# "sweep"). A folder without a manifest is ours only as far as it holds plain files of exactly
+# these names, and, in a sweep, run folders that are wholly ours: never a tensorboard/ folder
+# (another experiment's event files look the same), never a folder under one of these names.
+LEGACY_FILES = {
+    "run": (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE, "provenance.json",
+            *PLOT_NAMES),
+    "sweep": ("summary.csv", "summary_by_config.csv", "summary.md", *PLOT_NAMES),
+}  # fmt: skip
 
 
-def _kind(folder: Path) -> str:
-    marker = folder / MARKER_FILE
+@dataclass(frozen=True)
+class Owned:
+    """What repgossip wrote in a folder: the folder's kind ("run", "sweep", "tensorboard") and
+    each entry it created there, by name, as a FILE or a FOLDER (read from the manifest, or
+    worked out from the names a release before the manifest wrote)."""
+
+    kind: str
+    entries: dict[str, str]
+
+
+def entry_kind(path: Path) -> str | None:
+    """FILE, FOLDER or OTHER, never following a symbolic link; None where nothing is there."""
     try:
-        return marker.read_text().strip() if marker.is_file() else ""
+        mode = path.lstat().st_mode
+    except OSError:
+        return None
+    return FILE if stat.S_ISREG(mode) else FOLDER if stat.S_ISDIR(mode) else OTHER
+
+
+def owned(folder: Path) -> Owned | None:
+    """What repgossip wrote in `folder` (see `Owned`); None where it is not a folder repgossip
+    wrote (or not a folder at all: a symbolic link is never ours)."""
+    if entry_kind(folder) != FOLDER:
+        return None
+    return _read_manifest(folder) or _legacy(folder)
+
+
+def _read_manifest(folder: Path) -> Owned | None:
+    """`folder`'s manifest; None where it has none, or only the bare kind an older release wrote.
+    A line that is not a whole entry (a torn last line) is skipped: its entry stays foreign."""
+    path = folder / MANIFEST_FILE
+    if entry_kind(path) != FILE:
+        return None
+    try:
+        lines = path.read_bytes().decode().splitlines()
     except (OSError, UnicodeDecodeError):
-        return ""
+        return None
+    header = _json_line(lines[0]) if lines else None
+    if not (isinstance(header, dict) and header.get("repgossip") == MANIFEST_VERSION):
+        return None
+    entries: dict[str, str] = {}
+    for line in lines[1:]:
+        entry = _json_line(line)
+        listed = isinstance(entry, list) and len(entry) == 2 and entry[0] in (FILE, FOLDER)
+        if listed and _plain_name(entry[1]):
+            entries.setdefault(entry[1], entry[0])
+    return Owned(str(header.get("kind")), entries)
+
+
+def _json_line(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
+def _plain_name(name: Any) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and not set(name) & {"/", "\0"}
+
+
+def _legacy(folder: Path) -> Owned | None:
+    """What a release before the manifest wrote in `folder` (see LEGACY_FILES); None where it
+    has neither that release's marker nor a config.yaml or summary.csv."""
+    kind = ""
+    if entry_kind(folder / MANIFEST_FILE) == FILE:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            kind = (folder / MANIFEST_FILE).read_bytes().decode().strip()
+    if kind not in LEGACY_FILES:
+        sweep, run = (entry_kind(folder / n) == FILE for n in ("summary.csv", CONFIG_FILE))
+        kind = "sweep" if sweep else "run" if run else ""
+    if not kind:
+        return None
+    entries = {name: FILE for name in LEGACY_FILES[kind] if entry_kind(folder / name) == FILE}
+    if kind == "sweep":  # the grid points' run folders
+        for sub in sorted(folder.iterdir()):
+            inner = owned(sub) if sub.name not in entries else None
+            if inner is not None and inner.kind == "run" and not foreign_entries(sub):
+                entries[sub.name] = FOLDER
+    return Owned(kind, entries)
+
+
+def _owned_kind(own: Owned, name: str) -> str | None:
+    """The kind of entry `name` is ours as, in a folder that holds `own`; None: not ours."""
+    if name in BOOKKEEPING:
+        return FILE
+    if name in own.entries:
+        return own.entries[name]
+    written = name.removesuffix(TMP_SUFFIX)  # the temporary file of one of our files
+    return FILE if written != name and own.entries.get(written) == FILE else None
 
 
 def foreign_entries(folder: Path) -> list[str]:
-    """What in `folder` repgossip did not write: a run folder holds only the run's files; a sweep
-    folder its tables, plots and run folders. Empty when the folder is wholly ours."""
-    kind = _kind(folder) or ("sweep" if (folder / "summary.csv").is_file() else "run")
+    """What in `folder` repgossip did not write, or wrote as another kind (a folder where it
+    wrote a file), inside the folders it made too (as 'tensorboard/NAME'). Empty when the folder
+    is wholly ours; every entry when it is not a repgossip folder."""
+    own = owned(folder) or Owned("", {})
     foreign = []
     for entry in sorted(folder.iterdir()):
-        if entry.name.endswith(".tmp") or entry.name in (
-            RUN_NAMES if kind == "run" else SWEEP_NAMES
-        ):
-            continue
-        if kind == "sweep" and entry.is_dir() and not entry.is_symlink() and is_ours(entry):
-            continue
-        foreign.append(entry.name)
+        kind, actual = _owned_kind(own, entry.name), entry_kind(entry)
+        if kind == FOLDER and actual == FOLDER:
+            foreign += [f"{entry.name}/{name}" for name in foreign_entries(entry)]
+        elif kind != actual:
+            foreign.append(entry.name)
     return foreign
 
 
 def is_ours(folder: Path) -> bool:
-    """Whether `folder` is a run or sweep folder that holds only what repgossip wrote: marked, or
-    (written before markers) holding a config.yaml or summary.csv and nothing foreign. A folder
-    with anything else in it is never replaced."""
-    if folder.is_symlink() or not folder.is_dir():
-        return False
-    known = _kind(folder) or any((folder / name).is_file() for name in (CONFIG_FILE, "summary.csv"))
-    return bool(known) and not foreign_entries(folder)
+    """Whether `folder` is a run or sweep folder that holds only what repgossip wrote: every
+    entry listed in its manifest as the kind it is (or, written before manifests, one of the
+    names that release wrote). A folder with anything else in it is never replaced."""
+    return owned(folder) is not None and not foreign_entries(folder)
+
+
+def start_manifest(folder: Path, kind: str, entries: dict[str, str] | None = None) -> None:
+    """Make `folder` (just made, or emptied, or written by a release before manifests: then
+    `entries` are what that release wrote) one whose entries repgossip records as it creates
+    them."""
+    lines = [
+        {"repgossip": MANIFEST_VERSION, "kind": kind},
+        *([k, n] for n, k in (entries or {}).items()),
+    ]
+    atomic_write(folder / MANIFEST_FILE, "".join(json.dumps(x) + "\n" for x in lines).encode())
+
+
+def record_entry(path: Path, kind: str = FILE, *, made: bool = False) -> None:
+    """Note in the manifest of `path`'s folder, before `path` is created (or, `made`, just after
+    a library created it), that it is ours, as a `kind` (FILE or FOLDER). Only where the folder
+    has a manifest, and only for a new entry: one that was there (a user's) is never recorded.
+    One appended line, fsynced: a crash leaves the entry listed and absent (harmless) or, in a
+    torn line, unlisted (then never removed)."""
+    manifest = _read_manifest(path.parent) if path.name not in BOOKKEEPING else None
+    if manifest is None or path.name in manifest.entries:
+        return
+    if not made and entry_kind(path) is not None:
+        return
+    line = (json.dumps([kind, path.name]) + "\n").encode()
+    try:
+        with open(path.parent / MANIFEST_FILE, "ab") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as err:
+        raise StorageError(
+            f"cannot write '{path.parent / MANIFEST_FILE}': {err.strerror or err}"
+        ) from None
+
+
+_WHAT = {FILE: "a file", FOLDER: "a folder", OTHER: "a link or special file"}
+
+
+def check_entry(path: Path, kind: str) -> None:
+    """Refuse in one line to write a `kind` where something else is (a file named like the
+    folder tensorboard=true writes); a symbolic link to a folder is a folder to write into."""
+    actual = entry_kind(path)
+    if actual is None or actual == kind or (kind == FOLDER and path.is_dir()):
+        return
+    raise UsageError(
+        f"cannot write '{path}': it is {_WHAT[actual]} where repgossip writes {_WHAT[kind]}; "
+        "move it away"
+    )
+
+
+def make_folder(path: Path, kind: str) -> None:
+    """`path` as a folder to write into (tensorboard/): made where nothing is there, and then,
+    inside a folder with a manifest, recorded there with a manifest of its own; a folder that is
+    there is used as it is (written into, never owned)."""
+    check_entry(path, FOLDER)
+    if entry_kind(path) is not None:
+        return
+    record_entry(path, FOLDER)
+    try:
+        path.mkdir(parents=True)
+    except OSError as err:
+        raise StorageError(f"cannot make folder '{path}': {err.strerror or err}") from None
+    if _read_manifest(path.parent) is not None:
+        start_manifest(path, kind)
+
+
+def remove_owned(folder: Path) -> None:
+    """Remove what repgossip wrote in `folder`, each entry only as the kind it wrote: a file
+    unlinked, a folder it made emptied the same way and removed once nothing else is in it;
+    the manifest last. Anything else (a user's file, a folder we did not make, a link) stays;
+    so does `folder` itself. Best effort: an entry that cannot be removed stays too. Without a
+    manifest (a claim that failed before writing one), only the lock file is ours."""
+    if entry_kind(folder) != FOLDER:
+        return
+    own = owned(folder) or Owned("", {})
+    for entry in sorted(folder.iterdir(), key=lambda e: (e.name == MANIFEST_FILE, e.name)):
+        kind = _owned_kind(own, entry.name)
+        if kind is None or kind != entry_kind(entry):
+            continue
+        if kind == FOLDER:
+            remove_owned(entry)
+            remove_if_empty(entry)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+
+
+def remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def remove_file(path: Path) -> None:
+    """Remove `path` if it is a file repgossip wrote there (a table an earlier grid left);
+    anything else by that name stays."""
+    own = owned(path.parent)
+    if own is None or _owned_kind(own, path.name) != FILE or entry_kind(path) != FILE:
+        return
+    try:
+        path.unlink()
+    except OSError as err:
+        raise StorageError(f"cannot remove '{path}': {err.strerror or err}") from None
+
+
+# ---------------------------------------------------------------- claiming a folder
 
 
 def has_content(folder: Path) -> bool:
@@ -132,9 +354,10 @@ def _is_replaceable(folder: Path) -> bool:
     """A run folder with no finished round (stopped before round 1 was evaluated or any checkpoint
     was written) and nothing else in it: a plain rerun may replace it, as there is nothing to
     lose and nothing to resume."""
-    if _kind(folder) != "run" or (folder / CHECKPOINT_FILE).exists() or not is_ours(folder):
+    own = owned(folder)
+    if own is None or own.kind != "run" or entry_kind(folder / CHECKPOINT_FILE) is not None:
         return False
-    return all(r["round"] == 0 for r in read_metrics(folder / METRICS_FILE))
+    return is_ours(folder) and all(r["round"] == 0 for r in read_metrics(folder / METRICS_FILE))
 
 
 def _stale_replacement(out: Path) -> Path | None:
@@ -146,9 +369,8 @@ def _stale_replacement(out: Path) -> Path | None:
 def _not_ours(folder: Path) -> str | None:
     if is_ours(folder):
         return None
-    foreign = foreign_entries(folder) if folder.is_dir() else []
-    telltale = _kind(folder) or any((folder / n).is_file() for n in (CONFIG_FILE, "summary.csv"))
-    if foreign and telltale:
+    foreign = foreign_entries(folder) if owned(folder) is not None else []
+    if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
         return f"it holds files repgossip did not write ({shown})"
     return "it is not a repgossip folder"
@@ -165,9 +387,10 @@ def _protected(folder: Path) -> str | None:
 
 
 def check_output(out: Path, *, keep: bool, force: bool) -> None:
-    """Refuse a non-empty `out` unless it is kept (`keep`, for resuming) or may be replaced:
-    `force` on a folder that holds only what repgossip wrote (never another folder, the working
-    directory or its parents), or a run folder with no finished round."""
+    """Refuse a non-empty `out` (a path `resolve_out` gave) unless it is kept (`keep`, for
+    resuming) or may be replaced: `force` on a folder that holds only what repgossip wrote
+    (never another folder, the working directory or its parents), or a run folder with no
+    finished round."""
     check_path(out)
     stale = _stale_replacement(out)
     if stale is not None:
@@ -175,8 +398,6 @@ def check_output(out: Path, *, keep: bool, force: bool) -> None:
             f"'{stale}' holds the folder a killed --force was replacing; put it back "
             f"(mv '{stale}' '{out}') or delete it, then run again"
         )
-    if out.is_symlink() and (force or keep):
-        raise UsageError(f"'{out}' is a symbolic link; give the folder it points to")
     if not out.is_dir() or not has_content(out) or keep:
         return
     if force or _is_replaceable(out):
@@ -193,16 +414,18 @@ class FolderClaim:
     """Makes `out` the folder of this run, replacing an old one only once the new run is safe.
 
     `open()` locks `out`, moves an old folder that is being replaced aside (next to it, hidden),
-    creates `out` and locks it too. `commit()`, once the new run has trained and evaluated a round
-    (or checkpointed), deletes the old folder. If the run fails before that, `close()` puts the old
-    folder back: a bad config or a crash in the first round never costs the results that were
-    there.
+    creates `out` (or takes the empty one there), locks it too and starts its manifest. `commit()`,
+    once the new run has trained and evaluated a round (or checkpointed), removes what repgossip
+    wrote in the old folder. If the run fails before that, `close()` removes what this run wrote
+    and puts the old folder back: a bad config or a crash in the first round never costs the
+    results that were there, nor anything else that was in the folder.
     """
 
     def __init__(self, out: Path, *, keep: bool, force: bool, kind: str = "run") -> None:
         self.out, self.keep, self.force, self.kind = out, keep, force, kind
         self.aside: Path | None = None
-        self.created = False  # `out` did not exist, or was empty: undo by removing what we wrote
+        self.created = False  # `out` held nothing of an earlier run: undo by removing what we wrote
+        self.made = False  # `out` itself did not exist: undo removes it too, once empty
         self.existed = False
         self.committed = False
         self._lock = contextlib.ExitStack()
@@ -213,11 +436,13 @@ class FolderClaim:
         if self.existed:  # a folder another process writes is neither resumed nor replaced
             self._lock.enter_context(locked(self.out))
         try:
-            if not self.keep and self.out.is_dir() and has_content(self.out):
+            if not self.keep and self.existed and has_content(self.out):
                 self.aside = self.out.with_name(f".{self.out.name}.replaced-{os.getpid()}")
-                shutil.rmtree(self.aside, ignore_errors=True)
                 os.replace(self.out, self.aside)
-            self.created = not self.out.exists() or not has_content(self.out)
+            self.made = not self.out.exists()
+            self.created = self.made or not has_content(self.out)
+            if self.made:
+                record_entry(self.out, FOLDER)  # a grid point's folder is its sweep's
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             self.close()
@@ -226,13 +451,15 @@ class FolderClaim:
             ) from None
         if self.aside is not None or not self.existed:  # a new folder: lock it too
             self._lock.enter_context(locked(self.out))
-        if not (self.out / MARKER_FILE).is_file():
-            atomic_write(self.out / MARKER_FILE, f"{self.kind}\n".encode())
+        if _read_manifest(self.out) is None:  # resumed from an older release: its files stay ours
+            before = owned(self.out) if self.keep else None
+            start_manifest(self.out, self.kind, before.entries if before else None)
 
     def commit(self) -> None:
         """The new run has a record: the old folder is no longer needed."""
         if not self.committed and self.aside is not None:
-            shutil.rmtree(self.aside, ignore_errors=True)
+            remove_owned(self.aside)
+            remove_if_empty(self.aside)
         self.committed = True
 
     def close(self) -> None:
@@ -240,13 +467,12 @@ class FolderClaim:
         self._lock.close()
         if self.committed:
             return
-        if self.aside is not None:
-            shutil.rmtree(self.out, ignore_errors=True)
+        if self.created:
+            remove_owned(self.out)
+            if self.made:
+                remove_if_empty(self.out)
+        if self.aside is not None and not os.path.lexists(self.out):
             os.replace(self.aside, self.out)
-        elif self.created:
-            shutil.rmtree(self.out, ignore_errors=True)
-            if self.existed:
-                self.out.mkdir()  # as the user had it: there, and empty
 
     def __enter__(self) -> FolderClaim:
         self.open()
@@ -288,8 +514,10 @@ def refuse_changes(saved: Config, cfg: Config, what: str) -> None:
 def atomic_write(path: Path, payload: bytes) -> None:
     """Write to a temporary file, fsync, rename, fsync the folder: a crash at any moment leaves the
     old file or the new one, never a torn one. A write that fails (a full disk) removes the
-    temporary file, keeps the old file, and raises StorageError in one line."""
-    tmp = path.with_name(path.name + ".tmp")
+    temporary file, keeps the old file, and raises StorageError in one line. A new file in a
+    folder with a manifest is recorded there first (see `record_entry`)."""
+    record_entry(path)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
     try:
         with open(tmp, "wb") as handle:
             maybe_crash_midwrite(path, handle, payload)

@@ -45,22 +45,24 @@ from repgossip.population import PUSH_WEIGHT, Population
 from repgossip.runfolder import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
+    FOLDER,
     METRICS_FILE,
     SUMMARY_FILE,
+    TENSORBOARD_DIR,
     FolderClaim,
     append_metrics,
     atomic_write,
+    check_entry,
     check_output,
     checkpoint_bytes,
     read_checkpoint,
     read_metrics,
+    resolve_out,
     resumable_config,
 )
 from repgossip.threads import single_threaded
 from repgossip.topology import Graph, build_graph, spectral_gap
 from repgossip.training import budget, check_batch_norm_batches, step_rule
-
-TENSORBOARD_DIR = "tensorboard"
 
 
 @dataclass(frozen=True)
@@ -522,7 +524,7 @@ def run_experiment(
         engine = build_engine(cfg)
         try:
             cfg = same_config_everywhere(engine, cfg, supplied)
-            folder = Path(out) if out is not None else None
+            folder = resolve_out(out, link_ok=not (resume or force)) if out is not None else None
             return _run(engine, cfg, folder, resume, force, progress, callbacks, supplied, threads)
         finally:
             engine.close()
@@ -587,6 +589,8 @@ def _check_folder(out: Path, cfg: Config, resume: bool, force: bool) -> None:
     check_output(out, keep=resume, force=force)
     if resume:
         resumable_config(out, cfg)
+        if cfg.tensorboard:  # a file by that name: one line now, not a traceback in round 0
+            check_entry(out / TENSORBOARD_DIR, FOLDER)
 
 
 def _callbacks(

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from repgossip.config import Config, build_config, changed_keys, load_resolved, split_assignment
-from repgossip.errors import RepgossipError, StorageError, UsageError, WorkerDied
+from repgossip.errors import RepgossipError, UsageError, WorkerDied
 from repgossip.runfolder import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -52,6 +52,8 @@ from repgossip.runfolder import (
     check_output,
     claim_output,
     locked,
+    remove_file,
+    resolve_out,
 )
 from repgossip.runner import preflight, resolve_device, run_experiment
 
@@ -282,7 +284,7 @@ def sweep(
     `jobs` > 1 runs that many points at a time, each in its own process (see `_Workers`)."""
     if jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {jobs}")
-    out = Path(out)
+    out = resolve_out(out, link_ok=not (resume or force))
     check_output(out, keep=resume, force=force)  # the cheap refusal before the per-point checks
     points = plan(grid, base, out, resume=resume, force=force)
     _refuse_if_locked(out)
@@ -538,7 +540,7 @@ def write_tables(out: Path, rows: list[dict[str, Any]], keys: Sequence[str]) -> 
         atomic_write(out / BY_CONFIG_FILE, _csv(configs, config_columns(configs, keys)))
         table = config_table(configs, keys)
     else:
-        _remove(out / BY_CONFIG_FILE)
+        remove_file(out / BY_CONFIG_FILE)
         table = markdown_table(rows, names)
     atomic_write(out / "summary.md", table.encode())
 
@@ -558,15 +560,6 @@ def _csv(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> bytes:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue().encode()
-
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    except OSError as err:
-        raise StorageError(f"cannot remove '{path}': {err.strerror or err}") from None
 
 
 def _cell(value: Any) -> str:
