@@ -268,3 +268,41 @@ def test_a_plugin_whose_code_changed_is_not_resumed(plugin_dir, capsys, monkeypa
     monkeypatch.delitem(sys.modules, "changing")
     assert cli("--set", "rounds=3", "--out", str(part), "--resume") == 0
     assert summary(part) == summary(whole)
+
+
+API_SCRIPT = """
+import sys
+import repgossip
+from torch import nn
+
+def net(input_shape):
+    m = nn.Module()
+    m.body = nn.Sequential(nn.Linear(input_shape[0], 4), nn.ReLU())
+    m.head = nn.Linear(4, 1)
+    m.squeeze_output = True
+    return m
+
+rounds, resume = int(sys.argv[1]), sys.argv[2] == "resume"
+config = dict(dataset="synthetic", workers=6, samples_per_worker=30, rounds=rounds)
+try:
+    repgossip.run(config, model=net, out="run", resume=resume)
+except repgossip.UsageError as err:
+    sys.exit(f"refused: {err}")
+"""
+
+
+def test_a_model_handed_to_the_api_from_a_script_is_bound_by_its_own_source(tmp_path):
+    """Another script that defines the same function resumes the run; one whose function
+    changed (same shapes) is refused."""
+    (tmp_path / "train.py").write_text(API_SCRIPT)
+    (tmp_path / "resume.py").write_text("# another script, the same model\n" + API_SCRIPT)
+    (tmp_path / "changed.py").write_text(API_SCRIPT.replace("nn.ReLU()", "nn.Tanh()"))
+
+    def script(name: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, name, *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+
+    assert script("train.py", "1", "new").returncode == 0
+    done = script("changed.py", "2", "resume")
+    assert done.returncode == 1 and "the model plug-in 'python:net' changed" in done.stderr
+    assert script("resume.py", "2", "resume").returncode == 0

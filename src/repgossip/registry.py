@@ -151,10 +151,11 @@ def load_plugin(ref: str, kind: str, factory: Factory) -> Any:
 class PluginCode:
     """What built one plug-in of a run: the reference the config gives, the module the object
     was written in, and for that module and the one the reference names, the source file and a
-    sha256 of its bytes (keyed by module name, so a moved project folder is the same code).
+    sha256 of its bytes (keyed by module name, so a moved project folder is the same code; for
+    an object of a script or notebook, `__main__`, the sha256 of the object's own source).
 
-    A module the plug-in's module imports is not covered: a run that depends on a helper module
-    changing under it should name the helper's module as the plug-in, or keep both in one file."""
+    Modules that the plug-in's module imports in turn, and installed packages, are not covered:
+    a change there goes unseen."""
 
     reference: str
     defined_in: str
@@ -181,8 +182,17 @@ def plugin_code(reference: str, obj: Any) -> PluginCode:
     digests: dict[str, str] = {}
     for name in dict.fromkeys(n for n in names if n):
         files[name] = getattr(sys.modules.get(name), "__file__", None)
-        digests[name] = _file_digest(files[name])
+        # a script (or notebook) is the program, not a module: its object's own source counts,
+        # so a run started by one script may be resumed by another that defines the same object
+        digests[name] = _source_digest(obj) if name == "__main__" else _file_digest(files[name])
     return PluginCode(reference, defined_in, files, digests)
+
+
+def _source_digest(obj: Any) -> str:
+    try:
+        return hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()
+    except (OSError, TypeError):
+        return "no source"
 
 
 def _file_digest(path: str | None) -> str:
