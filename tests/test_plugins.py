@@ -11,9 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+import repgossip
 from repgossip.cli import main
+from repgossip.errors import UsageError
+from repgossip.runfolder import CHECKPOINT_FILE, checkpoint_bytes
 
 from launch import assert_same_numbers, summary, torchrun
 
@@ -306,3 +310,26 @@ def test_a_model_handed_to_the_api_from_a_script_is_bound_by_its_own_source(tmp_
     done = script("changed.py", "2", "resume")
     assert done.returncode == 1 and "the model plug-in 'python:net' changed" in done.stderr
     assert script("resume.py", "2", "resume").returncode == 0
+
+
+def test_a_saved_config_naming_another_plugin_is_refused_without_importing_it(plugin_dir, capsys):
+    """Resolving a saved config (to fill keys added since) must not import a plug-in this run does
+    not name: comparing with another run's checkpoint or config.yaml runs none of its code."""
+    (plugin_dir / "netmod.py").write_text(REGRESSION_NET)
+    (plugin_dir / "trap.py").write_text("open('imported', 'w').close()\n" + REGRESSION_NET)
+    out = plugin_dir / "run"
+    assert cli("--set", "model=netmod:net", *SYNTHETIC, "rounds=1", "--out", str(out)) == 0
+    state = torch.load(out / CHECKPOINT_FILE, weights_only=True)
+    state.pop("checksum")
+    state["config"] = state["config"].replace("model: netmod:net", "model: trap:net")
+    (out / CHECKPOINT_FILE).write_bytes(checkpoint_bytes(state))
+    assert cli("--set", "rounds=2", "--out", str(out), "--resume") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model='trap:net', not 'netmod:net'" in err, err
+    assert not (plugin_dir / "imported").exists()
+    config = out / "config.yaml"  # the same from the API, which does not read config.yaml first
+    config.write_text(config.read_text().replace("model: netmod:net", "model: trap:net"))
+    with pytest.raises(UsageError, match="trap:net"):
+        repgossip.run({**dict(s.split("=") for s in SYNTHETIC), "model": "netmod:net",
+                       "rounds": 2}, out=out, resume=True)  # fmt: skip
+    assert not (plugin_dir / "imported").exists()

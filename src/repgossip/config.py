@@ -29,9 +29,15 @@ from repgossip.data.datasets import DATASETS, dataset_defaults, fitting_models
 from repgossip.data.partition import PARTITIONS
 from repgossip.errors import UsageError
 from repgossip.models import MODELS
-from repgossip.registry import API_PREFIX
+from repgossip.registry import API_PREFIX, Registry, is_plugin_ref
 from repgossip.topology import check_mixing_rule
 
+# The keys whose values may be plug-ins (code: `package.module:name`), with their registries.
+PLUGIN_REGISTRIES: dict[str, Registry[Any]] = {
+    "algorithm": ALGORITHMS,
+    "dataset": DATASETS,
+    "model": MODELS,
+}
 ENGINES = ("sim", "dist")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -558,19 +564,42 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-def saved_config(text: str, name: str, algorithm: type[Algorithm] | None = None) -> Config:
+def saved_config(
+    text: str,
+    name: str,
+    algorithm: type[Algorithm] | None = None,
+    current: Config | None = None,
+) -> Config:
     """A config that a run recorded (its `config.yaml`, the copy in its checkpoint, or rank 0's),
     read through the same resolution as a fresh config: a key that the release which wrote it did
     not have yet gets its default, as it would in a new run. Every comparison of a saved config
-    with the current one goes through here and `changed_keys`, so a folder written by an earlier
-    release resumes after a key is added, and an edited value that matters is still refused.
+    with the current one reads it here and compares with `changed_keys`, so a folder written by an
+    earlier release resumes after a key is added, and an edited value that matters is still
+    refused.
 
-    `name` says what the text is, for the one-line errors; `algorithm` is the class an API caller
-    handed over, as for `build_config`."""
-    return build_config(parse_mapping(text, name), algorithm=algorithm)
+    `name` says what the text is ("checkpoint '...'"), for the one-line errors; `algorithm` is the
+    class an API caller handed over, as for `build_config`. With `current` (the config the saved
+    one is compared with), a plug-in the text names that `current` does not is refused before
+    resolving would import it: comparing with another run runs none of its code."""
+    given = parse_mapping(text, name)
+    if current is not None:
+        for key in PLUGIN_REGISTRIES:
+            value, now = given.get(key), getattr(current, key)
+            if isinstance(value, str) and is_plugin_ref(value) and value != now:
+                raise UsageError(
+                    f"{name} was written with {key}={value!r}, not {now!r}; it belongs to "
+                    "another run"
+                )
+    try:
+        return build_config(given, algorithm=algorithm)
+    except UsageError as err:
+        raise UsageError(f"{name} holds a config this version cannot use: {err}") from None
 
 
-def load_resolved(path: str | Path, algorithm: type[Algorithm] | None = None) -> Config:
+def load_resolved(
+    path: str | Path, algorithm: type[Algorithm] | None = None, current: Config | None = None
+) -> Config:
     """A `config.yaml` written by a run, read back as a Config (see `saved_config`)."""
     path = Path(path)
-    return saved_config(_read_config_text(path), f"config file {_quoted_path(path)}", algorithm)
+    text = _read_config_text(path)
+    return saved_config(text, f"config file {_quoted_path(path)}", algorithm, current)

@@ -272,7 +272,7 @@ def resumable_config(out: Path, cfg: Config, algorithm: type[Any] | None = None)
     `algorithm` is the class an API caller handed over."""
     if not (out / CONFIG_FILE).is_file():
         raise UsageError(f"cannot resume: '{out}' holds no {CONFIG_FILE}; start a new run there")
-    saved = load_resolved(out / CONFIG_FILE, algorithm)
+    saved = load_resolved(out / CONFIG_FILE, algorithm, current=cfg)
     refuse_changes(saved, cfg, f"resume '{out}'")
 
 

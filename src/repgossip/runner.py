@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from repgossip import memory, provenance
-from repgossip.algorithms import ALGORITHMS, Algorithm, RoundContext, algorithm_class
+from repgossip.algorithms import Algorithm, RoundContext, algorithm_class
 from repgossip.callbacks import (
     Callback,
     CallbackList,
@@ -30,8 +30,8 @@ from repgossip.callbacks import (
     TensorBoardLogger,
     default_callbacks,
 )
-from repgossip.config import Config, changed_keys, dump_yaml, saved_config
-from repgossip.data.datasets import DATASETS, load_federation
+from repgossip.config import PLUGIN_REGISTRIES, Config, changed_keys, dump_yaml, saved_config
+from repgossip.data.datasets import load_federation
 from repgossip.data.federation import Federation
 from repgossip.engines import Engine, make_engine
 from repgossip.errors import DivergenceError, RepgossipError, UsageError
@@ -39,9 +39,9 @@ from repgossip.faults import maybe_fail_rank
 from repgossip.gossip import GossipSchedule
 from repgossip.layout import RowLayout, row_key
 from repgossip.metrics import accuracy_summary, squared_deviation, subspace_distance
-from repgossip.models import MODELS, ModelFunction, SplitModel, build_model, check_fits
+from repgossip.models import ModelFunction, SplitModel, build_model, check_fits
 from repgossip.population import PUSH_WEIGHT, Population
-from repgossip.registry import PluginCode, Registry, is_plugin_ref, plugin_code
+from repgossip.registry import PluginCode, is_plugin_ref, plugin_code
 from repgossip.runfolder import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -74,19 +74,11 @@ class Supplied:
     algorithm: type[Algorithm] | None = None
 
 
-# The config keys whose values may be plug-ins (code), and their registries. Data and graphs handed
-# to the API are data: the checkpoint's data digest covers them.
-PLUGIN_REGISTRIES: dict[str, Registry[Any]] = {
-    "algorithm": ALGORITHMS,
-    "dataset": DATASETS,
-    "model": MODELS,
-}
-
-
 def plugin_codes(cfg: Config, supplied: Supplied | None = None) -> dict[str, PluginCode]:
     """What built each plug-in of the run, by config key: an import path that names no built-in,
-    or a function or class handed to the Python API. Built-ins are not listed: they are
-    repgossip's own code, identified by the version and commit provenance.json records."""
+    or a function or class handed to the Python API (data and graphs handed to it are data: the
+    checkpoint's data digest covers them). Built-ins are not listed: they are repgossip's own
+    code, identified by the version and commit provenance.json records."""
     supplied = supplied or Supplied()
     handed: dict[str, Any] = {"algorithm": supplied.algorithm, "model": supplied.model}
     codes = {}
@@ -419,10 +411,7 @@ def _check_binding(path: Path, state: dict[str, Any], exp: Experiment, supplied:
     """Refuse a checkpoint written by another config, other plug-in code or on other data, naming
     what differs. The saved config is resolved as a fresh one (`saved_config`): a key added since
     the checkpoint was written is not a difference."""
-    try:
-        saved = saved_config(state["config"], f"the config in '{path}'", supplied.algorithm)
-    except UsageError as err:
-        raise UsageError(f"checkpoint '{path}' cannot be resumed by this version: {err}") from None
+    saved = saved_config(state["config"], f"checkpoint '{path}'", supplied.algorithm, exp.cfg)
     changed = changed_keys(saved, exp.cfg)
     if changed:
         key = changed[0]
