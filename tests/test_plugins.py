@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+import repgossip
 from repgossip.cli import main
+from repgossip.errors import UsageError
+from repgossip.runfolder import CHECKPOINT_FILE, checkpoint_bytes
 
 from launch import assert_same_numbers, summary, torchrun
 
@@ -123,6 +129,10 @@ BAD_PLUGINS = {
         "[torch.zeros(2, 3)] * workers, [torch.tensor([0, -1])] * workers\n"
         "def garbage():\n    return 'data'\n"
         "class NotAnAlgorithm:\n    pass\n"
+        "from os import abort\n"
+        "from signal import pause\n"
+        "class Exits:\n    def __call__(self):\n        raise SystemExit(0)\n"
+        "exits = Exits()\n"
     ),
 }
 
@@ -159,3 +169,167 @@ def test_a_bad_plugin_is_one_line_with_exit_code_2(plugin_dir, capsys, sets, nee
     assert code == 2, err
     assert err.count("\n") == 1 and needle in err, err
     assert not (plugin_dir / "run").exists()
+
+
+# ---------------------------------------------------------------- what a plug-in value may run
+
+REGRESSION_NET = (
+    "from torch import nn\n"
+    "def net(input_shape):\n"
+    "    m = nn.Module()\n"
+    "    m.body = nn.Sequential(nn.Linear(input_shape[0], 4), nn.ReLU())\n"
+    "    m.head = nn.Linear(4, 1)\n"
+    "    m.squeeze_output = True\n"
+    "    return m\n"
+)
+
+
+def cli_process(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    """`python -m repgossip ARGS` in its own process: a target that exits, aborts or hangs must
+    not take the test with it."""
+    return subprocess.run(
+        [sys.executable, "-m", "repgossip", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=cwd, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("key", "target"),
+    [
+        ("model", "sys:exit"),  # exited 0 having done nothing
+        ("model", "os:abort"),  # aborted (SIGABRT)
+        ("model", "signal:pause"),  # hung for ever
+        ("dataset", "os:abort"),
+        ("dataset", "sys:exit"),
+        ("algorithm", "signal:pause"),
+        ("model", "this:s"),  # importing `this` prints: a standard library module is not imported
+        ("model", "shapes:NotAnAlgorithm"),  # a class of the user's, but not an nn.Module
+        ("model", "shapes:abort"),  # os.abort, imported into the user's module
+        ("dataset", "shapes:pause"),
+        ("model", "shapes:exits"),  # a callable object, not a function or class
+    ],
+)
+def test_a_target_that_is_not_a_factory_is_refused_before_it_is_called(plugin_dir, key, target):
+    (plugin_dir / "shapes.py").write_text(BAD_PLUGINS["shapes.py"])
+    config = plugin_dir / "hostile.yaml"
+    config.write_text(yaml.safe_dump({"dataset": "synthetic", key: target}))
+    try:
+        done = cli_process("run", "--config", str(config), "--set", "workers=4",
+                           "samples_per_worker=20", "rounds=1", "--out", "run",
+                           cwd=plugin_dir, timeout=30)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{key}={target} hung")
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert done.stderr.count("\n") == 1 and f"{key} plug-in '{target}'" in done.stderr, done.stderr
+    assert done.stdout == ""  # nothing that prints was imported, nothing ran
+    assert not (plugin_dir / "run").exists()
+
+
+def test_an_edited_config_yaml_cannot_call_a_target_on_resume(plugin_dir):
+    out = plugin_dir / "run"
+    assert cli("--set", *SYNTHETIC, "rounds=1", "--out", str(out)) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    config = out / "config.yaml"
+    config.write_text(config.read_text().replace("model: linear", "model: sys:exit"))
+    done = cli_process("run", "--quiet", "--set", "rounds=2", "--out", "run", "--resume",
+                       cwd=plugin_dir)  # fmt: skip
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert done.stderr.count("\n") == 1 and "model plug-in 'sys:exit'" in done.stderr
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert {k: v for k, v in after.items() if k != "config.yaml"} == {
+        k: v for k, v in before.items() if k != "config.yaml"
+    }
+
+
+def test_a_run_names_the_file_of_each_plugin_it_imports_unless_quiet(plugin_dir, capsys):
+    (plugin_dir / "netmod.py").write_text(REGRESSION_NET)
+    sets = ["model=netmod:net", *SYNTHETIC, "rounds=1"]
+    assert main(["run", "--set", *sets, "--out", str(plugin_dir / "a")]) == 0
+    err = capsys.readouterr().err
+    line = f"plug-in model: netmod:net (file {plugin_dir / 'netmod.py'})"
+    assert line in err.splitlines(), err
+    assert cli("--set", *sets, "--out", str(plugin_dir / "b")) == 0
+    assert "plug-in" not in capsys.readouterr().err
+
+
+def test_a_plugin_whose_code_changed_is_not_resumed(plugin_dir, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)  # no stale .pyc of a same-size edit
+    module = plugin_dir / "changing.py"
+    module.write_text(REGRESSION_NET)
+    sets = ["model=changing:net", *SYNTHETIC]
+    whole, part = plugin_dir / "whole", plugin_dir / "part"
+    assert cli("--set", *sets, "--out", str(whole)) == 0
+    assert cli("--set", *sets, "rounds=1", "--out", str(part)) == 0
+    module.write_text(REGRESSION_NET.replace("nn.ReLU()", "nn.Tanh()"))  # same shapes
+    monkeypatch.delitem(sys.modules, "changing")  # a new process would import the new code
+    before = (part / "metrics.jsonl").read_bytes()
+    assert cli("--set", "rounds=3", "--out", str(part), "--resume") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "model plug-in 'changing:net'" in err and "changing.py" in err and "changed" in err
+    assert (part / "metrics.jsonl").read_bytes() == before
+    module.write_text(REGRESSION_NET)  # the code that wrote the run: it resumes exactly
+    monkeypatch.delitem(sys.modules, "changing")
+    assert cli("--set", "rounds=3", "--out", str(part), "--resume") == 0
+    assert summary(part) == summary(whole)
+
+
+API_SCRIPT = """
+import sys
+import repgossip
+from torch import nn
+
+def net(input_shape):
+    m = nn.Module()
+    m.body = nn.Sequential(nn.Linear(input_shape[0], 4), nn.ReLU())
+    m.head = nn.Linear(4, 1)
+    m.squeeze_output = True
+    return m
+
+rounds, resume = int(sys.argv[1]), sys.argv[2] == "resume"
+config = dict(dataset="synthetic", workers=6, samples_per_worker=30, rounds=rounds)
+try:
+    repgossip.run(config, model=net, out="run", resume=resume)
+except repgossip.UsageError as err:
+    sys.exit(f"refused: {err}")
+"""
+
+
+def test_a_model_handed_to_the_api_from_a_script_is_bound_by_its_own_source(tmp_path):
+    """Another script that defines the same function resumes the run; one whose function
+    changed (same shapes) is refused."""
+    (tmp_path / "train.py").write_text(API_SCRIPT)
+    (tmp_path / "resume.py").write_text("# another script, the same model\n" + API_SCRIPT)
+    (tmp_path / "changed.py").write_text(API_SCRIPT.replace("nn.ReLU()", "nn.Tanh()"))
+
+    def script(name: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, name, *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+
+    assert script("train.py", "1", "new").returncode == 0
+    done = script("changed.py", "2", "resume")
+    assert done.returncode == 1 and "the model plug-in 'python:net' changed" in done.stderr
+    assert script("resume.py", "2", "resume").returncode == 0
+
+
+def test_a_saved_config_naming_another_plugin_is_refused_without_importing_it(plugin_dir, capsys):
+    """Resolving a saved config (to fill keys added since) must not import a plug-in this run does
+    not name: comparing with another run's checkpoint or config.yaml runs none of its code."""
+    (plugin_dir / "netmod.py").write_text(REGRESSION_NET)
+    (plugin_dir / "trap.py").write_text("open('imported', 'w').close()\n" + REGRESSION_NET)
+    out = plugin_dir / "run"
+    assert cli("--set", "model=netmod:net", *SYNTHETIC, "rounds=1", "--out", str(out)) == 0
+    state = torch.load(out / CHECKPOINT_FILE, weights_only=True)
+    state.pop("checksum")
+    state["config"] = state["config"].replace("model: netmod:net", "model: trap:net")
+    (out / CHECKPOINT_FILE).write_bytes(checkpoint_bytes(state))
+    assert cli("--set", "rounds=2", "--out", str(out), "--resume") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "model='trap:net', not 'netmod:net'" in err, err
+    assert not (plugin_dir / "imported").exists()
+    config = out / "config.yaml"  # the same from the API, which does not read config.yaml first
+    config.write_text(config.read_text().replace("model: netmod:net", "model: trap:net"))
+    with pytest.raises(UsageError, match="trap:net"):
+        repgossip.run({**dict(s.split("=") for s in SYNTHETIC), "model": "netmod:net",
+                       "rounds": 2}, out=out, resume=True)  # fmt: skip
+    assert not (plugin_dir / "imported").exists()

@@ -15,7 +15,7 @@ import yaml
 import repgossip.runner as runner
 from repgossip import faults
 from repgossip.cli import main
-from repgossip.runfolder import CHECKPOINT_FILE, METRICS_FILE, locked
+from repgossip.runfolder import CHECKPOINT_FILE, METRICS_FILE, checkpoint_bytes, locked
 
 T = ["dataset=synthetic", "workers=4", "rounds=3", "samples_per_worker=20"]
 
@@ -293,3 +293,31 @@ def test_force_refuses_a_symbolic_link(tmp_path, capsys):
     assert run(link, flags=("--force",)) == 2
     one_line(capsys, "symbolic link")
     assert (real / "summary.json").is_file()
+
+
+def test_a_folder_written_before_a_key_existed_still_resumes_exactly(tmp_path, capsys):
+    """A release that adds a config key (with a default) must resume the folders of the release
+    before it: their config.yaml and checkpoint lack the key."""
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert run(whole) == 0
+    assert run(part, "rounds=1") == 0
+    older = "reset_momentum"  # the newest key; an older release never wrote it
+
+    def drop(text: str) -> str:
+        lines = [line for line in text.splitlines(keepends=True) if not line.startswith(older)]
+        assert len(lines) == len(text.splitlines()) - 1
+        return "".join(lines)
+
+    (part / "config.yaml").write_text(drop((part / "config.yaml").read_text()))
+    state = torch.load(part / CHECKPOINT_FILE, weights_only=True)
+    state.pop("checksum")
+    state.pop("plugins", None)  # nor recorded what built the run's plug-ins
+    state["config"] = drop(state["config"])
+    (part / CHECKPOINT_FILE).write_bytes(checkpoint_bytes(state))
+    assert run(part, flags=("--resume",)) == 0, capsys.readouterr().err
+    assert without_time(metrics(part)) == without_time(metrics(whole))
+    # what the older release ran with still binds the run: an edited value is refused
+    config = part / "config.yaml"
+    config.write_text(config.read_text().replace("seed: 0", "seed: 7"))
+    assert run(part, "rounds=4", flags=("--resume",)) == 2
+    one_line(capsys, "seed=0", "another run")

@@ -30,9 +30,15 @@ from repgossip.data.datasets import DATASETS, dataset_defaults, fitting_models
 from repgossip.data.partition import PARTITIONS
 from repgossip.errors import UsageError
 from repgossip.models import MODELS
-from repgossip.registry import API_PREFIX
+from repgossip.registry import API_PREFIX, Registry, is_plugin_ref
 from repgossip.topology import check_mixing_rule
 
+# The keys whose values may be plug-ins (code: `package.module:name`), with their registries.
+PLUGIN_REGISTRIES: dict[str, Registry[Any]] = {
+    "algorithm": ALGORITHMS,
+    "dataset": DATASETS,
+    "model": MODELS,
+}
 ENGINES = ("sim", "dist")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -357,41 +363,43 @@ def _read_config_text(path: Path) -> str:
         raise UsageError(f"config file {name} is not UTF-8 text (byte {err.start})") from None
 
 
-def _parse_yaml(text: str, path: Path) -> Any:
-    """Safe YAML without anchors, aliases or deep nesting; every failure is one line."""
-    name = _quoted_path(path)
+def _parse_yaml(text: str, name: str) -> Any:
+    """Safe YAML without anchors, aliases or deep nesting; every failure is one line, starting
+    with `name` (what the text is: "config file '...'")."""
     try:
         return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: no arbitrary objects
     except _Refused as err:
-        raise UsageError(f"config file {name} {err.problem} (line {err.line})") from None
+        raise UsageError(f"{name} {err.problem} (line {err.line})") from None
     except yaml.YAMLError as err:
         where = getattr(err, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
-        raise UsageError(f"config file {name} is not valid YAML{line}") from None
+        raise UsageError(f"{name} is not valid YAML{line}") from None
     except RecursionError:
-        raise UsageError(f"config file {name} nests too deeply to read") from None
+        raise UsageError(f"{name} nests too deeply to read") from None
     except (ValueError, TypeError, OverflowError) as err:
         # a scalar that YAML's constructors cannot build: a date in year 0, an int past 4,300 digits
         reason = " ".join(str(err).split())[:200]
-        raise UsageError(f"config file {name} holds a value YAML cannot read: {reason}") from None
+        raise UsageError(f"{name} holds a value YAML cannot read: {reason}") from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A config file's mapping. Safe YAML only; every failure is one line naming the file."""
     path = Path(path)
-    data = _parse_yaml(_read_config_text(path), path)
+    return parse_mapping(_read_config_text(path), f"config file {_quoted_path(path)}")
+
+
+def parse_mapping(text: str, name: str) -> dict[str, Any]:
+    """The mapping of key: value that config text holds (`name` says what the text is, for the
+    one-line errors). Safe YAML only."""
+    data = _parse_yaml(text, name)
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UsageError(
-            f"config file {_quoted_path(path)} must hold a mapping of key: value, "
-            "not a list or scalar"
-        )
+        raise UsageError(f"{name} must hold a mapping of key: value, not a list or scalar")
     for key in data:
         if not isinstance(key, str):
             raise UsageError(
-                f"config file {_quoted_path(path)}: key {shown(key)} is not a name; "
-                f"valid keys: {', '.join(KEYS)}"
+                f"{name}: key {shown(key)} is not a name; valid keys: {', '.join(KEYS)}"
             )
     return data
 
@@ -561,6 +569,42 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-def load_resolved(path: str | Path) -> Config:
-    """A `config.yaml` written by a run, read back as a Config."""
-    return build_config(read_yaml(path))
+def saved_config(
+    text: str,
+    name: str,
+    algorithm: type[Algorithm] | None = None,
+    current: Config | None = None,
+) -> Config:
+    """A config that a run recorded (its `config.yaml`, the copy in its checkpoint, or rank 0's),
+    read through the same resolution as a fresh config: a key that the release which wrote it did
+    not have yet gets its default, as it would in a new run. Every comparison of a saved config
+    with the current one reads it here and compares with `changed_keys`, so a folder written by an
+    earlier release resumes after a key is added, and an edited value that matters is still
+    refused.
+
+    `name` says what the text is ("checkpoint '...'"), for the one-line errors; `algorithm` is the
+    class an API caller handed over, as for `build_config`. With `current` (the config the saved
+    one is compared with), a plug-in the text names that `current` does not is refused before
+    resolving would import it: comparing with another run runs none of its code."""
+    given = parse_mapping(text, name)
+    if current is not None:
+        for key in PLUGIN_REGISTRIES:
+            value, now = given.get(key), getattr(current, key)
+            if isinstance(value, str) and is_plugin_ref(value) and value != now:
+                raise UsageError(
+                    f"{name} was written with {key}={value!r}, not {now!r}; it belongs to "
+                    "another run"
+                )
+    try:
+        return build_config(given, algorithm=algorithm)
+    except UsageError as err:
+        raise UsageError(f"{name} holds a config this version cannot use: {err}") from None
+
+
+def load_resolved(
+    path: str | Path, algorithm: type[Algorithm] | None = None, current: Config | None = None
+) -> Config:
+    """A `config.yaml` written by a run, read back as a Config (see `saved_config`)."""
+    path = Path(path)
+    text = _read_config_text(path)
+    return saved_config(text, f"config file {_quoted_path(path)}", algorithm, current)

@@ -20,13 +20,15 @@ import torch
 from torch import nn
 
 from repgossip.errors import UsageError
-from repgossip.registry import Registry, call_with_accepted
+from repgossip.registry import Factory, Registry, call_with_accepted
 
 if TYPE_CHECKING:
     from repgossip.config import Config
 
 ModelFunction = Callable[..., nn.Module]
-MODELS: Registry[ModelFunction] = Registry("model", plugins=True)
+MODELS: Registry[ModelFunction] = Registry(
+    "model", plugins=Factory(nn.Module, "torch.nn.Module", returns=" that returns an nn.Module")
+)
 # Random layers that draw from the global generator cannot follow a worker's own stream.
 UNSUPPORTED_RANDOM = (nn.AlphaDropout, nn.FeatureAlphaDropout)
 

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from repgossip.config import RESUMABLE_KEYS, Config, build_config, changed_keys, read_yaml
+from repgossip.config import RESUMABLE_KEYS, Config, changed_keys, load_resolved
 from repgossip.errors import StorageError, UsageError
 from repgossip.faults import maybe_crash_midwrite
 
@@ -491,12 +491,14 @@ def claim_output(out: Path, *, keep: bool, force: bool, kind: str = "sweep") -> 
     claim.close()
 
 
-def resumable_config(out: Path, cfg: Config) -> None:
-    """Refuse to resume `out` with a config whose results would differ from the saved run's. A
-    run folder without a checkpoint (stopped before its first) resumes from round 0."""
+def resumable_config(out: Path, cfg: Config, algorithm: type[Any] | None = None) -> None:
+    """Refuse to resume `out` with a config whose results would differ from the saved run's,
+    comparing resolved configs (`config.saved_config`), so a key added since the folder was
+    written is not a difference. A run folder without a checkpoint resumes from round 0.
+    `algorithm` is the class an API caller handed over."""
     if not (out / CONFIG_FILE).is_file():
         raise UsageError(f"cannot resume: '{out}' holds no {CONFIG_FILE}; start a new run there")
-    saved = build_config(read_yaml(out / CONFIG_FILE))
+    saved = load_resolved(out / CONFIG_FILE, algorithm, current=cfg)
     refuse_changes(saved, cfg, f"resume '{out}'")
 
 
@@ -576,6 +578,20 @@ def checkpoint_bytes(state: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
+# What built the run's plug-ins: {kind: {module: sha256 of its source file}}. Optional: releases up
+# to 0.2.0 did not record it, and their checkpoints still resume (unchecked on this count).
+PLUGINS_KEY = "plugins"
+
+
+def _is_code_record(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(kind, str)
+        and isinstance(digests, dict)
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in digests.items())
+        for kind, digests in value.items()
+    )
+
+
 # (key, accepted types, what it must be) of the fields every checkpoint has
 _FIELDS = (
     ("round", (int,), "a round number >= 0"),
@@ -620,6 +636,11 @@ def read_checkpoint(out: Path) -> dict[str, Any]:
             )
     if not all(isinstance(t, torch.Tensor) for t in state["rows"].values()):
         raise UsageError(f"'{path}' is not a repgossip checkpoint: 'rows' must hold tensors")
+    if PLUGINS_KEY in state and not _is_code_record(state[PLUGINS_KEY]):
+        raise UsageError(
+            f"'{path}' is not a repgossip checkpoint of this version: '{PLUGINS_KEY}' must map "
+            "each plug-in to its modules' sha256 digests"
+        )
     if payload_checksum(state) != state[CHECKSUM_KEY]:
         raise UsageError(
             f"checkpoint '{path}' is corrupt (its checksum does not match its data); restore a "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from repgossip import memory, provenance
 from repgossip.algorithms import Algorithm, RoundContext, algorithm_class
@@ -31,7 +31,14 @@ from repgossip.callbacks import (
     TensorBoardLogger,
     default_callbacks,
 )
-from repgossip.config import KEYS, RESUMABLE_KEYS, Config, build_config, dump_yaml, shown
+from repgossip.config import (
+    PLUGIN_REGISTRIES,
+    Config,
+    changed_keys,
+    dump_yaml,
+    saved_config,
+    shown,
+)
 from repgossip.data.datasets import load_federation
 from repgossip.data.federation import Federation
 from repgossip.engines import Engine, make_engine
@@ -42,11 +49,13 @@ from repgossip.layout import RowLayout, row_key
 from repgossip.metrics import accuracy_summary, squared_deviations, subspace_distance
 from repgossip.models import ModelFunction, SplitModel, build_model, check_fits
 from repgossip.population import PUSH_WEIGHT, Population
+from repgossip.registry import PluginCode, is_plugin_ref, plugin_code
 from repgossip.runfolder import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     FOLDER,
     METRICS_FILE,
+    PLUGINS_KEY,
     SUMMARY_FILE,
     TENSORBOARD_DIR,
     FolderClaim,
@@ -76,6 +85,23 @@ class Supplied:
     algorithm: type[Algorithm] | None = None
 
 
+def plugin_codes(cfg: Config, supplied: Supplied | None = None) -> dict[str, PluginCode]:
+    """What built each plug-in of the run, by config key: an import path that names no built-in,
+    or a function or class handed to the Python API (data and graphs handed to it are data: the
+    checkpoint's data digest covers them). Built-ins are not listed: they are repgossip's own
+    code, identified by the version and commit provenance.json records."""
+    supplied = supplied or Supplied()
+    handed: dict[str, Any] = {"algorithm": supplied.algorithm, "model": supplied.model}
+    codes = {}
+    for key, registry in PLUGIN_REGISTRIES.items():
+        reference, obj = getattr(cfg, key) or "", handed.get(key)
+        if obj is None and reference not in registry and is_plugin_ref(reference):
+            obj = registry.get(reference)
+        if obj is not None:
+            codes[key] = plugin_code(reference, obj)
+    return codes
+
+
 @dataclass
 class Experiment:
     cfg: Config
@@ -86,6 +112,7 @@ class Experiment:
     engine: Engine
     spectral_gap: float | None  # None where it could not be computed (see topology.spectral_gap)
     data_digest: str | None = None  # of the federation, once a checkpoint needs it
+    plugins: dict[str, PluginCode] = field(default_factory=dict)  # what built its plug-ins
 
 
 def resolve_device(name: str) -> torch.device:
@@ -195,10 +222,13 @@ def build_experiment(
     engine: Engine | None = None,
     supplied: Supplied | None = None,
     threads: int | None = None,
+    plugins: dict[str, PluginCode] | None = None,
 ) -> Experiment:
     """Data, model, graph and this process's workers; all workers start from one initialisation.
-    `threads`: how many workers train side by side (default: torch's thread count)."""
+    `threads`: how many workers train side by side (default: torch's thread count). `plugins` is
+    what built the run's plug-ins, when the caller has read it already."""
     engine = engine or Engine(cfg.workers)
+    plugins = plugin_codes(cfg, supplied) if plugins is None else plugins
     parts = build_parts(cfg, supplied)
     mine = engine.local_workers().tolist()
     federation, algorithm = parts.federation, parts.algorithm
@@ -227,7 +257,9 @@ def build_experiment(
             f"algorithm '{cfg.algorithm}': init_state raised {_first_line(err)}"
         ) from None
     gap = spectral_gap(parts.schedule.base_mixing)  # of the graph without failures
-    return Experiment(cfg, algorithm, federation, population, parts.schedule, engine, gap)
+    return Experiment(
+        cfg, algorithm, federation, population, parts.schedule, engine, gap, plugins=plugins
+    )
 
 
 def train_round(exp: Experiment, round_index: int) -> int:
@@ -378,7 +410,8 @@ def save_checkpoint(out: Path, exp: Experiment, round_done: int, wall_s: float, 
         rows = {n: t.cpu() for n, t in gathered.items() if t is not None}
         state = {"round": round_done, "wall_s": wall_s, "bytes_sent": sent,
                  **{n: rows.pop(n) for n in TOP_LEVEL_ROWS}, "rows": rows,
-                 "config": dump_yaml(exp.cfg), "data_digest": _data_digest(exp)}  # fmt: skip
+                 "config": dump_yaml(exp.cfg), "data_digest": _data_digest(exp),
+                 PLUGINS_KEY: {k: dict(p.digests) for k, p in exp.plugins.items()}}  # fmt: skip
         atomic_write(out / CHECKPOINT_FILE, checkpoint_bytes(state))
 
 
@@ -389,22 +422,19 @@ def _data_digest(exp: Experiment) -> str:
     return exp.data_digest
 
 
-def _check_binding(path: Path, state: dict[str, Any], exp: Experiment) -> None:
-    """Refuse a checkpoint written by another config or on other data, naming what differs."""
-    try:
-        saved = yaml.safe_load(state["config"]) or {}
-    except yaml.YAMLError:
-        saved = None
-    if not isinstance(saved, dict):
-        raise UsageError(f"'{path}' is not a repgossip checkpoint: its config is not a mapping")
-    current = exp.cfg.to_dict()
-    changed = [k for k in KEYS if k not in RESUMABLE_KEYS and saved.get(k) != current[k]]
+def _check_binding(path: Path, state: dict[str, Any], exp: Experiment, supplied: Supplied) -> None:
+    """Refuse a checkpoint written by another config, other plug-in code or on other data, naming
+    what differs. The saved config is resolved as a fresh one (`saved_config`): a key added since
+    the checkpoint was written is not a difference."""
+    saved = saved_config(state["config"], f"checkpoint '{path}'", supplied.algorithm, exp.cfg)
+    changed = changed_keys(saved, exp.cfg)
     if changed:
         key = changed[0]
         raise UsageError(
-            f"checkpoint '{path}' was written with {key}={saved.get(key)!r}, not "
-            f"{current[key]!r}; it belongs to another run (was config.yaml edited?)"
+            f"checkpoint '{path}' was written with {key}={getattr(saved, key)!r}, not "
+            f"{getattr(exp.cfg, key)!r}; it belongs to another run (was config.yaml edited?)"
         )
+    _check_plugin_code(path, state.get(PLUGINS_KEY), exp)
     if state["data_digest"] != _data_digest(exp):
         raise UsageError(
             f"checkpoint '{path}' was trained on other data than this config gives (the data "
@@ -412,7 +442,37 @@ def _check_binding(path: Path, state: dict[str, Any], exp: Experiment) -> None:
         )
 
 
-def restore_checkpoint(out: Path, exp: Experiment) -> tuple[int, float, int]:
+def _check_plugin_code(
+    path: Path, saved: dict[str, dict[str, str]] | None, exp: Experiment
+) -> None:
+    """Refuse, naming the plug-in and the module, a checkpoint whose plug-ins were built from
+    other source files than this run's (same shapes, other numbers). A checkpoint of a release
+    that recorded none (None) is not checked."""
+    if saved is None:
+        return
+    for key in sorted(set(saved) | set(exp.plugins)):
+        code = exp.plugins.get(key)
+        old, new = saved.get(key, {}), code.digests if code else {}
+        module = next((m for m in sorted(set(old) | set(new)) if old.get(m) != new.get(m)), None)
+        if module is None:
+            continue
+        file = (code.files.get(module) if code else None) or "no file now"
+        raise UsageError(
+            f"the {key} plug-in '{getattr(exp.cfg, key)}' changed since checkpoint '{path}' was "
+            f"written: module '{module}' ({file}) had sha256 {_short(old.get(module))}, now "
+            f"{_short(new.get(module))}; restore its code to resume, or rerun without --resume"
+        )
+
+
+def _short(digest: str | None) -> str:
+    if digest is None:
+        return "none"
+    return f"{digest[:12]}..." if len(digest) == 64 else digest
+
+
+def restore_checkpoint(
+    out: Path, exp: Experiment, supplied: Supplied | None = None
+) -> tuple[int, float, int]:
     """Load the checkpoint on rank 0 and hand every process its workers' rows; a folder without
     one (a run stopped before its first checkpoint) resumes from round 0."""
     has_one = (out / CHECKPOINT_FILE).is_file() if exp.engine.is_writer else True
@@ -424,7 +484,7 @@ def restore_checkpoint(out: Path, exp: Experiment) -> tuple[int, float, int]:
 
     def load() -> None:
         state.update(read_checkpoint(out))
-        _check_binding(out / CHECKPOINT_FILE, state, exp)
+        _check_binding(out / CHECKPOINT_FILE, state, exp, supplied or Supplied())
         saved = {**state.get("rows", {}), **{n: state[n] for n in TOP_LEVEL_ROWS}}
         for name in names:
             expected = (exp.cfg.workers, pop.rows[name].shape[1])
@@ -463,7 +523,7 @@ def same_config_everywhere(engine: Engine, cfg: Config, supplied: Supplied) -> C
     if engine.world == 1:
         return cfg
     text = engine.broadcast_bytes(dump_yaml(cfg).encode())
-    return build_config(yaml.safe_load(text.decode()), algorithm=supplied.algorithm)
+    return saved_config(text.decode(), "the config rank 0 sent", supplied.algorithm)
 
 
 # ---------------------------------------------------------------- the loop
@@ -542,10 +602,16 @@ def _run(
     threads: int,
 ) -> RunResult:
     if out is not None:
-        on_writer(engine, lambda: _check_folder(out, cfg, resume, force))
+        on_writer(engine, lambda: _check_folder(out, cfg, resume, force, supplied))
+    plugins = plugin_codes(cfg, supplied)
+    if engine.is_writer and progress is not False:
+        for key, code in plugins.items():  # before anything calls them
+            print(code.announcement(key), file=sys.stderr)
     # every input error surfaces here, before writing
-    exp = build_experiment(cfg, engine, supplied, threads)
-    start, wall_before, sent = restore_checkpoint(out, exp) if resume and out else (0, 0.0, 0)
+    exp = build_experiment(cfg, engine, supplied, threads, plugins)
+    start, wall_before, sent = (
+        restore_checkpoint(out, exp, supplied) if resume and out else (0, 0.0, 0)
+    )
     if start > cfg.rounds:
         raise UsageError(
             f"cannot resume with rounds={cfg.rounds}: the run already has {start} rounds"
@@ -554,7 +620,7 @@ def _run(
     claim = FolderClaim(out, keep=resume, force=force) if out and engine.is_writer else None
     try:
         if out is not None:
-            on_writer(engine, lambda: history.extend(_open_folder(out, cfg, start, claim)))
+            on_writer(engine, lambda: history.extend(_open_folder(out, exp, start, claim)))
         callbacks = _callbacks(engine, cfg, out, start, progress, user_callbacks)
         try:
             callbacks.on_run_start(RunInfo(cfg, out, start, cfg.rounds))
@@ -585,10 +651,10 @@ def _kept_after_divergence(claim: FolderClaim) -> str:
     return f"the run folder keeps its config, metrics so far and {saved}; rerun with --force"
 
 
-def _check_folder(out: Path, cfg: Config, resume: bool, force: bool) -> None:
+def _check_folder(out: Path, cfg: Config, resume: bool, force: bool, supplied: Supplied) -> None:
     check_output(out, keep=resume, force=force)
     if resume:
-        resumable_config(out, cfg)
+        resumable_config(out, cfg, supplied.algorithm)
         if cfg.tensorboard:  # a file by that name: one line now, not a traceback in round 0
             check_entry(out / TENSORBOARD_DIR, FOLDER)
 
@@ -670,14 +736,16 @@ def _rounds(
 
 
 def _open_folder(
-    out: Path, cfg: Config, start: int, claim: FolderClaim | None
+    out: Path, exp: Experiment, start: int, claim: FolderClaim | None
 ) -> list[dict[str, Any]]:
-    """Claim and lock the folder, record the config and this session's provenance, and drop
-    evaluations past the checkpoint (and a torn last line); returns the evaluations kept."""
+    """Claim and lock the folder, record the config and this session's provenance (with what
+    built its plug-ins), and drop evaluations past the checkpoint (and a torn last line); returns
+    the evaluations kept."""
     assert claim is not None  # the writer holds the claim
     claim.open()
-    atomic_write(out / CONFIG_FILE, dump_yaml(cfg).encode())
-    provenance.record(out, provenance.collect())
+    atomic_write(out / CONFIG_FILE, dump_yaml(exp.cfg).encode())
+    plugins = {key: code.provenance() for key, code in exp.plugins.items()}
+    provenance.record(out, {**provenance.collect(), "plugins": plugins})
     kept = read_metrics(out / METRICS_FILE, up_to_round=start) if start > 0 else []
     atomic_write(out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept).encode())
     return kept

@@ -210,7 +210,7 @@ def _decide(point: Point, *, resume: bool, force: bool) -> Point:
     this one, continue its checkpoint (also to more rounds), or start afresh. A saved config that
     differs is refused, as its results would be reported as this config's, unless `force`
     (rerun it)."""
-    saved = _saved_config(point.folder, force) if resume else None
+    saved = _saved_config(point.folder, point.cfg, force) if resume else None
     if saved is None:
         return point
     fewer = ["rounds"] if saved.rounds > point.cfg.rounds else []  # a run cannot be cut short
@@ -230,14 +230,15 @@ def _decide(point: Point, *, resume: bool, force: bool) -> Point:
     return replace(point, resume=has_checkpoint)
 
 
-def _saved_config(folder: Path, force: bool) -> Config | None:
+def _saved_config(folder: Path, cfg: Config, force: bool) -> Config | None:
     """The resolved config a point's folder was run with; None where there is none (or, with
-    `force`, none that can be read: that point runs again)."""
+    `force`, none that can be read, or one naming another plug-in than `cfg`: that point runs
+    again)."""
     path = folder / CONFIG_FILE
     if not path.is_file():
         return None
     try:
-        return load_resolved(path)
+        return load_resolved(path, current=cfg)
     except UsageError as err:
         if force:
             return None

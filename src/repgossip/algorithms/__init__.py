@@ -27,26 +27,22 @@ from repgossip.algorithms.fedper import FedPer
 from repgossip.algorithms.fedrep import FedRep
 from repgossip.algorithms.fedrod import FedRoD
 from repgossip.algorithms.local import Local
-from repgossip.errors import UsageError
-from repgossip.registry import Registry
+from repgossip.registry import Factory, Registry
 
 if TYPE_CHECKING:
     from repgossip.config import Config
 
-ALGORITHMS: Registry[type[Algorithm]] = Registry("algorithm", plugins=True)
+ALGORITHMS: Registry[type[Algorithm]] = Registry(
+    "algorithm", plugins=Factory(Algorithm, "repgossip.Algorithm", functions=False)
+)
 for _cls in (DePRL, DPSGD, Local, DFedAvgM, FedPer, FedRep, FedAvg, Ditto, FedRoD, DisPFL):
     ALGORITHMS.register(_cls.name, _cls)
 
 
 def algorithm_class(name: str) -> type[Algorithm]:
-    """The class registered as `name`, or the `package.module:ClassName` plug-in."""
-    cls = ALGORITHMS.get(name)
-    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
-        raise UsageError(
-            f"algorithm plug-in '{name}' must be a subclass of repgossip.Algorithm, "
-            f"got {type(cls).__name__}"
-        )
-    return cls
+    """The class registered as `name`, or the `package.module:ClassName` plug-in (the registry
+    checks it is an Algorithm subclass)."""
+    return ALGORITHMS.get(name)
 
 
 def get_algorithm(name: str, config: Config | None = None) -> Algorithm:

@@ -21,7 +21,7 @@ from repgossip.data.har import hapt_federation
 from repgossip.data.sources import load_fmnist, make_synthetic
 from repgossip.errors import UsageError
 from repgossip.memory import SYNTHETIC_DEFAULT_SAMPLES
-from repgossip.registry import Registry, call_with_accepted, is_plugin_ref
+from repgossip.registry import Factory, Registry, call_with_accepted, is_plugin_ref
 
 if TYPE_CHECKING:
     from repgossip.config import Config
@@ -70,7 +70,14 @@ def _cifar(name: str) -> Callable[[Config], Federation]:
     return build
 
 
-DATASETS: Registry[DatasetSpec] = Registry("dataset", plugins=True)
+# A dataset plug-in is a function returning data in one of the forms of repgossip.data.federation,
+# or a Federation subclass whose constructor builds it (releases up to 0.2.0 called any callable).
+DATASETS: Registry[DatasetSpec] = Registry(
+    "dataset",
+    plugins=Factory(
+        Federation, "repgossip.Federation", returns=" that returns the data (see repgossip.run)"
+    ),
+)
 DATASETS.register(
     "fmnist",
     DatasetSpec(
@@ -136,9 +143,7 @@ def load_federation(cfg: Config, data: Any = None) -> Federation:
             f"dataset '{cfg.dataset}' was an object handed to repgossip.run(); pass it again "
             "(data=...) to run or resume this config"
         )
-    function = DATASETS.get(cfg.dataset)
-    if not callable(function):
-        raise UsageError(f"dataset plug-in '{cfg.dataset}' must be a function, got {function!r}")
+    function: Any = DATASETS.get(cfg.dataset)  # a plug-in: a function, checked by the registry
     try:
         produced = call_with_accepted(
             function, config=cfg, workers=cfg.workers, seed=cfg.seed, data_dir=cfg.data_dir
