@@ -65,6 +65,7 @@ class Config:
     dataset: str = "fmnist"
     data_dir: str | None = None
     model: str | None = None
+    head: str | None = None
     workers: int = 16
     partition: str = "shards"
     alpha: float = 0.5
