@@ -183,3 +183,30 @@ def test_a_bad_head_is_one_line_with_exit_code_2(tmp_path, capsys, monkeypatch, 
     err = capsys.readouterr().err
     assert code == 2 and len(err.splitlines()) == 1 and needle in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_workers_state_loads_into_the_users_own_module():
+    for module, head in ((TorchvisionStyle(scale=2.0), "fc"), (WithClassifier(), "classifier"),
+                         (WithClassifier(), "classifier.2+trunk.1")):  # fmt: skip
+        torch.manual_seed(0)
+        result = repgossip.run(model=module, head=head, **TINY)
+        fresh = type(module)()
+        fresh.load_state_dict(result.worker_state(1))  # strict: every name is the module's own
+        trained = "fc.weight" if head == "fc" else "trunk.1.weight"
+        assert not torch.equal(fresh.state_dict()[trained], module.state_dict()[trained])
+        assert fresh(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_a_directed_networkx_graph_runs_by_push_sum():
+    nx = pytest.importorskip("networkx")
+    ring = nx.DiGraph([(i, (i + 1) % 3) for i in range(3)])
+    summary = run(TorchvisionStyle(), head="fc", graph=ring, rounds=1)
+    assert 0.0 <= summary["test_acc_mean"] <= 1.0
+    with pytest.raises(repgossip.UsageError, match="not strongly connected"):
+        run(TorchvisionStyle(), head="fc", graph=nx.DiGraph([(0, 1), (1, 2)]), rounds=1)
+
+
+def test_storage_error_is_exported():
+    from repgossip.errors import StorageError
+
+    assert repgossip.StorageError is StorageError and "StorageError" in repgossip.__all__

@@ -97,7 +97,7 @@ def run(
     supplied = Supplied(model=model, data=data, graph=graph_object, algorithm=algorithm)
     return run_experiment(
         cfg, out, resume=resume, force=force, progress=progress, callbacks=callbacks,
-        supplied=supplied,
+        supplied=supplied, gather=True,
     )  # fmt: skip
 
 

@@ -68,6 +68,23 @@ class SplitModel(nn.Module):
         out = self.head(features)
         return out.squeeze(-1) if self.squeeze_output else out
 
+    # Where the head modules sit in the user's own module (empty: the library's names are the
+    # module's own): what `state_name` maps back to.
+    head_at: tuple[str, ...] = ()
+
+    def state_name(self, name: str) -> str:
+        """The name that tensor `name` of this model has in the module it was made from (its
+        state_dict key there): a user's module's own names, not body.*/head.*."""
+        if not self.head_at:
+            return name
+        part, _, rest = name.partition(".")
+        if part == "body":
+            return rest
+        if len(self.head_at) == 1:
+            return f"{self.head_at[0]}.{rest}"
+        key, _, leaf = rest.partition(".")
+        return f"{next(p for p in self.head_at if _slot_key(p) == key)}.{leaf}"
+
     def replace_head(self, head: nn.Module) -> None:
         """Put `head` where the head was (an algorithm that widens the head, as FedRoD's two)."""
         self.head = head
@@ -107,6 +124,7 @@ class UserModel(SplitModel):
             else nn.ModuleDict({_slot_key(p): m for p, m in heads.items()})
         )
         super().__init__(net, head, squeeze_output)
+        self.head_at = prefixes
         for prefix in prefixes:
             parent, _, attribute = prefix.rpartition(".")
             key = None if len(prefixes) == 1 else _slot_key(prefix)
@@ -311,7 +329,9 @@ def traced_split(net: nn.Module, prefixes: tuple[str, ...], squeeze: bool) -> Sp
     head_node = output.args[0]
     output.args = (features,)
     graph.erase_node(head_node)
-    return SplitModel(fx.GraphModule(net, graph), head, squeeze)
+    split = SplitModel(fx.GraphModule(net, graph), head, squeeze)
+    split.head_at = prefixes
+    return split
 
 
 def _traced_in_both_modes(net: nn.Module, prefix: str) -> fx.Graph | None:
