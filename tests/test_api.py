@@ -225,14 +225,18 @@ import sys
 import networkx as nx
 import repgossip
 from test_api import bn_model, tensors, WORKERS
+import torch
 result = repgossip.run({"rounds": 2, "engine": sys.argv[2], "head_epochs": 1},
                        model=bn_model, data=tensors(), graph=nx.cycle_graph(WORKERS),
                        out=sys.argv[1])
+if result.history:  # rank 0, which gathered every worker's state
+    torch.save([result.worker_state(w) for w in range(WORKERS)], sys.argv[1] + "/states.pt")
 """
 
 
 @pytest.mark.slow
 def test_the_same_api_call_under_torchrun_gives_the_same_numbers(tmp_path):
+    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -241,7 +245,12 @@ def test_the_same_api_call_under_torchrun_gives_the_same_numbers(tmp_path):
 
     script = tmp_path / "script.py"
     script.write_text(API_SCRIPT)
-    env = {**ENV, "PYTHONPATH": str(Path(__file__).parent)}
+    env = {
+        **ENV,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parent), *ENV.get("PYTHONPATH", "").split(os.pathsep)]
+        ),
+    }
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
             str(script), str(tmp_path / "dist"), "dist"]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=240, env=env)
@@ -250,3 +259,11 @@ def test_the_same_api_call_under_torchrun_gives_the_same_numbers(tmp_path):
                          capture_output=True, text=True, timeout=240, env=env)  # fmt: skip
     assert sim.returncode == 0, sim.stderr[-2000:]
     assert_same_numbers(summary(tmp_path / "dist"), summary(tmp_path / "sim"))
+    import torch
+
+    dist_states, sim_states = (torch.load(tmp_path / run / "states.pt", weights_only=True)
+                               for run in ("dist", "sim"))  # fmt: skip
+    assert len(dist_states) == WORKERS  # rank 0 answers for rank 1's workers too
+    for got, want in zip(dist_states, sim_states, strict=True):
+        assert got.keys() == want.keys()
+        assert all(torch.equal(got[k], want[k]) for k in want)

@@ -98,6 +98,14 @@ BAD_INPUTS = [
     pytest.param(_run("partition=nosuch"), id="unknown-partition"),
     pytest.param(_run("engine=nosuch"), id="unknown-engine"),
     pytest.param(_run("device=nosuch"), id="unknown-device"),
+    pytest.param(_run("device=cuda:x"), id="device-bad-index"),
+    pytest.param(
+        _run("device=cuda:7"),
+        id="device-missing-gpu",
+        marks=pytest.mark.skipif(
+            __import__("torch").cuda.device_count() > 7, reason="this machine has an 8th GPU"
+        ),
+    ),
     pytest.param(_run("wokers=4"), id="unknown-key"),
     pytest.param(_run("workers=abc"), id="workers-not-int"),
     pytest.param(_run("workers=0"), id="workers-0"),
@@ -204,6 +212,8 @@ NEEDLES = {
     "unknown-partition": ("nosuch", "dirichlet"),
     "unknown-engine": ("nosuch", "sim"),
     "unknown-device": ("nosuch", "cpu"),
+    "device-bad-index": ("cuda:x", "cuda:N"),
+    "device-missing-gpu": ("cuda:7", "cpu"),
     "unknown-key": ("wokers", "workers"),
     "workers-not-int": ("workers", "abc"),
     "workers-0": ("workers", "0"),

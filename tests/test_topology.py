@@ -574,7 +574,7 @@ def test_graph_from_object_refusals() -> None:
     _one_line_error(call, nx.Graph([(1, 2)]), None, match=r"0\.\.N-1.*node 2 ")
     _one_line_error(call, nx.Graph([(0, 1.0)]), None, match=r"0\.\.N-1.*node 1\.0")
     _one_line_error(call, nx.Graph(), None, match=r"0\.\.N-1")
-    _one_line_error(call, nx.DiGraph([(0, 1)]), None, match="directed")
+    _one_line_error(call, nx.DiGraph([(0, 1)]), None, match="not strongly connected")
     _one_line_error(call, nx.Graph([(0, 1), (2, 3)]), None, match="disconnected")
     _one_line_error(call, nx.Graph(_CHORDED_EDGES), 5, match=r"6 nodes but workers=5")
     _one_line_error(call, adj, 5, match=r"6 x 6 but workers=5")

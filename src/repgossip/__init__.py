@@ -12,7 +12,13 @@ from repgossip.config import Config, build_config
 from repgossip.data.datasets import DATASETS
 from repgossip.data.federation import Federation
 from repgossip.data.partition import PARTITIONS
-from repgossip.errors import DistributedError, DivergenceError, RepgossipError, UsageError
+from repgossip.errors import (
+    DistributedError,
+    DivergenceError,
+    RepgossipError,
+    StorageError,
+    UsageError,
+)
 from repgossip.models import MODELS, SplitModel
 from repgossip.runner import RunResult
 
@@ -38,6 +44,7 @@ __all__ = [
     "RunResult",
     "SplitModel",
     "StateSpec",
+    "StorageError",
     "TensorBoardLogger",
     "UsageError",
     "build_config",

@@ -35,7 +35,7 @@ def run(
     model: Any = None,
     data: Any = None,
     graph: Any = None,
-    algorithm: type[Algorithm] | None = None,
+    algorithm: type[Algorithm] | str | None = None,
     callbacks: Sequence[Callback] = (),
     out: str | Path | None = None,
     resume: bool = False,
@@ -54,6 +54,11 @@ def run(
     """
     base = _base_config(config)
     _check_callbacks(callbacks)
+    # A name is the config key of the same name ("any config key may also be a keyword").
+    if isinstance(model, str):
+        keys, model = {**keys, "model": model}, None
+    if isinstance(algorithm, str):
+        keys, algorithm = {**keys, "algorithm": algorithm}, None
     _check_out(out)
     if isinstance(graph, (str, Path)):
         raise UsageError(
@@ -92,7 +97,7 @@ def run(
     supplied = Supplied(model=model, data=data, graph=graph_object, algorithm=algorithm)
     return run_experiment(
         cfg, out, resume=resume, force=force, progress=progress, callbacks=callbacks,
-        supplied=supplied,
+        supplied=supplied, gather=True,
     )  # fmt: skip
 
 

@@ -32,6 +32,7 @@ from torch import nn
 from repgossip.algorithms import Phase
 from repgossip.config import Config
 from repgossip.errors import UsageError
+from repgossip.models import SplitModel
 from repgossip.runner import Experiment, build_experiment, train_round
 from repgossip.training import step_rule
 
@@ -116,9 +117,11 @@ class Bound:
             self.train(model, x, phase_samples(self.exp, phase.budget), setting.batch)
 
     @torch.no_grad()
-    def forward_features(self, model: nn.Module, x: torch.Tensor, batch: int) -> None:
+    def forward_features(self, model: SplitModel, x: torch.Tensor, batch: int) -> None:
+        """The frozen body's features; a user's model, whose head cannot be run alone, whole."""
+        stage = "body" if model.separable else "full"
         for chunk in x.split(batch):
-            model(chunk, stage="body")
+            model(chunk, stage=stage)
 
     def train(self, model: nn.Module, x: torch.Tensor, samples: int, batch: int) -> None:
         """Forward, backward and an SGD update over `samples` samples (cycling through the data)."""

@@ -40,7 +40,13 @@ PLUGIN_REGISTRIES: dict[str, Registry[Any]] = {
     "model": MODELS,
 }
 ENGINES = ("sim", "dist")
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = (
+    "auto",
+    "cpu",
+    "cuda",
+    "cuda:N",
+    "mps",
+)  # cuda:N: the N-th GPU (checked when a run starts)
 
 # Local work per round comes in pairs: steps or epochs, one of each pair. When the user gives neither,
 # the epoch default applies (the authors' setting: several head epochs, one body epoch).
@@ -71,6 +77,7 @@ class Config:
     dataset: str = "fmnist"
     data_dir: str | None = None
     model: str | None = None
+    head: str | None = None
     workers: int = 16
     partition: str = "shards"
     alpha: float = 0.5
@@ -464,6 +471,15 @@ def _choice(key: str, value: str, valid: Iterable[str]) -> None:
         raise UsageError(f"unknown {key} {shown(value)}; valid: {', '.join(valid)}")
 
 
+def _check_device(value: str) -> None:
+    """auto, cpu, cuda, mps, or cuda:N with N a plain non-negative integer (whether that device
+    exists is checked when a run starts, on the machine that runs it)."""
+    index = value.partition("cuda:")[2] if value.startswith("cuda:") else None
+    if index is not None and index.isascii() and index.isdigit() and len(index) < 6:
+        return
+    _choice("device", value, DEVICES)
+
+
 def _at_least(cfg: Config, key: str, low: float, strict: bool = False) -> None:
     value = getattr(cfg, key)
     if value is None:
@@ -496,7 +512,7 @@ def validate(cfg: Config) -> None:
     PARTITIONS.check(cfg.partition)
     check_mixing_rule(cfg.mixing)
     _choice("engine", cfg.engine, ENGINES)
-    _choice("device", cfg.device, DEVICES)
+    _check_device(cfg.device)
     fitting = fitting_models(cfg.dataset)
     if fitting is not None and cfg.model in MODELS and cfg.model not in fitting:
         raise UsageError(

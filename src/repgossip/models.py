@@ -1,10 +1,19 @@
-"""Models with an explicit representation (`body`) and a private `head`, and the model registry.
+"""Models with a shared representation (`body`) and a private `head`, and the model registry.
 
-The split is declared by the architecture, never guessed from parameter names: the body is what
-DePRL-style algorithms share, the head is what stays with the worker. A model function (built in,
-`--set model=package.module:function`, or `repgossip.run(model=...)`) returns a module with `body`
-and `head` submodules; the output is `head(body(x))`. It is called with whichever of
-`input_shape`, `num_classes` and `config` its signature names.
+The split is declared, never guessed from parameter names: the body is what DePRL-style algorithms
+share, the head is what stays with the worker. Two forms:
+
+- The library's own, `SplitModel(body, head)`: its output is `head(body(x))` by construction, so a
+  frozen body's features can be computed once per phase and a small head trained on them, and small
+  models can train many workers at once as batched kernels. Every built-in model is one.
+- The user's own module (`UserModel`): any nn.Module, run through its own `forward`. The head is the
+  submodule(s) that the config key `head` names (`head=fc`, `head=classifier`, prefixes joined by
+  `+`; default `head`); the body is the rest. Nothing about its forward is assumed, so it always
+  trains and evaluates through that forward, and the fast paths are never used for it.
+
+A model function (built in, `--set model=package.module:function`, or `repgossip.run(model=...)`)
+returns either; `repgossip.run` also takes a module instance. A function is called with whichever
+of `input_shape`, `num_classes` and `config` its signature names.
 
 BatchNorm buffers are per-worker state and Dropout draws from the worker's own random stream
 (repgossip.population), so such models run in `sim` and `dist` with the same numbers.
@@ -12,11 +21,13 @@ BatchNorm buffers are per-worker state and Dropout draws from the worker's own r
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.fx as fx
 from torch import nn
 
 from repgossip.errors import UsageError
@@ -36,6 +47,10 @@ UNSUPPORTED_RANDOM = (nn.AlphaDropout, nn.FeatureAlphaDropout)
 class SplitModel(nn.Module):
     """`head(body(x))`, with the two halves as named submodules."""
 
+    # Whether the output is head(body(x)) with body and head as they stand: what lets a frozen
+    # body's features be computed once and a head be trained on them alone.
+    separable = True
+
     def __init__(self, body: nn.Module, head: nn.Module, squeeze_output: bool = False) -> None:
         super().__init__()
         self.body = body
@@ -54,6 +69,86 @@ class SplitModel(nn.Module):
     def head_forward(self, features: torch.Tensor) -> torch.Tensor:
         out = self.head(features)
         return out.squeeze(-1) if self.squeeze_output else out
+
+    # Where the head modules sit in the user's own module (empty: the library's names are the
+    # module's own): what `state_name` maps back to.
+    head_at: tuple[str, ...] = ()
+
+    def state_name(self, name: str) -> str:
+        """The name that tensor `name` of this model has in the module it was made from (its
+        state_dict key there): a user's module's own names, not body.*/head.*."""
+        if not self.head_at:
+            return name
+        part, _, rest = name.partition(".")
+        if part == "body":
+            return rest
+        if len(self.head_at) == 1:
+            return f"{self.head_at[0]}.{rest}"
+        key, _, leaf = rest.partition(".")
+        return f"{next(p for p in self.head_at if _slot_key(p) == key)}.{leaf}"
+
+    def replace_head(self, head: nn.Module) -> None:
+        """Put `head` where the head was (an algorithm that widens the head, as FedRoD's two)."""
+        self.head = head
+
+
+class _HeadSlot(nn.Module):
+    """Stands in the user's network where a head module was, and calls that module, which now
+    lives under the model's `head`: the user's forward runs unchanged while every head parameter
+    is named `head.*` (the part DePRL keeps private). Holds no parameters of its own."""
+
+    def __init__(self, owner: UserModel, key: str | None) -> None:
+        super().__init__()
+        self.__dict__["_owner"] = owner  # a plain reference: the owner is not a submodule
+        self.key = key
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        head: nn.Module = self.__dict__["_owner"].head
+        if self.key is not None:
+            assert isinstance(head, nn.ModuleDict)
+            head = head[self.key]
+        return head(*args, **kwargs)
+
+
+class UserModel(SplitModel):
+    """A user's network run through its own `forward`, its head modules (named by `prefixes`)
+    moved under `head` and the rest of it kept as `body`. Not separable: whatever its forward
+    does around the head (a flatten, a temperature, a skip connection) is part of the function
+    trained and evaluated."""
+
+    separable = False
+
+    def __init__(self, net: nn.Module, prefixes: tuple[str, ...], squeeze_output: bool) -> None:
+        heads = {prefix: net.get_submodule(prefix) for prefix in prefixes}
+        head: nn.Module = (
+            heads[prefixes[0]]
+            if len(prefixes) == 1
+            else nn.ModuleDict({_slot_key(p): m for p, m in heads.items()})
+        )
+        super().__init__(net, head, squeeze_output)
+        self.head_at = prefixes
+        for prefix in prefixes:
+            parent, _, attribute = prefix.rpartition(".")
+            key = None if len(prefixes) == 1 else _slot_key(prefix)
+            setattr(net.get_submodule(parent), attribute, _HeadSlot(self, key))
+
+    def forward(self, x: torch.Tensor, stage: str = "full") -> torch.Tensor:
+        if stage != "full":
+            raise ValueError(f"a user's model runs whole, through its own forward, not {stage!r}")
+        out = self.body(x)
+        return out.squeeze(-1) if self.squeeze_output else out
+
+
+def _slot_key(prefix: str) -> str:
+    return prefix.replace(".", "__")  # a ModuleDict key cannot hold a dot
+
+
+def head_prefixes(spec: str | None) -> tuple[str, ...]:
+    """The module names of the `head` key: 'fc', 'classifier', 'head_a+head_b' (default 'head')."""
+    return tuple(p.strip() for p in (spec or DEFAULT_HEAD).split("+"))
+
+
+DEFAULT_HEAD = "head"
 
 
 def cnn(input_shape: tuple[int, ...], num_classes: int) -> SplitModel:
@@ -109,14 +204,17 @@ def build_model(
     input_shape: tuple[int, ...],
     num_classes: int,
     config: Config | None = None,
-    function: ModelFunction | None = None,
+    function: ModelFunction | nn.Module | None = None,
 ) -> SplitModel:
-    """The model `name` (or the given `function`) for inputs of `input_shape`, as a SplitModel.
+    """The model `name` (or the given `function`, or a copy of a given module instance) for inputs
+    of `input_shape`, as a SplitModel (a UserModel for a module of the user's own form).
 
     `num_classes` is 0 for regression. Call under the run's seed: the initialisation drawn here is
-    every worker's starting point.
+    every worker's starting point (an instance's own weights, when an instance is given).
     """
     fn = function if function is not None else MODELS.get(name)
+    if isinstance(fn, nn.Module):  # an instance: callable, but calling it would run its forward
+        return as_split_model(copy.deepcopy(fn), name, config)
     if not callable(fn):
         raise UsageError(f"model '{name}' must be a function returning a module, got {fn!r}")
     try:
@@ -129,31 +227,45 @@ def build_model(
         raise UsageError(
             f"model '{name}' raised {type(err).__name__}: {_first_line(err)}"
         ) from None
-    return as_split_model(module, name)
+    return as_split_model(module, name, config)
 
 
 def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
 
 
-def as_split_model(module: Any, name: str) -> SplitModel:
-    """`module` as a SplitModel, or a one-line UsageError naming the expected form."""
-    if isinstance(module, SplitModel):
+def as_split_model(module: Any, name: str, config: Config | None = None) -> SplitModel:
+    """`module` as a SplitModel: the library's own form as it is; any other nn.Module as a
+    UserModel, its head named by the config's `head` key; else a one-line UsageError."""
+    if not isinstance(module, nn.Module):
+        raise UsageError(
+            f"model '{name}' must return an nn.Module (or be one), got {type(module).__name__}"
+        )
+    spec = config.head if config is not None else None
+    squeeze = bool(getattr(module, "squeeze_output", False))
+    if spec in (None, DEFAULT_HEAD) and isinstance(module, SplitModel) and _is_library_form(module):
         split = module
+    elif spec in (None, DEFAULT_HEAD) and _without_forward(module):
+        split = _declared_halves(module, name, squeeze)
     else:
-        body, head = getattr(module, "body", None), getattr(module, "head", None)
-        if not isinstance(module, nn.Module) or not all(
-            isinstance(m, nn.Module) for m in (body, head)
-        ):
-            raise UsageError(
-                f"model '{name}' must return an nn.Module with 'body' and 'head' submodules "
-                f"(output = head(body(x))), got {type(module).__name__}"
-            )
-        _check_nothing_outside(module, name)
-        assert isinstance(body, nn.Module) and isinstance(head, nn.Module)  # checked above
-        split = SplitModel(body, head, squeeze_output=bool(getattr(module, "squeeze_output", 0)))
+        prefixes = _checked_head(module, head_prefixes(spec), name)
+        split = traced_split(module, prefixes, squeeze) or UserModel(module, prefixes, squeeze)
     _check_split(split, name)
     return split
+
+
+def _without_forward(module: nn.Module) -> bool:
+    """A module that declares `body` and `head` and no forward of its own: its output is
+    head(body(x)) by the documented contract, with nothing of the user's to run instead."""
+    return type(module).forward is nn.Module.forward and all(
+        isinstance(getattr(module, half, None), nn.Module) for half in ("body", "head")
+    )
+
+
+def _declared_halves(module: nn.Module, name: str, squeeze: bool) -> SplitModel:
+    _check_nothing_outside(module, name)
+    body, head = module.get_submodule("body"), module.get_submodule("head")
+    return SplitModel(body, head, squeeze_output=squeeze)
 
 
 def _check_nothing_outside(module: nn.Module, name: str) -> None:
@@ -169,6 +281,119 @@ def _check_nothing_outside(module: nn.Module, name: str) -> None:
                     f"model '{name}' has {kind} '{qualified}' outside 'body' and 'head'; "
                     "move it into one of them"
                 )
+
+
+# Layers whose output depends on train/eval mode: a frozen body's features are computed in eval mode,
+# so a body holding one computes another function there than the user's forward in train mode.
+MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+
+
+class _HeadTracer(fx.Tracer):
+    """torch.fx's tracer, keeping the head module as one call (not traced into)."""
+
+    def __init__(self, head: str) -> None:
+        super().__init__()
+        self.head = head
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return qualified_name == self.head or super().is_leaf_module(module, qualified_name)
+
+
+def traced_split(net: nn.Module, prefixes: tuple[str, ...], squeeze: bool) -> SplitModel | None:
+    """The user's network as the library's form, head(body(x)), where its forward provably is
+    that function; None where it cannot be shown (then it runs as a UserModel, through forward).
+
+    Shown by torch.fx: the forward is traced (a forward with data-dependent control flow cannot
+    be, and is left alone) the same in train and eval mode (so no Python branch on
+    `self.training`); its one head module is called once, on one tensor, and its output is the
+    forward's output as it is; nothing else touches the head's parameters; and the body has no
+    layer that behaves differently in eval mode (features are computed in eval mode). The body is
+    then the traced graph up to the head's input: the same operations on the same modules.
+    Why: a head phase on features computed once per phase, not a whole forward per step, is what
+    makes DePRL's head epochs cheap (docs/performance.md).
+    """
+    if len(prefixes) != 1:
+        return None
+    (prefix,) = prefixes
+    head = net.get_submodule(prefix)
+    body_layers = (
+        m for n, m in net.named_modules() if n != prefix and not n.startswith(prefix + ".")
+    )
+    if any(isinstance(m, MODE_DEPENDENT) for m in body_layers):
+        return None
+    graph = _traced_in_both_modes(net, prefix)
+    if graph is None:
+        return None
+    features = _head_input(graph, prefix)
+    if features is None:
+        return None
+    output = next(n for n in graph.nodes if n.op == "output")
+    head_node = output.args[0]
+    output.args = (features,)
+    graph.erase_node(head_node)
+    split = SplitModel(fx.GraphModule(net, graph), head, squeeze)
+    split.head_at = prefixes
+    return split
+
+
+def _traced_in_both_modes(net: nn.Module, prefix: str) -> fx.Graph | None:
+    """The forward's graph, if it traces, and traces to the same code in train and eval mode."""
+    was_training = net.training
+    graphs = []
+    try:
+        for training in (True, False):
+            net.train(training)
+            graphs.append(_HeadTracer(prefix).trace(net))
+    except Exception:  # noqa: BLE001 - any tracing failure only means: not provable
+        return None
+    finally:
+        net.train(was_training)
+    codes = {g.python_code("self").src for g in graphs}
+    return graphs[0] if len(codes) == 1 else None
+
+
+def _head_input(graph: fx.Graph, prefix: str) -> fx.Node | None:
+    """The node feeding the head, where the graph is exactly head(that node) at its output."""
+    nodes = list(graph.nodes)
+    inputs = [n for n in nodes if n.op == "placeholder"]
+    calls = [n for n in nodes if n.op == "call_module" and n.target == prefix]
+    inside = [
+        n for n in nodes
+        if n.op in ("call_module", "get_attr") and str(n.target).startswith(prefix + ".")
+    ]  # fmt: skip
+    output = next(n for n in nodes if n.op == "output")
+    if len(inputs) != 1 or len(calls) != 1 or inside or output.args != (calls[0],):
+        return None
+    call = calls[0]
+    if len(call.args) != 1 or call.kwargs or not isinstance(call.args[0], fx.Node):
+        return None
+    return call.args[0] if len(call.users) == 1 else None
+
+
+def _is_library_form(module: SplitModel) -> bool:
+    """A SplitModel whose forward is the library's own: provably head(body(x))."""
+    kind = type(module)
+    return kind.forward is SplitModel.forward and kind.head_forward is SplitModel.head_forward
+
+
+def _checked_head(module: nn.Module, prefixes: tuple[str, ...], name: str) -> tuple[str, ...]:
+    """The head's module names, each a real submodule (not the whole model), none inside
+    another; a one-line UsageError naming the submodules there are otherwise."""
+    children = [n for n, _ in module.named_modules() if n]
+    for prefix in prefixes:
+        if prefix not in children:
+            top = ", ".join(n for n, _ in module.named_children()) or "none"
+            raise UsageError(
+                f"model '{name}' has no submodule {prefix!r} to be its head: name the head with "
+                f"the key head (e.g. head=fc), or return a module with 'body' and 'head' "
+                f"submodules; its top-level submodules: {top}"
+            )
+    for prefix in prefixes:
+        if any(prefix.startswith(other + ".") for other in prefixes if other != prefix):
+            raise UsageError(f"head {'+'.join(prefixes)!r}: {prefix!r} lies inside another head")
+    if len(set(prefixes)) != len(prefixes):
+        raise UsageError(f"head {'+'.join(prefixes)!r} names a module twice")
+    return prefixes
 
 
 def _check_split(model: SplitModel, name: str) -> None:
@@ -257,17 +482,7 @@ def check_fits(model: SplitModel, sample: torch.Tensor, num_classes: int, name: 
     was_training = model.training
     model.eval()
     try:
-        features = model.body(sample[:2])
-        if not isinstance(features, torch.Tensor):
-            raise UsageError(
-                f"model '{name}': its body must return a tensor of features, got "
-                f"{type(features).__name__}"
-            )
-        out = model.head_forward(features)
-        if not isinstance(out, torch.Tensor):
-            raise UsageError(
-                f"model '{name}': its head must return a tensor, got {type(out).__name__}"
-            )
+        out = _outputs(model, sample[:2], name)
     except UsageError:
         raise
     except Exception as err:
@@ -288,6 +503,24 @@ def check_fits(model: SplitModel, sample: torch.Tensor, num_classes: int, name: 
             f"model '{name}' gives outputs of shape {tuple(out.shape)} for a batch of {batch}; "
             f"expected {want}"
         )
+
+
+def _outputs(model: SplitModel, x: torch.Tensor, name: str) -> torch.Tensor:
+    """The model's outputs on `x`, each stage checked to give a tensor."""
+    if model.separable:
+        features = model.body(x)
+        if not isinstance(features, torch.Tensor):
+            raise UsageError(
+                f"model '{name}': its body must return a tensor of features, got "
+                f"{type(features).__name__}"
+            )
+        out = model.head_forward(features)
+    else:
+        out = model(x)
+    if not isinstance(out, torch.Tensor):
+        what = "its head" if model.separable else "its forward"
+        raise UsageError(f"model '{name}': {what} must return a tensor, got {type(out).__name__}")
+    return out
 
 
 from repgossip import architectures  # noqa: E402,F401  (registers the paper's models)

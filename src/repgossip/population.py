@@ -88,8 +88,9 @@ class Population:
         if push_sum:  # only then: an undirected run's rows and checkpoints stay as they were
             self.rows[PUSH_WEIGHT] = torch.ones((len(self), 1), device=device)
         self.has_batch_norm = has_batch_norm(self.model)  # no training batch of one sample
-        self.stack_model = stacks_well(self.model)
-        self.stack_head = stacks_well(self.model.head)
+        # Stacked training runs the library's own forward: only for a model that is provably it.
+        self.stack_model = model.separable and stacks_well(self.model)
+        self.stack_head = model.separable and stacks_well(self.model.head)
         layouts = (self.layout, self.buffer_layout, self.int_buffer_layout)
         self.pool = WorkerPool(lambda: Scratch(self.model, layouts, device), device, threads)
 

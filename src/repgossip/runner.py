@@ -116,11 +116,22 @@ class Experiment:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device `name` names, refused in one line where this machine does not have it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device 'cuda' requested but no CUDA device is available; use auto or cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (device.index or 0) >= count:
+            have = f"GPUs cuda:0..cuda:{count - 1}" if count else "no CUDA device"
+            raise UsageError(
+                f"device '{name}' requested but this machine has {have}; use auto or cpu"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(
+            f"device '{name}' requested but MPS is not available here; use auto or cpu"
+        )
+    return device
 
 
 def build_engine(cfg: Config) -> Engine:
@@ -536,30 +547,52 @@ class RunResult:
     history: list[dict[str, Any]]
     summary: dict[str, Any]
     experiment: Experiment = field(repr=False)
+    # Under engine=dist with gathering asked for: every worker's rows of the evaluated model copy,
+    # by row kind, on rank 0 (so worker_state answers for any worker there); else None.
+    gathered: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     def worker_state(self, worker: int) -> dict[str, torch.Tensor]:
         """The state_dict of worker `worker`'s whole model (the evaluated copy), BatchNorm
-        buffers included, as a standalone module of the run's architecture would hold it.
-        Under `engine=dist`, for the workers of this rank only. `worker` is an integer (a numpy
-        one too); a string, float or bool is refused, as `"1" in ids` would only say it is
-        not among them."""
+        buffers included, under the names the model's own module uses (so a user's module
+        loads it with `load_state_dict`). Under `engine=dist`, for the workers of this rank, or
+        for every worker on rank 0 when the run gathered them (`repgossip.run` does). `worker`
+        is an integer (a numpy one too); a string, float or bool is refused, as `"1" in ids`
+        would only say it is not among them."""
         exp = self.experiment
         pop = exp.population
-        where = f"{'this rank' if exp.engine.world > 1 else 'the run'}'s workers"
+        ids = list(range(exp.cfg.workers)) if self.gathered is not None else pop.worker_ids
+        where = f"{'this rank' if len(ids) < exp.cfg.workers else 'the run'}'s workers"
         if isinstance(worker, bool) or not isinstance(worker, (int, np.integer)):
             raise UsageError(
-                f"worker must be an integer, one of {where} {_span(pop.worker_ids)}; got "
-                f"{shown(worker)}"
+                f"worker must be an integer, one of {where} {_span(ids)}; got {shown(worker)}"
             )
-        if worker not in pop.worker_ids:
-            raise UsageError(f"worker {worker} is not among {where} {_span(pop.worker_ids)}")
-        local = pop.worker_ids.index(int(worker))
-        model = exp.algorithm.evaluated_model
+        if worker not in ids:
+            raise UsageError(f"worker {worker} is not among {where} {_span(ids)}")
         tensors: dict[str, torch.Tensor] = {}
         for kind, layout in (("params", pop.layout), ("buffers", pop.buffer_layout),
                              ("int_buffers", pop.int_buffer_layout)):  # fmt: skip
-            tensors |= layout.views(pop.rows[row_key(model, kind)][local])
-        return {name: tensors[name].clone() for name in pop.model.state_dict()}
+            tensors |= layout.views(self._row(kind, int(worker)))
+        model = pop.model
+        return {model.state_name(name): tensors[name].clone() for name in model.state_dict()}
+
+    def _row(self, kind: str, worker: int) -> torch.Tensor:
+        if self.gathered is not None:
+            return self.gathered[kind][worker]
+        pop = self.experiment.population
+        model = self.experiment.algorithm.evaluated_model
+        return pop.rows[row_key(model, kind)][pop.worker_ids.index(worker)]
+
+
+def gather_states(exp: Experiment) -> dict[str, torch.Tensor] | None:
+    """Every worker's rows of the evaluated model copy on the writer (None elsewhere): a
+    collective, so every rank calls it, before the process group is closed."""
+    model = exp.algorithm.evaluated_model
+    rows = {}
+    for kind in ("params", "buffers", "int_buffers"):  # every kind on every rank: a collective
+        full = exp.engine.gather_rows(exp.population.rows[row_key(model, kind)])
+        if full is not None:  # the writer
+            rows[kind] = full
+    return rows or None
 
 
 def _span(ids: Sequence[int]) -> str:
@@ -575,8 +608,10 @@ def run_experiment(
     progress: bool | None = None,
     callbacks: Sequence[Callback] = (),
     supplied: Supplied | None = None,
+    gather: bool = False,
 ) -> RunResult:
-    """Run (or continue) the experiment `cfg`, into folder `out` when given (None: in memory)."""
+    """Run (or continue) the experiment `cfg`, into folder `out` when given (None: in memory).
+    `gather`: under engine=dist, bring every worker's final state to rank 0's result."""
     supplied = supplied or Supplied()
     if resume and out is None:
         raise UsageError("resume needs the folder of the run to continue (out)")
@@ -585,7 +620,9 @@ def run_experiment(
         try:
             cfg = same_config_everywhere(engine, cfg, supplied)
             folder = resolve_out(out, link_ok=not (resume or force)) if out is not None else None
-            return _run(engine, cfg, folder, resume, force, progress, callbacks, supplied, threads)
+            return _run(
+                engine, cfg, folder, resume, force, progress, callbacks, supplied, threads, gather
+            )
         finally:
             engine.close()
 
@@ -600,6 +637,7 @@ def _run(
     user_callbacks: Sequence[Callback],
     supplied: Supplied,
     threads: int,
+    gather: bool = False,
 ) -> RunResult:
     if out is not None:
         on_writer(engine, lambda: _check_folder(out, cfg, resume, force, supplied))
@@ -625,6 +663,7 @@ def _run(
         try:
             callbacks.on_run_start(RunInfo(cfg, out, start, cfg.rounds))
             summary = _rounds(exp, out, start, wall_before, sent, history, callbacks, claim)
+            gathered = gather_states(exp) if gather and engine.world > 1 else None
             callbacks.on_run_end(dict(summary))
         finally:
             callbacks.close()
@@ -635,7 +674,7 @@ def _run(
     finally:
         if claim is not None:
             claim.close()  # before its first record, a failed run puts a replaced folder back
-    return RunResult(history, summary, exp)
+    return RunResult(history, summary, exp, gathered)
 
 
 def _kept_after_divergence(claim: FolderClaim) -> str:

@@ -54,8 +54,8 @@ _LAYERS: dict[type, Callable[..., torch.Tensor]] = {
 
 def can_stack(module: nn.Module) -> bool:
     """Whether every part of `module` has a batched form here."""
-    if isinstance(module, SplitModel):
-        return can_stack(module.body) and can_stack(module.head)
+    if isinstance(module, SplitModel):  # its batched form is the library's forward
+        return module.separable and can_stack(module.body) and can_stack(module.head)
     return type(module) in _LAYERS and all(can_stack(c) for c in module.children())
 
 

@@ -594,9 +594,9 @@ def _graph_from_adjacency(
 
 def _networkx_graph(g: Any, workers: int | None) -> Graph:
     """A networkx graph whose nodes are the worker ids 0..N-1 (any other labels would need a
-    mapping to workers that only the user knows); directed graphs are refused."""
-    if callable(getattr(g, "is_directed", None)) and g.is_directed():
-        raise UsageError("networkx graph is directed; gossip needs an undirected graph")
+    mapping to workers that only the user knows); a directed one (nx.DiGraph, an edge u -> v: u
+    sends to v) is gossiped by push-sum, as the directed topologies are."""
+    directed = bool(callable(getattr(g, "is_directed", None)) and g.is_directed())
     nodes = list(g.nodes)
     bad = [v for v in nodes if not _is_node_id(v, len(nodes))]
     if bad or not nodes:
@@ -608,7 +608,7 @@ def _networkx_graph(g: Any, workers: int | None) -> Graph:
     if workers is not None and len(nodes) != workers:
         raise UsageError(f"networkx graph has {len(nodes)} nodes but workers={workers}")
     edges = np.array([(int(u), int(v)) for u, v in g.edges()], dtype=np.int64)
-    return Graph.from_pairs(len(nodes), edges)
+    return Graph.from_pairs(len(nodes), edges, directed=directed)
 
 
 def _is_node_id(v: object, n: int) -> bool:

@@ -202,9 +202,11 @@ def _train_worker(
     rows = pop.worker_rows(local, work.model)
     cols = pop.layout.part(work.part)
     inputs, targets = pop.train_x[local], pop.train_y[local]
-    head_only = cols.start >= pop.layout.body_size  # the body is frozen
-    stage = "head" if head_only else "full"
-    if head_only and not pop.augment:  # the body's features are the same at every step
+    # The body is frozen: a model that is provably head(body(x)) computes its features once (per
+    # step with augmentation) and trains the head on them; a user's model runs its own forward.
+    on_features = cols.start >= pop.layout.body_size and pop.model.separable
+    stage = "head" if on_features else "full"
+    if on_features and not pop.augment:  # the body's features are the same at every step
         inputs = scratch.outputs(rows, inputs, "body")
     scratch.bind(rows, cols)
     scratch.start(gen, training=True)
@@ -217,7 +219,7 @@ def _train_worker(
         x = inputs[idx]
         if pop.augment:  # a new crop and flip each step, from the worker's stream
             x = crop_and_flip(x, gen)
-            x = scratch.features(x) if head_only else x
+            x = scratch.features(x) if on_features else x
         try:
             loss(scratch.module(x, stage=stage), targets[idx]).backward()
         except Exception as err:  # the user's model or loss failed: say where, in one line

@@ -69,7 +69,8 @@ class FedRoD(Algorithm):
         if num_classes == 0:
             raise UsageError("fedrod needs a classification task; this dataset is a regression")
         self.num_classes = num_classes
-        return SplitModel(model.body, TwoHeads(model.head), model.squeeze_output)
+        model.replace_head(TwoHeads(model.head))
+        return model
 
     def extra_state(self) -> Mapping[str, StateSpec]:
         return {LOG_PRIOR: StateSpec(width=self.num_classes)}
