@@ -9,6 +9,8 @@ cd "$here"
 small=(workers=4 samples_per_worker=40 rounds=2)
 synthetic=(dataset=synthetic workers=6 samples_per_worker=30 rounds=3)
 
+echo "== Python API: your own PyTorch module, Datasets and networkx graph (README's script)"
+python own_pytorch.py
 echo "== Python API: own model (BatchNorm, Dropout), tensors, networkx graph, resume"
 python api_batchnorm.py "$tmp/api"
 echo "== model plug-in"

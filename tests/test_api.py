@@ -267,3 +267,35 @@ def test_the_same_api_call_under_torchrun_gives_the_same_numbers(tmp_path):
     for got, want in zip(dist_states, sim_states, strict=True):
         assert got.keys() == want.keys()
         assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_repgossip_imports_where_fcntl_does_not_exist():
+    """Windows has no fcntl: the folder lock imports it only when it locks."""
+    import subprocess
+    import sys
+
+    script = "import sys; sys.modules['fcntl'] = None; import repgossip; print(repgossip.run)"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-1000:]
+
+
+def test_a_mixing_matrix_can_be_an_array():
+    """W handed over as an array is checked as a W file is, and used: the same numbers as the
+    same W from a file."""
+    import numpy as np
+
+    from repgossip.topology import build_graph, mixing_matrix
+
+    graph = build_graph("ring", WORKERS)
+    w = mixing_matrix(graph, "max_degree").dense()
+    common = {"model": bn_model, "data": tensors(), "graph": nx.cycle_graph(WORKERS), "rounds": 1}
+    from_array = repgossip.run(mixing=w, **common).summary
+    from_rule = repgossip.run(mixing="max_degree", **common).summary
+    from_array.pop("wall_s"), from_rule.pop("wall_s")
+    assert from_array == from_rule
+    bad = w.copy()
+    bad[0, 1] += 0.1
+    with pytest.raises(repgossip.UsageError, match="mixing array") as info:
+        repgossip.run(mixing=bad, **common)
+    assert "\n" not in str(info.value)
+    assert np.allclose(w.sum(1), 1)

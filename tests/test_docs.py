@@ -52,3 +52,35 @@ def test_the_project_stands_on_its_own():
     files = [ROOT / f for f in tracked.stdout.split() if f.endswith((".py", ".md", ".toml", ".sh"))]
     pointing = [f.name for f in files if re.search(r"\.\./shared|DESIGN\.md", f.read_text())]
     assert pointing == []
+
+
+def test_the_readme_shows_the_own_pytorch_example_as_it_is():
+    """The script a new user copies is the one `make test` runs (examples/run_all.sh)."""
+    code = (ROOT / "examples" / "own_pytorch.py").read_text()
+    assert f"```python\n{code}```" in README
+    assert "python own_pytorch.py" in (ROOT / "examples" / "run_all.sh").read_text()
+
+
+CONTRIBUTING = (ROOT / "CONTRIBUTING.md").read_text()
+
+
+def test_contributings_registration_snippet_keeps_every_registered_algorithm():
+    """Copying the snippet must not unregister anything: it names every built-in class."""
+    snippet = re.search(r"for _cls in \(([^)]*)\):\n\s*ALGORITHMS", CONTRIBUTING)
+    source = (ROOT / "src" / "repgossip" / "algorithms" / "__init__.py").read_text()
+    registered = re.search(r"for _cls in \(([^)]*)\):\n\s*ALGORITHMS", source)
+    assert snippet and registered
+    names = lambda match: {n.strip() for n in match.group(1).split(",") if n.strip()}  # noqa: E731
+    assert names(snippet) == names(registered) | {"ProxDePRL"}
+
+
+def test_contributing_lists_every_error_and_its_exit_code():
+    from repgossip import errors
+
+    kinds = [c for c in vars(errors).values()
+             if isinstance(c, type) and issubclass(c, errors.RepgossipError)
+             and c is not errors.RepgossipError]  # fmt: skip
+    for kind in kinds:
+        code = kind.__dict__.get("exit_code")
+        shown = f"{code} (`{kind.__name__}`)" if isinstance(code, int) else f"(`{kind.__name__}`"
+        assert shown in CONTRIBUTING.replace("\n", " "), shown

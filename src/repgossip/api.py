@@ -26,7 +26,7 @@ from repgossip.config import KEYS, Config, build_config, read_yaml, shown, sugge
 from repgossip.errors import UsageError
 from repgossip.registry import API_PREFIX, reference_of
 from repgossip.runner import RunResult, Supplied, run_experiment
-from repgossip.topology import graph_from_object
+from repgossip.topology import _as_array, graph_from_object
 
 
 def run(
@@ -59,6 +59,10 @@ def run(
         keys, model = {**keys, "model": model}, None
     if isinstance(algorithm, str):
         keys, algorithm = {**keys, "algorithm": algorithm}, None
+    mixing = None
+    if "mixing" in keys and not isinstance(keys["mixing"], (str, os.PathLike)):
+        mixing = _as_array(keys["mixing"])  # W itself, checked against the graph when built
+        keys = {**keys, "mixing": f"{API_PREFIX}{type(keys['mixing']).__name__}"}
     _check_out(out)
     if isinstance(graph, (str, Path)):
         raise UsageError(
@@ -94,7 +98,9 @@ def run(
     ):
         raise UsageError(f"algorithm must be a subclass of repgossip.Algorithm, got {algorithm!r}")
     cfg = build_config(given, algorithm=algorithm)
-    supplied = Supplied(model=model, data=data, graph=graph_object, algorithm=algorithm)
+    supplied = Supplied(
+        model=model, data=data, graph=graph_object, algorithm=algorithm, mixing=mixing
+    )
     return run_experiment(
         cfg, out, resume=resume, force=force, progress=progress, callbacks=callbacks,
         supplied=supplied, gather=True,

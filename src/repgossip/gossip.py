@@ -92,6 +92,10 @@ class RoundPlan:
 _DROPOUT_TAG = 0xD809  # separates the dropout stream from the link-failure stream of the same round
 
 
+def _shown_rule(mixing: str | np.ndarray) -> str:
+    return "(an array)" if isinstance(mixing, np.ndarray) else repr(str(mixing))
+
+
 class GossipSchedule:
     """Each round's graph, mixing matrix and active workers, with link failures and dropouts, on a
     fixed or a time-varying graph (`Graph.cycle`).
@@ -102,7 +106,7 @@ class GossipSchedule:
     def __init__(
         self,
         base_graph: Graph,
-        mixing: str,
+        mixing: str | np.ndarray,
         link_failure_prob: float = 0.0,
         worker_dropout_prob: float = 0.0,
         seed: int = 0,
@@ -129,7 +133,7 @@ class GossipSchedule:
         check_mixing_rule(self.mixing)
         if self.varies and not (isinstance(self.mixing, str) and self.mixing in MIXING_RULES):
             raise UsageError(
-                f"mixing {str(self.mixing)!r} is a fixed matrix for the full graph, but "
+                f"mixing {_shown_rule(self.mixing)} is a fixed matrix for the full graph, but "
                 f"link_failure_prob={self.link_failure_prob} and worker_dropout_prob="
                 f"{self.worker_dropout_prob} change the graph every round; those need a rule "
                 f"({', '.join(MIXING_RULES.names())})"

@@ -14,7 +14,6 @@ it, intact.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -52,7 +51,7 @@ def locked(folder: Path) -> Iterator[None]:
     handle = open(folder / LOCK_FILE, "a+")  # noqa: SIM115  # held open for the whole block
     try:
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_without_waiting(handle)
         except OSError:
             raise UsageError(
                 f"'{folder}' is being written by another repgossip process; wait for it to end"
@@ -60,6 +59,20 @@ def locked(folder: Path) -> Iterator[None]:
         yield
     finally:
         handle.close()
+
+
+def _lock_without_waiting(handle: io.TextIOWrapper) -> None:
+    """An exclusive lock on the open file, or OSError if another process holds one: flock where
+    it exists (POSIX), msvcrt's byte lock on Windows. Imported here, not at the top, so that
+    `import repgossip` works where either module is missing."""
+    try:
+        import fcntl
+    except ImportError:
+        import msvcrt  # type: ignore[import-not-found,unused-ignore]
+
+        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined,unused-ignore]
+        return
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 MAX_NAME_BYTES = 255  # longest file name most file systems take

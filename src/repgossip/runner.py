@@ -49,7 +49,7 @@ from repgossip.layout import RowLayout, row_key
 from repgossip.metrics import accuracy_summary, squared_deviations, subspace_distance
 from repgossip.models import ModelFunction, SplitModel, build_model, check_fits
 from repgossip.population import PUSH_WEIGHT, Population
-from repgossip.registry import PluginCode, is_plugin_ref, plugin_code
+from repgossip.registry import API_PREFIX, PluginCode, is_plugin_ref, plugin_code
 from repgossip.runfolder import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -83,6 +83,7 @@ class Supplied:
     data: Any = None
     graph: Graph | None = None
     algorithm: type[Algorithm] | None = None
+    mixing: np.ndarray | None = None  # W, in place of a rule or a file
 
 
 def plugin_codes(cfg: Config, supplied: Supplied | None = None) -> dict[str, PluginCode]:
@@ -163,8 +164,13 @@ def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
     if graph.directed:
         _check_push_sum(algorithm, cfg)
     federation = load_federation(cfg, supplied.data)
+    mixing = cfg.mixing if supplied.mixing is None else supplied.mixing
+    if isinstance(mixing, str) and mixing.startswith(API_PREFIX):
+        raise UsageError(
+            f"mixing '{mixing}' was an array handed to repgossip.run(); pass it again there"
+        )
     schedule = GossipSchedule(
-        graph, cfg.mixing, cfg.link_failure_prob, cfg.worker_dropout_prob, cfg.seed
+        graph, mixing, cfg.link_failure_prob, cfg.worker_dropout_prob, cfg.seed
     )
     model_name = cfg.model or ""
     with torch.random.fork_rng(devices=[]):

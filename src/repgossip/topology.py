@@ -36,7 +36,7 @@ from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
 from repgossip import memory
 from repgossip.errors import UsageError
-from repgossip.registry import Registry, call_with_accepted
+from repgossip.registry import API_PREFIX, Registry, call_with_accepted
 
 # Files read as dense (N, N) matrices: an adjacency for `topology`, a mixing matrix W for `mixing`.
 ADJACENCY_SUFFIXES: tuple[str, ...] = (".npy", ".npz")
@@ -787,11 +787,13 @@ MIXING_RULES.register("max_degree", _max_degree)
 MIXING_RULES.register("uniform_row", _uniform_row)
 
 
-def check_mixing_rule(rule: str) -> None:
+def check_mixing_rule(rule: str | np.ndarray) -> None:
     """Refuse in one line a mixing rule that is neither a built-in rule nor an existing matrix file
     of a known suffix; needs no graph, so a config can be checked before anything is built."""
-    if isinstance(rule, str) and rule in MIXING_RULES:
+    if isinstance(rule, np.ndarray) or (isinstance(rule, str) and rule in MIXING_RULES):
         return
+    if isinstance(rule, str) and rule.startswith(API_PREFIX):
+        return  # an array handed to repgossip.run(); the run checks it against the graph
     if not isinstance(rule, (str, os.PathLike)):
         raise UsageError(f"unknown mixing rule {rule!r}; valid: {MIXING_RULES.valid()}")
     path = _user_path(rule)
@@ -804,7 +806,7 @@ def check_mixing_rule(rule: str) -> None:
     raise UsageError(f"unknown mixing rule {str(rule)!r}; valid: {MIXING_RULES.valid()}{why}")
 
 
-def mixing_matrix(graph: Graph, rule: str = "metropolis") -> Mixing:
+def mixing_matrix(graph: Graph, rule: str | np.ndarray = "metropolis") -> Mixing:
     """W on `graph` (weights only on edges and the diagonal), symmetric doubly stochastic under
     every rule but `uniform_row`.
 
@@ -821,6 +823,8 @@ def mixing_matrix(graph: Graph, rule: str = "metropolis") -> Mixing:
     check_mixing_rule(rule)
     if graph.directed:
         return _out_split(graph, rule)
+    if isinstance(rule, np.ndarray):
+        return _given_matrix(graph, rule, "mixing array")
     if not (isinstance(rule, str) and rule in MIXING_RULES):
         return _mixing_file(graph, _user_path(rule))
     weights = np.asarray(MIXING_RULES.get(rule)(graph), dtype=np.float64)
@@ -835,14 +839,18 @@ def mixing_matrix(graph: Graph, rule: str = "metropolis") -> Mixing:
 DIRECTED_MIXING = "out_degree"
 
 
-def _out_split(graph: Graph, rule: str) -> Mixing:
+def _rule_name(rule: str | np.ndarray) -> str:
+    return "an array" if isinstance(rule, np.ndarray) else str(rule)
+
+
+def _out_split(graph: Graph, rule: str | np.ndarray) -> Mixing:
     """Push-sum's column-stochastic P: each sender i splits its mass evenly over itself and its
     out-neighbours, P_ji = 1/(1 + outdeg_i) for j in out(i) + {i}. A sender needs only its own
     out-degree; the receivers need nothing. Only the default rule name is accepted: the others
     (and W files) describe a symmetric W that a directed graph cannot have."""
-    if rule != "metropolis":
+    if not (isinstance(rule, str) and rule == "metropolis"):
         raise UsageError(
-            f"mixing {str(rule)!r} builds a W for an undirected graph; a directed graph "
+            f"mixing {_rule_name(rule)!r} builds a W for an undirected graph; a directed graph "
             "mixes by push-sum (each sender splits its mass evenly over itself and its "
             "out-neighbours): leave mixing at its default (metropolis)"
         )
@@ -909,6 +917,11 @@ def _mixing_file(graph: Graph, path: Path) -> Mixing:
         raw = _load_array(path, "W", source)
     else:
         raw = _read_text_matrix(path, source)
+    return _given_matrix(graph, raw, source)
+
+
+def _given_matrix(graph: Graph, raw: np.ndarray, source: str) -> Mixing:
+    """A user's W, from a file or an array handed to repgossip.run, with the file's checks."""
     w = _check_matrix(raw, source, graph.workers)
     _asymmetry(w, _SYMMETRY_ATOL, source, f"W must be symmetric (atol {_SYMMETRY_ATOL:g})")
     _check_stochastic(w, source)
