@@ -16,7 +16,7 @@ bounded by N, the bytes the file holds (for a .gz file, the at most INFLATION * 
 inflate to):
 
 - no read goes past the end of the file: a length field claiming more is refused before anything
-  is allocated;
+  is allocated (BYTEARRAY8, which allocates before it reads, may claim at most N);
 - at most N / BYTES_PER_OPCODE + MIN_OPCODES opcodes run. No opcode builds more than a few hundred
   bytes of Python objects beyond the bytes it reads (an empty dict, a memo entry, a stand-in
   object), so the objects built stay under ~4N plus 16 MiB; real data files are almost all array
