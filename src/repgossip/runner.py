@@ -10,6 +10,7 @@ thin layers over `run_experiment`.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -84,6 +85,36 @@ class Experiment:
     engine: Engine
     spectral_gap: float | None  # None where it could not be computed (see topology.spectral_gap)
     data_digest: str | None = None  # of the federation, once a checkpoint needs it
+
+    def worker_state(self, worker: int) -> dict[str, torch.Tensor]:
+        """A copy of the state_dict of worker `worker`'s whole model (the evaluated copy),
+        BatchNorm buffers included, as a standalone module of the run's architecture would hold
+        it. For the workers of this process only. `worker` is an integer (a numpy one too); a
+        string, float or bool is refused, as `"1" in ids` would only say it is not among them."""
+        pop = self.population
+        where = f"{'this rank' if self.engine.world > 1 else 'the run'}'s workers"
+        if isinstance(worker, bool) or not isinstance(worker, (int, np.integer)):
+            raise UsageError(
+                f"worker must be an integer, one of {where} {_span(pop.worker_ids)}; got "
+                f"{shown(worker)}"
+            )
+        if worker not in pop.worker_ids:
+            raise UsageError(f"worker {worker} is not among {where} {_span(pop.worker_ids)}")
+        local = pop.worker_ids.index(int(worker))
+        model = self.algorithm.evaluated_model
+        tensors: dict[str, torch.Tensor] = {}
+        for kind, layout in (("params", pop.layout), ("buffers", pop.buffer_layout),
+                             ("int_buffers", pop.int_buffer_layout)):  # fmt: skip
+            tensors |= layout.views(pop.rows[row_key(model, kind)][local])
+        return {name: tensors[name].clone() for name in pop.model.state_dict()}
+
+    def worker_model(self, worker: int) -> torch.nn.Module:
+        """A copy of worker `worker`'s model (the run's architecture holding its `worker_state`),
+        in eval mode, on the run's device: to read or evaluate, not to change the run."""
+        state = self.worker_state(worker)
+        model = copy.deepcopy(self.population.model)
+        model.load_state_dict(state)
+        return model.eval()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -478,26 +509,12 @@ class RunResult:
     def worker_state(self, worker: int) -> dict[str, torch.Tensor]:
         """The state_dict of worker `worker`'s whole model (the evaluated copy), BatchNorm
         buffers included, as a standalone module of the run's architecture would hold it.
-        Under `engine=dist`, for the workers of this rank only. `worker` is an integer (a numpy
-        one too); a string, float or bool is refused, as `"1" in ids` would only say it is
-        not among them."""
-        exp = self.experiment
-        pop = exp.population
-        where = f"{'this rank' if exp.engine.world > 1 else 'the run'}'s workers"
-        if isinstance(worker, bool) or not isinstance(worker, (int, np.integer)):
-            raise UsageError(
-                f"worker must be an integer, one of {where} {_span(pop.worker_ids)}; got "
-                f"{shown(worker)}"
-            )
-        if worker not in pop.worker_ids:
-            raise UsageError(f"worker {worker} is not among {where} {_span(pop.worker_ids)}")
-        local = pop.worker_ids.index(int(worker))
-        model = exp.algorithm.evaluated_model
-        tensors: dict[str, torch.Tensor] = {}
-        for kind, layout in (("params", pop.layout), ("buffers", pop.buffer_layout),
-                             ("int_buffers", pop.int_buffer_layout)):  # fmt: skip
-            tensors |= layout.views(pop.rows[row_key(model, kind)][local])
-        return {name: tensors[name].clone() for name in pop.model.state_dict()}
+        Under `engine=dist`, for the workers of this rank only."""
+        return self.experiment.worker_state(worker)
+
+    def worker_model(self, worker: int) -> torch.nn.Module:
+        """That model as a module: a copy of the run's architecture in eval mode."""
+        return self.experiment.worker_model(worker)
 
 
 def _span(ids: Sequence[int]) -> str:
@@ -555,7 +572,7 @@ def _run(
             on_writer(engine, lambda: history.extend(_open_folder(out, cfg, start, claim)))
         callbacks = _callbacks(engine, cfg, out, start, progress, user_callbacks)
         try:
-            callbacks.on_run_start(RunInfo(cfg, out, start, cfg.rounds))
+            callbacks.on_run_start(RunInfo(cfg, out, start, cfg.rounds, exp))
             summary = _rounds(exp, out, start, wall_before, sent, history, callbacks, claim)
             callbacks.on_run_end(dict(summary))
         finally:
@@ -618,8 +635,9 @@ def _rounds(
     callbacks: CallbackList,
     claim: FolderClaim | None,
 ) -> dict[str, Any]:
-    """Train rounds `start`..`cfg.rounds`, evaluating, logging and checkpointing as configured;
-    returns the summary (written to `out` when there is one)."""
+    """Train rounds `start`..`cfg.rounds`, evaluating, logging and checkpointing as configured,
+    until a callback asks to stop (StopRun): that round is then evaluated and checkpointed too.
+    Returns the summary (written to `out` when there is one)."""
     cfg, engine = exp.cfg, exp.engine
     began = time.perf_counter()
 
@@ -635,14 +653,25 @@ def _rounds(
             if claim is not None and done > 0:
                 claim.commit()  # the new run has trained a round: a replaced folder may go
             history.append(record)
-            callbacks.on_evaluation(dict(record))  # a copy: a callback cannot change the log
+            # copies: a callback cannot change the log or the summary
+            callbacks.on_evaluation({**record, **{k: list(v) for k, v in per_worker.items()}})
         return record, per_worker
+
+    def checkpoint(done: int) -> None:
+        assert out is not None
+        save_checkpoint(out, exp, done, elapsed(), sent)
+        if claim is not None:
+            claim.commit()  # the new run can be resumed
 
     record: dict[str, Any] | None = None
     per_worker: dict[str, list[float]] = {}
     if start == 0:
         record, per_worker = log(0)
+    done, saved = start, (start if start > 0 else None)  # a resumed run's checkpoint: `start`
+    stop = _agreed_stop(engine, callbacks) if start < cfg.rounds else None
     for round_index in range(start, cfg.rounds):
+        if stop is not None:
+            break
         maybe_fail_rank(engine.rank, round_index)
         sent += train_round(exp, round_index)
         check_finite(exp, round_index)
@@ -650,19 +679,35 @@ def _rounds(
         if done % cfg.eval_every == 0 or done == cfg.rounds:
             record, per_worker = log(done)
         if out is not None and (done % cfg.checkpoint_every == 0 or done == cfg.rounds):
-            save_checkpoint(out, exp, done, elapsed(), sent)
-            if claim is not None:
-                claim.commit()  # the new run can be resumed
+            checkpoint(saved := done)
         callbacks.on_round_end(done)
-    if record is None:  # resumed a finished run: re-evaluate for the summary
+        if done < cfg.rounds:
+            stop = _agreed_stop(engine, callbacks)
+    if stop is not None:  # a finished run at `done`: its last record and checkpoint are there
+        if record is not None and record["round"] != done:
+            record, per_worker = log(done)
+        if out is not None and saved != done:
+            checkpoint(done)
+    if record is None:  # resumed a finished (or at once stopped) run: re-evaluate for the summary
         record, per_worker = evaluate(exp, start)
         record = {"round": start, "wall_s": elapsed(), **record, "bytes_sent": sent}
     summary = _summary(exp, record, per_worker)
+    if stop is not None:
+        summary["stopped_early"] = stop
     if engine.is_writer and out is not None:
         atomic_write(out / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
     if claim is not None:
         claim.commit()
     return summary
+
+
+def _agreed_stop(engine: Engine, callbacks: CallbackList) -> str | None:
+    """The reason a callback (on rank 0) gave to stop, on every rank, or None to go on: every rank
+    leaves the loop after the same round. One all-reduce per round, none in one process."""
+    reason = callbacks.stop_reason  # None on the ranks that run no callbacks
+    if engine.agree(reason is None):
+        return None
+    return engine.broadcast_bytes((reason or "").encode()).decode(errors="replace")
 
 
 def _open_folder(
