@@ -362,6 +362,16 @@ def test_early_stopping_refuses_bad_settings(kwargs, needle):
 
 def test_early_stopping_on_a_metric_the_run_does_not_log_names_the_valid_ones():
     with pytest.raises(
-        UsageError, match="no metric 'test_acc_mean'; valid: train_loss, subspace_dist"
+        UsageError, match="no metric 'test_acc_p10'; valid: train_loss, subspace_dist"
     ):
-        EarlyStopping().on_evaluation({"round": 0, "train_loss": 1.0, "subspace_dist": 0.5})
+        EarlyStopping(metric="test_acc_p10").on_evaluation(
+            {"round": 0, "train_loss": 1.0, "subspace_dist": 0.5}
+        )
+
+
+def test_early_stopping_watches_the_tasks_headline_metric_by_default():
+    stopper = EarlyStopping(patience=1)
+    assert evaluations(stopper, [0.5, 0.4], "test_loss_mean") == -1  # regression: a lower loss
+    assert stopper.watched == ("test_loss_mean", "min")
+    assert evaluations(stopper, [0.5, 0.4], "test_acc_mean") == 1  # the next run: classification
+    assert stopper.watched == ("test_acc_mean", "max")

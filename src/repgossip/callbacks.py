@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import numbers
 import sys
 from collections.abc import Iterable, Mapping
@@ -304,54 +305,59 @@ class TensorBoardLogger(Callback):
 
 class EarlyStopping(Callback):
     """Stops the run (StopRun) when `metric` has not improved by more than `min_delta` for
-    `patience` evaluations in a row. `mode` "max" or "min" says which way is better; by default
-    "min" for a loss or distance (`*loss*`, `*dist*`), else "max". It counts the evaluations of
-    this session: a resumed run starts counting afresh."""
+    `patience` evaluations in a row. `metric` defaults to the task's headline: `test_acc_mean`
+    for classification, `test_loss_mean` for regression. `mode` "max" or "min" says which way is
+    better; by default "min" for a loss or distance (`*loss*`, `*dist*`), else "max". It counts the
+    evaluations of this session: a resumed run starts counting afresh."""
 
     def __init__(
         self,
         patience: int = 5,
-        metric: str = "test_acc_mean",
+        metric: str | None = None,
         mode: str | None = None,
         min_delta: float = 0.0,
     ) -> None:
         if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
             raise UsageError(f"EarlyStopping: patience must be an integer >= 1, got {patience!r}")
-        mode = mode or ("min" if "loss" in metric or "dist" in metric else "max")
-        if mode not in ("max", "min"):
+        if mode not in (None, "max", "min"):
             raise UsageError(f"EarlyStopping: mode must be 'max' or 'min', got {mode!r}")
         if not _is_number(min_delta) or not min_delta >= 0:
             raise UsageError(f"EarlyStopping: min_delta must be a number >= 0, got {min_delta!r}")
-        self.patience, self.metric, self.mode, self.min_delta = patience, metric, mode, min_delta
-        self.best: float | None = None
-        self.best_round = 0
-        self.waited = 0
+        self.patience, self.min_delta, self.metric, self.mode = patience, min_delta, metric, mode
+        self.on_run_start(None)
 
-    def on_run_start(self, info: RunInfo) -> None:
-        self.best, self.best_round, self.waited = None, 0, 0
+    def on_run_start(self, info: RunInfo | None) -> None:
+        self.watched: tuple[str, str] | None = None  # (metric, mode), from the first evaluation
+        self.best, self.best_round, self.waited = math.nan, 0, 0
 
     def on_evaluation(self, record: Mapping[str, Any]) -> None:
-        value: Any = record.get(self.metric)  # a number, checked below
-        if not _is_number(value):
-            numeric = [k for k, v in record.items() if _is_number(v) and k != "round"]
-            raise UsageError(
-                f"EarlyStopping: the evaluations have no metric {self.metric!r}; valid: "
-                f"{', '.join(numeric)}"
-            )
-        if self.best is None or self._better(float(value), self.best):
-            self.best, self.best_round, self.waited = float(value), int(record["round"]), 0
+        metric, mode = self.watched or self._watch(record)
+        value = float(record[metric])
+        better = value > self.best + self.min_delta if mode == "max" else (
+            value < self.best - self.min_delta
+        )  # fmt: skip
+        if better or math.isnan(self.best):
+            self.best, self.best_round, self.waited = value, int(record["round"]), 0
             return
         self.waited += 1
         if self.waited >= self.patience:
             raise StopRun(
-                f"{self.metric} has not improved on {self.best:.4g} (round {self.best_round}) "
-                f"for {self.patience} evaluations"
+                f"{metric} has not improved on {self.best:.4g} (round {self.best_round}) for "
+                f"{self.patience} evaluations"
             )
 
-    def _better(self, value: float, best: float) -> bool:
-        if self.mode == "max":
-            return value > best + self.min_delta
-        return value < best - self.min_delta
+    def _watch(self, record: Mapping[str, Any]) -> tuple[str, str]:
+        """The metric and the better direction, by the first record of a run."""
+        metric = self.metric or ("test_acc_mean" if "test_acc_mean" in record else "test_loss_mean")
+        if not _is_number(record.get(metric)):
+            numeric = [k for k, v in record.items() if _is_number(v) and k != "round"]
+            raise UsageError(
+                f"EarlyStopping: the evaluations have no metric {metric!r}; valid: "
+                f"{', '.join(numeric)}"
+            )
+        mode = self.mode or ("min" if "loss" in metric or "dist" in metric else "max")
+        self.watched = (metric, mode)
+        return self.watched
 
 
 def callback_from_ref(ref: str) -> Callback:
