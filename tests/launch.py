@@ -12,11 +12,13 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def torchrun(
-    nproc: int, out: Path, *sets: str, launch=(), env=None, timeout=240, resume=False, cwd=None
-):
-    """`torchrun ... -m repgossip run --set engine=dist SETS --out OUT`, as a finished process."""
+    nproc: int, out: Path, *sets: str, launch=(), env=None, timeout=240, resume=False, cwd=None,
+    args=(),
+):  # fmt: skip
+    """`torchrun ... -m repgossip run ARGS --set engine=dist SETS --out OUT`, as a finished
+    process."""
     argv = [sys.executable, "-m", "torch.distributed.run", *(launch or ["--standalone"]),
-            "--nproc-per-node", str(nproc), "-m", "repgossip", "run", "--quiet",
+            "--nproc-per-node", str(nproc), "-m", "repgossip", "run", "--quiet", *args,
             "--set", "engine=dist", *sets, "--out", str(out)] + (["--resume"] if resume else [])  # fmt: skip
     return subprocess.run(
         argv, capture_output=True, text=True, timeout=timeout, env=env or ENV, cwd=cwd

@@ -11,9 +11,11 @@ from repgossip.callbacks import (
     Callback,
     CallbackList,
     CSVLogger,
+    EarlyStopping,
     PlainLog,
     ProgressBar,
     RunInfo,
+    StopRun,
     TensorBoardLogger,
     default_callbacks,
     short_postfix,
@@ -93,6 +95,34 @@ def test_callback_list_closes_all_even_when_one_close_fails():
     with pytest.raises(RuntimeError, match="a failed in close"):
         callbacks.close()
     assert log == [("a", "close"), ("b", "close")]
+
+
+class Stopper(Callback):
+    def __init__(self, reason: str = "") -> None:
+        self.reason = reason
+
+    def on_evaluation(self, record):
+        raise StopRun(self.reason)
+
+    def close(self):
+        raise StopRun("too late")
+
+
+def test_callback_list_keeps_the_first_stop_request_and_calls_every_callback():
+    log: list = []
+    callbacks = CallbackList([Stopper("first"), Recorder("a", log), Stopper("second")])
+    callbacks.on_evaluation(rec(0))  # no exception: the loop reads stop_reason
+    assert callbacks.stop_reason == "first" and log == [("a", "eval")]
+    callbacks.close()  # a stop request from close is no failure
+    assert log == [("a", "eval"), ("a", "close")]
+    unnamed = CallbackList([Stopper()])
+    unnamed.on_evaluation(rec(0))
+    assert unnamed.stop_reason == "Stopper stopped the run"
+
+
+def test_run_info_without_a_run_has_no_workers_to_read():
+    with pytest.raises(UsageError, match="belongs to no run"):
+        info().worker_model(0)
 
 
 # ---------------------------------------------------------------- ProgressBar and PlainLog
@@ -195,6 +225,14 @@ def test_csv_logger_header_from_first_record_flushed_per_row(tmp_path):
     assert rows[1] == {"round": "5", "wall_s": "", "train_loss": "0.25", "test_acc_mean": ""}
 
 
+def test_csv_logger_keeps_the_columns_of_the_log_without_per_worker_lists(tmp_path):
+    logger = CSVLogger(tmp_path / "metrics.csv")
+    logger.on_evaluation(rec(0, per_worker_acc=[0.5, 1.0], per_worker_test_loss=[0.1, 0.2]))
+    logger.close()
+    fields, rows = read_csv(tmp_path / "metrics.csv")
+    assert fields == ["round", "wall_s", "train_loss", "test_acc_mean"] and len(rows) == 1
+
+
 def test_csv_logger_resume_keeps_rows_up_to_the_checkpoint(tmp_path):
     path = tmp_path / "metrics.csv"
     first = CSVLogger(path)
@@ -272,3 +310,68 @@ def test_tensorboard_logger_without_the_package_is_a_usage_error(monkeypatch, tm
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # makes `import tensorboard` fail
     with pytest.raises(UsageError, match=r"pip install 'repgossip\[tensorboard\]'"):
         TensorBoardLogger(tmp_path)
+
+
+# ---------------------------------------------------------------- EarlyStopping
+
+
+def evaluations(stopper: EarlyStopping, values: list[float], key: str = "test_acc_mean") -> int:
+    """The round at which `stopper` stops on these evaluations (one per round), else -1."""
+    stopper.on_run_start(info())
+    for round_, value in enumerate(values):
+        try:
+            stopper.on_evaluation({"round": round_, key: value})
+        except StopRun as request:
+            assert f"(round {round_ - stopper.patience})" in request.reason  # the best one's
+            return round_
+    return -1
+
+
+def test_early_stopping_counts_evaluations_without_improvement():
+    assert evaluations(EarlyStopping(patience=2), [0.1, 0.3, 0.3, 0.2, 0.9]) == 3
+    assert evaluations(EarlyStopping(patience=2), [0.1, 0.3, 0.3, 0.4, 0.4]) == -1
+    assert evaluations(EarlyStopping(patience=1, min_delta=0.15), [0.1, 0.2, 0.5]) == 1
+    # losses get smaller: "min" is the default for them
+    assert (
+        evaluations(EarlyStopping(2, "test_loss_mean"), [1.0, 0.5, 0.6, 0.7], "test_loss_mean") == 3
+    )
+    assert (
+        evaluations(EarlyStopping(2, "train_loss", mode="max"), [1.0, 0.5, 0.4], "train_loss") == 2
+    )
+
+
+def test_early_stopping_starts_afresh_with_each_run():
+    stopper = EarlyStopping(patience=2)
+    assert evaluations(stopper, [0.9, 0.1]) == -1
+    assert evaluations(stopper, [0.2, 0.3]) == -1  # 0.9 of the last run is forgotten
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"patience": 0}, "patience must be an integer >= 1, got 0"),
+        ({"patience": 2.5}, "patience must be an integer >= 1, got 2.5"),
+        ({"mode": "up"}, "mode must be 'max' or 'min', got 'up'"),
+        ({"min_delta": -1}, "min_delta must be a number >= 0, got -1"),
+    ],
+)
+def test_early_stopping_refuses_bad_settings(kwargs, needle):
+    with pytest.raises(UsageError, match=needle):
+        EarlyStopping(**kwargs)
+
+
+def test_early_stopping_on_a_metric_the_run_does_not_log_names_the_valid_ones():
+    with pytest.raises(
+        UsageError, match="no metric 'test_acc_p10'; valid: train_loss, subspace_dist"
+    ):
+        EarlyStopping(metric="test_acc_p10").on_evaluation(
+            {"round": 0, "train_loss": 1.0, "subspace_dist": 0.5}
+        )
+
+
+def test_early_stopping_watches_the_tasks_headline_metric_by_default():
+    stopper = EarlyStopping(patience=1)
+    assert evaluations(stopper, [0.5, 0.4], "test_loss_mean") == -1  # regression: a lower loss
+    assert stopper.watched == ("test_loss_mean", "min")
+    assert evaluations(stopper, [0.5, 0.4], "test_acc_mean") == 1  # the next run: classification
+    assert stopper.watched == ("test_acc_mean", "max")

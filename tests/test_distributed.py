@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from repgossip.cli import main
 from repgossip.config import build_config
 from repgossip.faults import RANK_FAULT_ENV
+from repgossip.runfolder import read_checkpoint
 from repgossip.runner import run_experiment
 
 from launch import ENV, assert_same_numbers, summary, torchrun
@@ -119,6 +121,24 @@ def test_torchrun_restarts_resume_from_the_last_checkpoint(tmp_path):
     done = torchrun(2, out, *SYNTHETIC, launch=["--standalone", "--max-restarts", "1"],
                     env={**ENV, RANK_FAULT_ENV: "1:3:kill"})  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
+    assert_same_numbers(summary(out), sim_summary(tmp_path, SYNTHETIC))
+
+
+def test_a_callback_on_rank_0_stops_every_rank_after_the_same_round(tmp_path):
+    """Callbacks run on rank 0; its StopRun reaches every rank, so all leave the loop together
+    (a rank that went on would wait for its peers and fail after dist_timeout_s)."""
+    out = tmp_path / "dist"
+    stopped = torchrun(2, out, *SYNTHETIC, "dist_timeout_s=30", args=["--callback",
+                       "stoppers:at_round_2"], cwd=Path(__file__).parent)  # fmt: skip
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    assert "stopped early: two rounds are enough" in stopped.stdout
+    data = json.loads((out / "summary.json").read_text())
+    assert data["rounds"] == 2 and data["stopped_early"] == "two rounds are enough"
+    assert read_checkpoint(out)["round"] == 2
+    assert [json.loads(x)["round"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [
+        0, 1, 2
+    ]  # fmt: skip
+    assert main(["run", "--quiet", "--resume", "--out", str(out), "--set", "engine=sim"]) == 0
     assert_same_numbers(summary(out), sim_summary(tmp_path, SYNTHETIC))
 
 

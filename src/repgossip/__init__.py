@@ -1,13 +1,21 @@
 """repgossip: personalized decentralized learning with shared representations.
 
 The public API: `run` (the command line's twin), the extension points (`Algorithm`, `Phase`,
-`StateSpec`, `RoundContext`, `Callback`, the registries) and the result types. Everything else is
-internal and may change.
+`StateSpec`, `RoundContext`, `Callback` and `StopRun`, the registries) and the result types.
+Everything else is internal and may change.
 """
 
 from repgossip.algorithms import ALGORITHMS, Algorithm, Phase, RoundContext, StateSpec
 from repgossip.api import run
-from repgossip.callbacks import Callback, CSVLogger, PlainLog, RunInfo, TensorBoardLogger
+from repgossip.callbacks import (
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    PlainLog,
+    RunInfo,
+    StopRun,
+    TensorBoardLogger,
+)
 from repgossip.config import Config, build_config
 from repgossip.data.datasets import DATASETS
 from repgossip.data.federation import Federation
@@ -35,6 +43,7 @@ __all__ = [
     "Config",
     "DistributedError",
     "DivergenceError",
+    "EarlyStopping",
     "Federation",
     "Phase",
     "PlainLog",
@@ -44,6 +53,7 @@ __all__ = [
     "RunResult",
     "SplitModel",
     "StateSpec",
+    "StopRun",
     "StorageError",
     "TensorBoardLogger",
     "UsageError",

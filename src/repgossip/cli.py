@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     run_p.add_argument(
         "--out", metavar="DIR", help="output folder (default runs/ALGO-DATASET-TIME)"
     )
+    run_p.add_argument(
+        "--callback", dest="callbacks", metavar="MODULE:NAME", action="append", default=[],
+        help="a repgossip.Callback: an instance, or a subclass or function called without "
+        "arguments; repeatable (give it again with --resume)",
+    )  # fmt: skip
     _add_output_options(run_p)
 
     sweep_p = sub.add_parser(
@@ -168,12 +173,14 @@ def default_out(algorithm: str, dataset: str) -> Path:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from repgossip.callbacks import callback_from_ref
     from repgossip.runfolder import resolve_out
     from repgossip.runner import run_experiment
 
     out = resolve_out(args.out, link_ok=not (args.resume or args.force)) if args.out else None
     if args.resume and out is None:
         raise UsageError("--resume needs --out DIR, the folder of the run to continue")
+    callbacks = [callback_from_ref(ref) for ref in args.callbacks]
     if restarted_by_torchrun() and out is not None and (out / "checkpoint.pt").is_file():
         args.resume = True  # torchrun --max-restarts relaunched us: continue from the checkpoint
     base, overrides = _config_from(args, out if args.resume else None)
@@ -181,13 +188,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if out is None:
         out = default_out(cfg.algorithm, cfg.dataset)
     result = run_experiment(
-        cfg, out, resume=args.resume, force=args.force, progress=None if not args.quiet else False
-    )
+        cfg, out, resume=args.resume, force=args.force,
+        progress=None if not args.quiet else False, callbacks=callbacks,
+    )  # fmt: skip
     summary = result.summary
     keys = ("test_acc_mean", "test_acc_pooled", "subspace_dist", "train_loss", "wall_s")
     shown = "  ".join(f"{k}={summary[k]:.4g}" for k in keys if k in summary)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
         print(f"{cfg.algorithm} on {cfg.dataset}, {summary['rounds']} rounds: {shown}")
+        if "stopped_early" in summary:
+            print(f"stopped early: {summary['stopped_early']} (--resume continues it)")
         print(f"results in {out}")
     return 0
 

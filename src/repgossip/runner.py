@@ -10,6 +10,7 @@ thin layers over `run_experiment`.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -114,6 +115,47 @@ class Experiment:
     spectral_gap: float | None  # None where it could not be computed (see topology.spectral_gap)
     data_digest: str | None = None  # of the federation, once a checkpoint needs it
     plugins: dict[str, PluginCode] = field(default_factory=dict)  # what built its plug-ins
+
+    def worker_state(
+        self, worker: int, gathered: dict[str, torch.Tensor] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """A copy of the state_dict of worker `worker`'s whole model (the evaluated copy),
+        BatchNorm buffers included, under the names the model's own module uses (a user's module
+        loads it with `load_state_dict`). For the workers of this process, or for any worker
+        when `gathered` holds every worker's rows (see `gather_states`)."""
+        names = self.population.model.state_name
+        return {names(k): v for k, v in self._state(worker, gathered).items()}
+
+    def worker_model(self, worker: int) -> torch.nn.Module:
+        """A copy of worker `worker`'s model (the run's architecture holding its state), in eval
+        mode, on the run's device: to read or evaluate, not to change the run."""
+        model = copy.deepcopy(self.population.model)
+        model.load_state_dict(self._state(worker, None))
+        return model.eval()
+
+    def _state(
+        self, worker: int, gathered: dict[str, torch.Tensor] | None
+    ) -> dict[str, torch.Tensor]:
+        """The state under the run's own names (body.*, head.*). `worker` is an integer (a numpy
+        one too); a string, float or bool is refused, as `"1" in ids` would only say it is not
+        among them."""
+        pop = self.population
+        ids = list(range(self.cfg.workers)) if gathered is not None else pop.worker_ids
+        where = f"{'this rank' if len(ids) < self.cfg.workers else 'the run'}'s workers"
+        if isinstance(worker, bool) or not isinstance(worker, (int, np.integer)):
+            raise UsageError(
+                f"worker must be an integer, one of {where} {_span(ids)}; got {shown(worker)}"
+            )
+        if worker not in ids:
+            raise UsageError(f"worker {worker} is not among {where} {_span(ids)}")
+        model = self.algorithm.evaluated_model
+        tensors: dict[str, torch.Tensor] = {}
+        for kind, layout in (("params", pop.layout), ("buffers", pop.buffer_layout),
+                             ("int_buffers", pop.int_buffer_layout)):  # fmt: skip
+            row = (gathered[kind][int(worker)] if gathered is not None
+                   else pop.rows[row_key(model, kind)][pop.worker_ids.index(int(worker))])  # fmt: skip
+            tensors |= layout.views(row)
+        return {name: tensors[name].clone() for name in pop.model.state_dict()}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -561,32 +603,13 @@ class RunResult:
         """The state_dict of worker `worker`'s whole model (the evaluated copy), BatchNorm
         buffers included, under the names the model's own module uses (so a user's module
         loads it with `load_state_dict`). Under `engine=dist`, for the workers of this rank, or
-        for every worker on rank 0 when the run gathered them (`repgossip.run` does). `worker`
-        is an integer (a numpy one too); a string, float or bool is refused, as `"1" in ids`
-        would only say it is not among them."""
-        exp = self.experiment
-        pop = exp.population
-        ids = list(range(exp.cfg.workers)) if self.gathered is not None else pop.worker_ids
-        where = f"{'this rank' if len(ids) < exp.cfg.workers else 'the run'}'s workers"
-        if isinstance(worker, bool) or not isinstance(worker, (int, np.integer)):
-            raise UsageError(
-                f"worker must be an integer, one of {where} {_span(ids)}; got {shown(worker)}"
-            )
-        if worker not in ids:
-            raise UsageError(f"worker {worker} is not among {where} {_span(ids)}")
-        tensors: dict[str, torch.Tensor] = {}
-        for kind, layout in (("params", pop.layout), ("buffers", pop.buffer_layout),
-                             ("int_buffers", pop.int_buffer_layout)):  # fmt: skip
-            tensors |= layout.views(self._row(kind, int(worker)))
-        model = pop.model
-        return {model.state_name(name): tensors[name].clone() for name in model.state_dict()}
+        for every worker on rank 0 when the run gathered them (`repgossip.run` does)."""
+        return self.experiment.worker_state(worker, self.gathered)
 
-    def _row(self, kind: str, worker: int) -> torch.Tensor:
-        if self.gathered is not None:
-            return self.gathered[kind][worker]
-        pop = self.experiment.population
-        model = self.experiment.algorithm.evaluated_model
-        return pop.rows[row_key(model, kind)][pop.worker_ids.index(worker)]
+    def worker_model(self, worker: int) -> torch.nn.Module:
+        """That model as a module: a copy of the run's architecture in eval mode (this
+        process's workers only)."""
+        return self.experiment.worker_model(worker)
 
 
 def gather_states(exp: Experiment) -> dict[str, torch.Tensor] | None:
@@ -667,7 +690,7 @@ def _run(
             on_writer(engine, lambda: history.extend(_open_folder(out, exp, start, claim)))
         callbacks = _callbacks(engine, cfg, out, start, progress, user_callbacks)
         try:
-            callbacks.on_run_start(RunInfo(cfg, out, start, cfg.rounds))
+            callbacks.on_run_start(RunInfo(cfg, out, start, cfg.rounds, exp))
             summary = _rounds(exp, out, start, wall_before, sent, history, callbacks, claim)
             gathered = gather_states(exp) if gather and engine.world > 1 else None
             callbacks.on_run_end(dict(summary))
@@ -733,8 +756,9 @@ def _rounds(
     callbacks: CallbackList,
     claim: FolderClaim | None,
 ) -> dict[str, Any]:
-    """Train rounds `start`..`cfg.rounds`, evaluating, logging and checkpointing as configured;
-    returns the summary (written to `out` when there is one)."""
+    """Train rounds `start`..`cfg.rounds`, evaluating, logging and checkpointing as configured,
+    until a callback asks to stop (StopRun): that round is then evaluated and checkpointed too.
+    Returns the summary (written to `out` when there is one)."""
     cfg, engine = exp.cfg, exp.engine
     began = time.perf_counter()
 
@@ -750,14 +774,25 @@ def _rounds(
             if claim is not None and done > 0:
                 claim.commit()  # the new run has trained a round: a replaced folder may go
             history.append(record)
-            callbacks.on_evaluation(dict(record))  # a copy: a callback cannot change the log
+            # copies: a callback cannot change the log or the summary
+            callbacks.on_evaluation({**record, **{k: list(v) for k, v in per_worker.items()}})
         return record, per_worker
+
+    def checkpoint(done: int) -> None:
+        assert out is not None
+        save_checkpoint(out, exp, done, elapsed(), sent)
+        if claim is not None:
+            claim.commit()  # the new run can be resumed
 
     record: dict[str, Any] | None = None
     per_worker: dict[str, list[float]] = {}
     if start == 0:
         record, per_worker = log(0)
+    done, saved = start, (start if start > 0 else None)  # a resumed run's checkpoint: `start`
+    stop = _agreed_stop(engine, callbacks) if start < cfg.rounds else None
     for round_index in range(start, cfg.rounds):
+        if stop is not None:
+            break
         maybe_fail_rank(engine.rank, round_index)
         sent += train_round(exp, round_index)
         check_finite(exp, round_index)
@@ -765,19 +800,35 @@ def _rounds(
         if done % cfg.eval_every == 0 or done == cfg.rounds:
             record, per_worker = log(done)
         if out is not None and (done % cfg.checkpoint_every == 0 or done == cfg.rounds):
-            save_checkpoint(out, exp, done, elapsed(), sent)
-            if claim is not None:
-                claim.commit()  # the new run can be resumed
+            checkpoint(saved := done)
         callbacks.on_round_end(done)
-    if record is None:  # resumed a finished run: re-evaluate for the summary
+        if done < cfg.rounds:
+            stop = _agreed_stop(engine, callbacks)
+    if stop is not None:  # a finished run at `done`: its last record and checkpoint are there
+        if record is not None and record["round"] != done:
+            record, per_worker = log(done)
+        if out is not None and saved != done:
+            checkpoint(done)
+    if record is None:  # resumed a finished (or at once stopped) run: re-evaluate for the summary
         record, per_worker = evaluate(exp, start)
         record = {"round": start, "wall_s": elapsed(), **record, "bytes_sent": sent}
     summary = _summary(exp, record, per_worker)
+    if stop is not None:
+        summary["stopped_early"] = stop
     if engine.is_writer and out is not None:
         atomic_write(out / SUMMARY_FILE, (json.dumps(summary, indent=2) + "\n").encode())
     if claim is not None:
         claim.commit()
     return summary
+
+
+def _agreed_stop(engine: Engine, callbacks: CallbackList) -> str | None:
+    """The reason a callback (on rank 0) gave to stop, on every rank, or None to go on: every rank
+    leaves the loop after the same round. One all-reduce per round, none in one process."""
+    reason = callbacks.stop_reason  # None on the ranks that run no callbacks
+    if engine.agree(reason is None):
+        return None
+    return engine.broadcast_bytes((reason or "").encode()).decode(errors="replace")
 
 
 def _open_folder(
