@@ -210,3 +210,55 @@ def test_storage_error_is_exported():
     from repgossip.errors import StorageError
 
     assert repgossip.StorageError is StorageError and "StorageError" in repgossip.__all__
+
+
+class ReadsItsHead(nn.Module):
+    """A forward that reads its head module's attributes, as tied or checked layers do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU())
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.features(x)
+        assert features.shape[1] == self.fc.in_features
+        return features @ self.fc.weight.T + self.fc.bias
+
+
+def test_a_forward_may_read_its_heads_attributes():
+    """Before: the head's place held a stand-in without the head's attributes, so this model
+    was refused with "'_HeadSlot' object has no attribute 'in_features'"."""
+    module = ReadsItsHead()
+    built = build_model("m", (1, 28, 28), 10, build_config({"head": "fc"}), module)
+    x = torch.rand(2, 1, 28, 28)
+    assert torch.equal(built(x), module(x))
+    summary = run(module, head="fc", rounds=1)
+    assert 0.0 <= summary["test_acc_mean"] <= 1.0
+
+
+def test_an_algorithm_replacing_the_head_refuses_several_head_modules_in_one_line():
+    """Before: fedrod on head=a+b ended in a bare AssertionError from the head's stand-in."""
+    with pytest.raises(
+        repgossip.UsageError, match="needs one head module; head 'trunk.1\\+classifier'"
+    ):
+        run(WithClassifier(), head="trunk.1+classifier", algorithm="fedrod", rounds=1)
+
+
+class WithUnusedState(TorchvisionStyle):
+    """A module holding a layer and a buffer its forward does not use (an auxiliary head, a
+    counter): the fast path's traced graph keeps only what forward uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aux = nn.Linear(4, 3)
+        self.register_buffer("seen", torch.zeros(2))
+
+
+def test_a_traced_model_keeps_the_state_its_forward_does_not_use():
+    """Before: the traced fast path dropped `aux` and `seen`, so worker_state did not load back
+    into the user's module (strict load_state_dict: missing keys)."""
+    module = WithUnusedState()
+    torch.manual_seed(0)
+    result = repgossip.run(model=module, head="fc", **TINY)
+    WithUnusedState().load_state_dict(result.worker_state(1))

@@ -103,11 +103,25 @@ class _HeadSlot(nn.Module):
         self.key = key
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.target()(*args, **kwargs)
+
+    def target(self) -> nn.Module:
+        """The head module this slot stands for, as it is now (an algorithm may replace it)."""
         head: nn.Module = self.__dict__["_owner"].head
         if self.key is not None:
             assert isinstance(head, nn.ModuleDict)
             head = head[self.key]
-        return head(*args, **kwargs)
+        return head
+
+    def __getattr__(self, name: str) -> Any:
+        """What the user's forward reads of its head (`self.fc.weight`, `self.fc.in_features`)
+        is the head module's: the slot has only `key` of its own."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("__") or "_owner" not in self.__dict__:
+                raise
+            return getattr(self.target(), name)
 
 
 class UserModel(SplitModel):
@@ -131,6 +145,16 @@ class UserModel(SplitModel):
             parent, _, attribute = prefix.rpartition(".")
             key = None if len(prefixes) == 1 else _slot_key(prefix)
             setattr(net.get_submodule(parent), attribute, _HeadSlot(self, key))
+
+    def replace_head(self, head: nn.Module) -> None:
+        """As SplitModel's, for a head of one module: each of several head modules is called from
+        its own place in the user's forward, so no one module can stand for them all."""
+        if len(self.head_at) > 1:
+            raise UsageError(
+                f"an algorithm that replaces the model's head (as fedrod does) needs one head "
+                f"module; head {'+'.join(self.head_at)!r} names {len(self.head_at)}"
+            )
+        super().replace_head(head)
 
     def forward(self, x: torch.Tensor, stage: str = "full") -> torch.Tensor:
         if stage != "full":
@@ -333,7 +357,17 @@ def traced_split(net: nn.Module, prefixes: tuple[str, ...], squeeze: bool) -> Sp
     graph.erase_node(head_node)
     split = SplitModel(fx.GraphModule(net, graph), head, squeeze)
     split.head_at = prefixes
-    return split
+    return split if _keeps_all_state(net, split) else None
+
+
+def _keeps_all_state(net: nn.Module, split: SplitModel) -> bool:
+    """Whether `split` holds every parameter and buffer of `net` under its own name: a traced
+    graph keeps only what forward uses, and a state without the rest would not load back into
+    the user's module (nor be trained, shared or checkpointed as the user's forward path does)."""
+    names = {split.state_name(n) for n, _ in split.named_parameters()} | {
+        split.state_name(n) for n, _ in split.named_buffers()
+    }
+    return names == set(net.state_dict())
 
 
 def _traced_in_both_modes(net: nn.Module, prefix: str) -> fx.Graph | None:
