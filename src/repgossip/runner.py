@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from repgossip.callbacks import (
     default_callbacks,
 )
 from repgossip.config import KEYS, RESUMABLE_KEYS, Config, build_config, dump_yaml, shown
-from repgossip.data.datasets import load_federation
+from repgossip.data.datasets import load_federation, recorded_config
 from repgossip.data.federation import Federation
 from repgossip.engines import Engine, make_engine
 from repgossip.errors import DivergenceError, RepgossipError, UsageError
@@ -107,6 +108,7 @@ class Parts:
     federation: Federation
     schedule: GossipSchedule
     model: SplitModel
+    cfg: Config  # as the run records it (recorded_config: how the data was really split)
 
 
 def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
@@ -123,6 +125,7 @@ def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
     if graph.directed:
         _check_push_sum(algorithm, cfg)
     federation = load_federation(cfg, supplied.data)
+    cfg = recorded_config(cfg, federation)
     schedule = GossipSchedule(
         graph, cfg.mixing, cfg.link_failure_prob, cfg.worker_dropout_prob, cfg.seed
     )
@@ -145,7 +148,7 @@ def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
     layout = RowLayout.parameters(model)
     algorithm.check(layout)  # extra state is valid: the memory check may size it
     memory.check_model_rows(cfg, layout.size, algorithm)
-    return Parts(algorithm, federation, schedule, model)
+    return Parts(algorithm, federation, schedule, model, cfg)
 
 
 def _check_push_sum(algorithm: Algorithm, cfg: Config) -> None:
@@ -198,6 +201,7 @@ def build_experiment(
     `threads`: how many workers train side by side (default: torch's thread count)."""
     engine = engine or Engine(cfg.workers)
     parts = build_parts(cfg, supplied)
+    cfg = parts.cfg
     mine = engine.local_workers().tolist()
     federation, algorithm = parts.federation, parts.algorithm
     population = Population(
@@ -213,6 +217,7 @@ def build_experiment(
         extra_state=algorithm.extra_state(),
         share_buffers=cfg.share_bn_stats,
         augment=cfg.augment,
+        sources=[federation.sources[i] for i in mine] if federation.sources else None,
         push_sum=parts.schedule.directed,
         threads=threads,
     )
@@ -543,6 +548,9 @@ def _run(
         on_writer(engine, lambda: _check_folder(out, cfg, resume, force))
     # every input error surfaces here, before writing
     exp = build_experiment(cfg, engine, supplied, threads)
+    cfg = exp.cfg  # with the split the data really got
+    if engine.is_writer and progress is not False:
+        print(f"repgossip: data: {exp.federation.describe()}", file=sys.stderr, flush=True)
     start, wall_before, sent = restore_checkpoint(out, exp) if resume and out else (0, 0.0, 0)
     if start > cfg.rounds:
         raise UsageError(
@@ -686,6 +694,7 @@ def _summary(exp: Experiment, record: dict[str, Any], per_worker: dict[str, list
     return {
         **record,
         **per_worker,
+        "per_worker_train_samples": exp.federation.train_sizes(),
         "spectral_gap": exp.spectral_gap,
         "rounds": record["round"],
         "params_shared": shared_params,
