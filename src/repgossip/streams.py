@@ -117,8 +117,8 @@ def global_generators() -> Iterator[Callable[[int], None]]:
     from a state; after, each is as it was. A Dataset's random transforms draw from these
     generators (torchvision's from torch's), so reads each under a seed of their own give the
     same items in any process, on any thread count, resumed or not, and the caller's generators
-    are left alone. Saved and restored once around many reads: a save and restore costs about ten
-    times a seeding (docs/performance.md, "Datasets read anew")."""
+    are left alone. Saved and restored once around many reads, each seeded: saving and restoring
+    the states costs more than seeding them (docs/performance.md, "Datasets read anew")."""
     saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
     try:
         yield _seed_globals
