@@ -1,9 +1,10 @@
 """A dataset plug-in: `repgossip run --set dataset=mydata:blobs` from this folder.
 
 A dataset function is called with whichever of `config`, `workers`, `seed` and `data_dir` it
-names, and returns per-worker lists `(train_x, train_y, test_x, test_y)`, or two centralized
-`(x, y)` splits (or torch Datasets) that the configured `partition` spreads over the workers, as
-here.
+names, and returns per-worker lists `(train_x, train_y, test_x, test_y)` (or two lists of one
+torch Dataset per worker), used as given, or two centralized `(x, y)` splits (or torch Datasets),
+as here, that are spread over the workers: all of them, iid, unless `partition` or
+`samples_per_worker` is set.
 """
 
 from __future__ import annotations

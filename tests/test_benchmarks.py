@@ -45,6 +45,22 @@ def test_gossip_chunk_sizes_are_timed_one_line_each() -> None:
     assert [line["chunk_bits"] for line in lines] == [4, 12]
 
 
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="Fashion-MNIST not installed"
+)
+def test_reread_times_each_way_of_handing_over_data() -> None:
+    argv = ("--model", "mlp", "--workers", "2", "--samples", "8", "--rounds-measured", "1")
+    done = script("reread.py", *argv)
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")][1:]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| tensors",
+        "| Dataset read once (reread_data=never)",
+        "| Dataset read anew (reread_data=auto)",
+        "| tensors, augment=true (batched)",
+    ]
+
+
 def test_fake_data_refuses_a_folder_that_holds_something(tmp_path: Path) -> None:
     (tmp_path / "mine.txt").write_text("keep me")
     done = script("fake_data.py", "fmnist", str(tmp_path))
@@ -61,6 +77,7 @@ def test_fake_data_refuses_a_folder_that_holds_something(tmp_path: Path) -> None
         ("phases.py", ("--set", "nosuchkey=1"), "unknown config key 'nosuchkey'"),
         ("phases.py", ("--set", "engine=dist"), "times the one-process engine"),
         ("stacking.py", ("--dims", "3", "--rank", "5"), "rank must be <= dim"),
+        ("reread.py", ("--model", "nosuch"), "unknown model 'nosuch'"),
         ("scale.py", ("--out", f"{__file__}/no/x.jsonl"), "not a file in an existing folder"),
         ("fake_data.py", ("fmnist", __file__), "is a file, not a folder"),
     ],

@@ -84,3 +84,19 @@ def test_contributing_lists_every_error_and_its_exit_code():
         code = kind.__dict__.get("exit_code")
         shown = f"{code} (`{kind.__name__}`)" if isinstance(code, int) else f"(`{kind.__name__}`"
         assert shown in CONTRIBUTING.replace("\n", " "), shown
+
+
+def test_the_outputs_section_names_every_key_summary_json_adds():
+    """Every key summary.json holds beyond the last evaluation record is named in the README's
+    `summary.json` entry (per_worker_train_samples was added without it once)."""
+    import torch
+
+    import repgossip
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 3, generator=gen), torch.randint(0, 2, (40,), generator=gen)
+    result = repgossip.run({"workers": 2, "rounds": 1}, data=((x, y), (x, y)))
+    entry = README.split("- `summary.json`:", 1)[1].split("\n- ", 1)[0]
+    added = set(result.summary) - set(result.history[-1])
+    assert "per_worker_train_samples" in added
+    assert [key for key in sorted(added) if f"`{key}`" not in entry] == []

@@ -23,6 +23,8 @@ from typing import Any
 from repgossip.algorithms import Algorithm
 from repgossip.callbacks import Callback
 from repgossip.config import KEYS, Config, build_config, read_yaml, shown, suggest_key
+from repgossip.data.datasets import GIVEN_SPLIT_KEYS
+from repgossip.data.federation import comes_per_worker, workers_of
 from repgossip.errors import UsageError
 from repgossip.registry import API_PREFIX, reference_of
 from repgossip.runner import RunResult, Supplied, run_experiment
@@ -47,8 +49,10 @@ def run(
 
     `config` is a mapping of config keys, a Config, or a YAML file; `keys` override it. `model`
     is a function returning a module with `body` and `head` (called with whichever of
-    `input_shape`, `num_classes`, `config` it names); `data` is per-worker tensors or centralized
-    datasets (repgossip.data.federation lists the forms); `graph` a networkx graph or an (N, N)
+    `input_shape`, `num_classes`, `config` it names); `data` is per-worker tensors or torch
+    Datasets, used as given (recorded as partition=natural), or centralized tensors, a Dataset or
+    a DataLoader, split whole and iid unless the config sets the split (repgossip.data.federation
+    lists the forms); `graph` a networkx graph or an (N, N)
     adjacency; `algorithm` an Algorithm subclass. `out` writes the usual run folder; None keeps
     everything in memory. `progress` None shows a bar on a terminal and plain lines elsewhere.
     """
@@ -91,8 +95,9 @@ def run(
     if graph is not None:
         graph_object = graph_from_object(graph, given.get("workers"))
         given.setdefault("workers", graph_object.workers)
-    if data is not None and "workers" not in given and _per_worker_lists(data):
-        given["workers"] = len(data[0])
+    if data is not None and comes_per_worker(data):  # used as given: recorded so
+        given |= GIVEN_SPLIT_KEYS
+        given.setdefault("workers", workers_of(data))
     if algorithm is not None and not (
         isinstance(algorithm, type) and issubclass(algorithm, Algorithm)
     ):
@@ -148,7 +153,3 @@ def _reference(key: str, obj: Any) -> str:
     if key in ("model", "algorithm") and callable(obj):
         return reference_of(obj)
     return f"{API_PREFIX}{type(obj).__name__}"
-
-
-def _per_worker_lists(data: Any) -> bool:
-    return isinstance(data, (tuple, list)) and len(data) == 4 and isinstance(data[0], (list, tuple))

@@ -26,7 +26,8 @@ import yaml
 
 from repgossip import memory
 from repgossip.algorithms import ALGORITHMS, Algorithm, algorithm_class
-from repgossip.data.datasets import DATASETS, dataset_defaults, fitting_models
+from repgossip.data.datasets import DATASETS, dataset_defaults, fitting_models, split_defaults
+from repgossip.data.federation import REREAD_CHOICES
 from repgossip.data.partition import PARTITIONS
 from repgossip.errors import UsageError
 from repgossip.models import MODELS
@@ -83,6 +84,7 @@ class Config:
     alpha: float = 0.5
     classes_per_worker: int = 2
     samples_per_worker: int | None = 100
+    reread_data: str = "auto"
     topology: str = "ring"
     edge_prob: float = 0.3
     mixing: str = "metropolis"
@@ -442,6 +444,8 @@ def _resolve(given: dict[str, Any], algorithm: type[Algorithm] | None) -> dict[s
         resolved["model"] = default_model
     if resolved.get("lr") is None:
         resolved["lr"] = default_lr
+    for key, value in split_defaults(resolved.get("dataset", Config.dataset)).items():
+        resolved.setdefault(key, value)
     for part, (steps_key, epochs_key) in BUDGET_PAIRS.items():
         steps, epochs = resolved.get(steps_key), resolved.get(epochs_key)
         if steps is not None and epochs is not None:
@@ -513,6 +517,7 @@ def validate(cfg: Config) -> None:
     check_mixing_rule(cfg.mixing)
     _choice("engine", cfg.engine, ENGINES)
     _check_device(cfg.device)
+    _choice("reread_data", cfg.reread_data, REREAD_CHOICES)
     fitting = fitting_models(cfg.dataset)
     if fitting is not None and cfg.model in MODELS and cfg.model not in fitting:
         raise UsageError(

@@ -12,7 +12,9 @@ parameters, so anything stored here survives a resume and any layout over proces
 
 Randomness is per worker and stateless: the batch order (and dropout masks) of worker w in phase p
 of round r come from a generator seeded by (seed, w, r, p) (repgossip.streams), so a worker's
-numbers do not depend on which process holds it or on whether the run was resumed.
+numbers do not depend on which process holds it or on whether the run was resumed. A worker whose
+training data is a Dataset read anew (random transforms) has its batches read in the main thread
+under seeds of the same kind (repgossip.training.read_anew).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from repgossip.algorithms.base import StateSpec
+from repgossip.data.federation import TrainSource
 from repgossip.evaluation import Predict, evaluate
 from repgossip.layout import MAIN_MODEL, RowLayout, row_key
 from repgossip.models import SplitModel
@@ -62,6 +65,7 @@ class Population:
         extra_state: Mapping[str, StateSpec] | None = None,
         share_buffers: bool = False,
         augment: bool = False,
+        sources: Sequence[TrainSource | None] | None = None,
         push_sum: bool = False,
         threads: int | None = None,
     ) -> None:
@@ -78,6 +82,8 @@ class Population:
         self.device = device
         self.share_buffers = share_buffers  # BatchNorm statistics travel with the body
         self.augment = augment  # crop and flip every training batch (repgossip.augment)
+        # per worker: a Dataset read anew for every training batch (random transforms), or None
+        self.sources = list(sources) if sources is not None else [None] * len(self.worker_ids)
         self.models = (MAIN_MODEL, *models)
         self.rows: dict[str, torch.Tensor] = {}
         for name in self.models:

@@ -40,7 +40,7 @@ from repgossip.config import (
     saved_config,
     shown,
 )
-from repgossip.data.datasets import load_federation
+from repgossip.data.datasets import load_federation, recorded_config
 from repgossip.data.federation import Federation
 from repgossip.engines import Engine, make_engine
 from repgossip.errors import DivergenceError, RepgossipError, UsageError
@@ -190,6 +190,7 @@ class Parts:
     federation: Federation
     schedule: GossipSchedule
     model: SplitModel
+    cfg: Config  # as the run records it (recorded_config: how the data was really split)
 
 
 def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
@@ -206,6 +207,7 @@ def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
     if graph.directed:
         _check_push_sum(algorithm, cfg)
     federation = load_federation(cfg, supplied.data)
+    cfg = recorded_config(cfg, federation)
     mixing = cfg.mixing if supplied.mixing is None else supplied.mixing
     if isinstance(mixing, str) and mixing.startswith(API_PREFIX):
         raise UsageError(
@@ -233,7 +235,7 @@ def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
     layout = RowLayout.parameters(model)
     algorithm.check(layout)  # extra state is valid: the memory check may size it
     memory.check_model_rows(cfg, layout.size, algorithm)
-    return Parts(algorithm, federation, schedule, model)
+    return Parts(algorithm, federation, schedule, model, cfg)
 
 
 def _check_push_sum(algorithm: Algorithm, cfg: Config) -> None:
@@ -289,6 +291,7 @@ def build_experiment(
     engine = engine or Engine(cfg.workers)
     plugins = plugin_codes(cfg, supplied) if plugins is None else plugins
     parts = build_parts(cfg, supplied)
+    cfg = parts.cfg
     mine = engine.local_workers().tolist()
     federation, algorithm = parts.federation, parts.algorithm
     population = Population(
@@ -304,6 +307,7 @@ def build_experiment(
         extra_state=algorithm.extra_state(),
         share_buffers=cfg.share_bn_stats,
         augment=cfg.augment,
+        sources=[federation.sources[i] for i in mine] if federation.sources else None,
         push_sum=parts.schedule.directed,
         threads=threads,
     )
@@ -676,6 +680,9 @@ def _run(
             print(code.announcement(key), file=sys.stderr)
     # every input error surfaces here, before writing
     exp = build_experiment(cfg, engine, supplied, threads, plugins)
+    cfg = exp.cfg  # with the split the data really got
+    if engine.is_writer and progress is not False:
+        print(f"repgossip: data: {exp.federation.describe()}", file=sys.stderr, flush=True)
     start, wall_before, sent = (
         restore_checkpoint(out, exp, supplied) if resume and out else (0, 0.0, 0)
     )
@@ -854,6 +861,7 @@ def _summary(exp: Experiment, record: dict[str, Any], per_worker: dict[str, list
     return {
         **record,
         **per_worker,
+        "per_worker_train_samples": exp.federation.train_sizes(),
         "spectral_gap": exp.spectral_gap,
         "rounds": record["round"],
         "params_shared": shared_params,

@@ -4,6 +4,9 @@ The batch order of worker w in phase p of round r comes from a generator seeded 
 `np.random.SeedSequence([seed, w, r, p]).generate_state(1, np.uint64)`, so a worker's numbers do
 not depend on which process holds it or on whether the run was resumed.
 
+A torch Dataset's random transforms draw from the global generators instead: each read of one runs
+under global generators seeded from the run's seed and the read (`read_seed`, `seeded_globals`).
+
 SeedSequence itself costs about 35 microseconds a call, which at 10,000 workers was a quarter of a
 synthetic round; `worker_seeds` computes the same values for all workers at once with numpy's
 SeedSequence algorithm written out over arrays (tests/test_streams.py checks it against numpy's).
@@ -11,7 +14,9 @@ SeedSequence algorithm written out over arrays (tests/test_streams.py checks it 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -92,3 +97,39 @@ def generator(state: int) -> torch.Generator:
 def worker_generator(seed: int, worker: int, round_index: int, phase: int) -> torch.Generator:
     """The generator owned by one worker for one phase of one round."""
     return generator(worker_seeds(seed, np.array([worker]), round_index, phase)[0])
+
+
+# The spawn key of the seeds under which a torch Dataset is read (repgossip.data.federation):
+# another stream than every (seed, worker, round, phase) generator above.
+READ_KEY = 0x5EAD
+
+
+def read_seed(seed: int, where: Sequence[int]) -> int:
+    """The seed of the global generators while a torch Dataset is read at `where` (a tuple of
+    non-negative ints naming the read: its kind, split, worker, round, phase, step)."""
+    sequence = np.random.SeedSequence([seed, *where], spawn_key=(READ_KEY,))
+    return int(sequence.generate_state(1, np.uint64)[0])
+
+
+@contextmanager
+def global_generators() -> Iterator[Callable[[int], None]]:
+    """Inside, the function it yields seeds torch's (CPU), numpy's and Python's global generators
+    from a state; after, each is as it was. A Dataset's random transforms draw from these
+    generators (torchvision's from torch's), so reads each under a seed of their own give the
+    same items in any process, on any thread count, resumed or not, and the caller's generators
+    are left alone. Saved and restored once around many reads, each seeded: saving and restoring
+    the states costs more than seeding them (docs/performance.md, "Datasets read anew")."""
+    saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    try:
+        yield _seed_globals
+    finally:
+        torch.set_rng_state(saved[0])
+        np.random.set_state(saved[1])
+        random.setstate(saved[2])
+
+
+def _seed_globals(state: int) -> None:
+    # the CPU generator alone: torch.manual_seed also seeds every accelerator, 60 times slower
+    torch.default_generator.manual_seed(state & _TORCH_SEED_MASK)
+    np.random.seed(state & _MASK32)
+    random.seed(state)

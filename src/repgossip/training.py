@@ -25,7 +25,7 @@ from repgossip import stacked
 from repgossip.augment import crop_and_flip
 from repgossip.errors import UsageError
 from repgossip.layout import row_key
-from repgossip.streams import generator, worker_seeds
+from repgossip.streams import generator, global_generators, worker_seeds
 
 if TYPE_CHECKING:
     from repgossip.config import Config
@@ -170,8 +170,9 @@ def train_phase(
         )
         for local in chosen
     }  # drawn first: dropout masks continue each worker's stream after its batch order
+    fresh = read_anew(pop, chosen, batches, round_index, phase)
     work = PhaseWork(part, model, rule, hook, loss)
-    stackable = loss is None and part in STACKABLE_PARTS and not pop.augment
+    stackable = loss is None and part in STACKABLE_PARTS and not pop.augment and not fresh
     with pop.pool.one_thread_per_worker() as threads:
         if stackable and (pop.stack_model or (part == "head" and pop.stack_head)):
             _train_stacked(pop, chosen, work, batches, threads)
@@ -179,10 +180,44 @@ def train_phase(
             pop.pool.each(
                 chosen,
                 lambda scratch, local: _train_worker(
-                    pop, scratch, local, work, batches[local], gens[local]
+                    pop, scratch, local, work, batches[local], gens[local], fresh.get(local)
                 ),
                 threads,
             )
+
+
+# A phase's inputs read anew, its targets, and its batch order over their positions.
+Fresh = tuple[torch.Tensor, torch.Tensor, BatchOrder]
+
+
+def read_anew(
+    pop: Population,
+    chosen: list[int],
+    batches: dict[int, BatchOrder],
+    round_index: int,
+    phase: int,
+) -> dict[int, Fresh]:
+    """Every training batch of the phase for the workers whose data is a Dataset read anew (its
+    random transforms drawn again), read in this thread, worker by worker and step by step, each
+    step under global generators seeded from (seed, worker, round, phase, step): training threads
+    never touch a global generator, so no number depends on threads, processes or a resume. The
+    inputs come in batch order, with their targets and a batch order over their positions (the
+    frozen body's features of a head phase are then computed once over them, as for tensors)."""
+    fresh: dict[int, Fresh] = {}
+    with global_generators() as reseed:
+        for local in chosen:
+            source = pop.sources[local]
+            if source is None:
+                continue
+            order, worker = batches[local], pop.worker_ids[local]
+            inputs = [
+                source.read(idx, pop.seed, (worker, round_index, phase, step), reseed)
+                for step, idx in enumerate(order.batches())
+            ]
+            targets = pop.train_y[local][order.order.to(pop.device)]
+            positions = BatchOrder(torch.arange(len(order.order)), order.sizes)
+            fresh[local] = (torch.cat(inputs).to(pop.device), targets, positions)
+    return fresh
 
 
 def _rows_of(
@@ -198,10 +233,13 @@ def _train_worker(
     work: PhaseWork,
     batches: BatchOrder,
     gen: torch.Generator,
+    fresh: Fresh | None = None,
 ) -> None:
     rows = pop.worker_rows(local, work.model)
     cols = pop.layout.part(work.part)
     inputs, targets = pop.train_x[local], pop.train_y[local]
+    if fresh is not None:  # read anew for this phase (read_anew)
+        inputs, targets, batches = fresh
     # The body is frozen: a model that is provably head(body(x)) computes its features once (per
     # step with augmentation) and trains the head on them; a user's model runs its own forward.
     on_features = cols.start >= pop.layout.body_size and pop.model.separable

@@ -8,6 +8,7 @@ that fit them and their default learning rate; `--set dataset=package.module:fun
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ import torch
 from repgossip.data import cifar
 from repgossip.data.federation import Federation, as_federation, partitioned
 from repgossip.data.har import hapt_federation
+from repgossip.data.partition import NATURAL
 from repgossip.data.sources import load_fmnist, make_synthetic
 from repgossip.errors import UsageError
 from repgossip.memory import SYNTHETIC_DEFAULT_SAMPLES
@@ -27,6 +29,12 @@ if TYPE_CHECKING:
     from repgossip.config import Config
 
 PLUGIN_MODEL, PLUGIN_LR = "mlp", 0.05  # defaults for datasets that are not built in
+# How a user's centralized data is split unless they say otherwise: all of it (no per-worker cap),
+# iid, so that no worker loses classes it never asked to lose. The built-in datasets keep the
+# demo's split (the config's defaults: 100 samples per worker, two classes each).
+USER_SPLIT: dict[str, Any] = {"partition": "iid", "samples_per_worker": None}
+# What a run records for data handed over one split per worker: used as given, nothing cut.
+GIVEN_SPLIT_KEYS: dict[str, Any] = {"partition": NATURAL, "samples_per_worker": None}
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,8 @@ def _synthetic(cfg: Config) -> Federation:
         [torch.from_numpy(a) for a in arrays]
         for arrays in (task.x_train, task.y_train, task.x_test, task.y_test)
     )
-    return Federation(train_x, train_y, test_x, test_y, (cfg.dim,), 0, b_star=task.b_star)
+    return Federation(train_x, train_y, test_x, test_y, (cfg.dim,), 0, b_star=task.b_star,
+                      split="generated per worker (synthetic)")  # fmt: skip
 
 
 def _cifar(name: str) -> Callable[[Config], Federation]:
@@ -127,6 +136,12 @@ def dataset_defaults(name: str) -> tuple[str, float]:
     return PLUGIN_MODEL, PLUGIN_LR
 
 
+def split_defaults(name: str) -> dict[str, Any]:
+    """The split keys a user's dataset (a plug-in or data handed to repgossip.run) defaults to;
+    none for a built-in dataset, whose defaults are the config's."""
+    return {} if name in DATASETS else dict(USER_SPLIT)
+
+
 def fitting_models(name: str) -> tuple[str, ...] | None:
     """The built-in models that fit built-in dataset `name`; None where any model may."""
     return DATASETS.get(name).models if name in DATASETS else None
@@ -156,3 +171,12 @@ def load_federation(cfg: Config, data: Any = None) -> Federation:
             f"dataset plug-in '{cfg.dataset}' raised {type(err).__name__}: {line}"
         ) from None
     return as_federation(produced, cfg, f"plug-in '{cfg.dataset}'")
+
+
+def recorded_config(cfg: Config, fed: Federation) -> Config:
+    """`cfg` as the run records it: data that came one split per worker was used as given, so
+    its partition keys say so (partition=natural, samples_per_worker=none) whatever they were,
+    and config.yaml names no split that played no part."""
+    if not fed.given:
+        return cfg
+    return dataclasses.replace(cfg, **GIVEN_SPLIT_KEYS)

@@ -396,6 +396,8 @@ def natural_federation(
         [torch.from_numpy(np.array(s.y_test)) for s in data.splits],
         data.input_shape,
         data.num_classes,
+        split=f"partition={NATURAL} (one worker per user), samples_per_worker="
+        f"{'none' if samples_per_worker is None else samples_per_worker}",
     )
 
 

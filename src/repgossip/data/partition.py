@@ -4,10 +4,10 @@
 accuracies are comparable and no worker dominates a gossip average. `dirichlet_classwise` is the
 scheme of the literature (Hsu et al. 2019, as DisPFL and PFLlib split data): each class is divided
 among workers by Dir(alpha) proportions, so worker sizes differ too. `natural` stands for the
-datasets whose samples belong to users (one worker per user); those datasets split themselves, and
-here it is only refused for the others. Returned index arrays are int64 and SORTED ascending: the
-order carries no information (each worker shuffles its own batches from its own random stream), and
-sorted output makes results easy to compare and hash.
+datasets whose samples belong to users (one worker per user) and for data handed over one split per
+worker; those come split already, and here it is only refused for the others. Returned index
+arrays are int64 and SORTED ascending: the order carries no information (each worker shuffles its
+own batches from its own random stream), and sorted output makes results easy to compare and hash.
 
 Schemes are registered in PARTITIONS by name; a scheme is a function
 `(labels, workers, n, rng, *, alpha, classes_per_worker) -> list of index arrays`.
@@ -111,8 +111,8 @@ def _natural(labels: np.ndarray, workers: int, n: int, rng: np.random.Generator,
 def _no_users() -> UsageError:
     others = ", ".join(name for name in PARTITIONS if name != NATURAL)
     return UsageError(
-        f"partition '{NATURAL}' needs a dataset whose samples belong to users ({', '.join(USER_DATASETS)}); "
-        f"for this dataset use one of: {others}"
+        f"partition '{NATURAL}' needs a dataset whose samples belong to users ({', '.join(USER_DATASETS)}) "
+        f"or data given one split per worker; for this dataset use one of: {others}"
     )
 
 
