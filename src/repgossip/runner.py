@@ -41,6 +41,7 @@ from repgossip.gossip import GossipSchedule
 from repgossip.layout import RowLayout, row_key
 from repgossip.metrics import accuracy_summary, squared_deviations, subspace_distance
 from repgossip.models import ModelFunction, SplitModel, build_model, check_fits
+from repgossip.objectives import check_finite_metric, checked_loss, checked_metric, resolve
 from repgossip.population import PUSH_WEIGHT, Population
 from repgossip.runfolder import (
     CHECKPOINT_FILE,
@@ -66,12 +67,15 @@ TENSORBOARD_DIR = "tensorboard"
 @dataclass(frozen=True)
 class Supplied:
     """Objects handed to the Python API in place of registered names (the config records a
-    reference to each): a model function, the data, a graph, an algorithm class."""
+    reference to each): a model function, the data, a graph, an algorithm class, a loss and a
+    metric function."""
 
     model: ModelFunction | None = None
     data: Any = None
     graph: Graph | None = None
     algorithm: type[Algorithm] | None = None
+    loss: Callable[..., Any] | None = None
+    metric: Callable[..., Any] | None = None
 
 
 @dataclass
@@ -197,7 +201,10 @@ def build_experiment(
     """Data, model, graph and this process's workers; all workers start from one initialisation.
     `threads`: how many workers train side by side (default: torch's thread count)."""
     engine = engine or Engine(cfg.workers)
+    supplied = supplied or Supplied()
     parts = build_parts(cfg, supplied)
+    loss = resolve("loss", cfg.loss, supplied.loss)
+    metric = resolve("metric", cfg.metric, supplied.metric)
     mine = engine.local_workers().tolist()
     federation, algorithm = parts.federation, parts.algorithm
     population = Population(
@@ -215,6 +222,9 @@ def build_experiment(
         augment=cfg.augment,
         push_sum=parts.schedule.directed,
         threads=threads,
+        optimizer=cfg.optimizer,
+        loss_fn=checked_loss(str(cfg.loss), loss) if loss else None,
+        metric_fn=checked_metric(str(cfg.metric), metric) if metric else None,
     )
     try:
         algorithm.init_state(population)
@@ -313,7 +323,8 @@ def evaluate(exp: Experiment, round_done: int) -> tuple[dict[str, float], dict[s
         None if type(algorithm).predictions is Algorithm.predictions else algorithm.predictions
     )
     local = exp.population.evaluate(algorithm.evaluated_model, predict)
-    names = [k for k in ("test_loss", "train_loss", "correct", "count") if len(local[k])]
+    keys = ("test_loss", "train_loss", "correct", "count", "metric")
+    names = [k for k in keys if len(local[k])]
     table = exp.engine.assemble(torch.from_numpy(np.stack([local[k] for k in names], axis=1)))
     stats = {k: table[:, i].numpy() for i, k in enumerate(names)}
     record = {
@@ -329,6 +340,10 @@ def evaluate(exp: Experiment, round_done: int) -> tuple[dict[str, float], dict[s
         record.update(accuracy_summary(stats["correct"], stats["count"]))
         per_worker["per_worker_acc"] = (stats["correct"] / stats["count"]).tolist()
     _check_metrics(record, stats, round_done)
+    if "metric" in stats:  # checked apart: a metric plug-in's NaN is no divergence
+        check_finite_metric(str(exp.cfg.metric), stats["metric"].tolist())
+        record["test_metric_mean"] = float(stats["metric"].mean())
+        per_worker["per_worker_metric"] = stats["metric"].tolist()
     return record, per_worker
 
 
