@@ -307,3 +307,22 @@ def test_optimizer_keys_resolve_to_what_runs():
     adam = build_config({"algorithm": "dfedavgm", "optimizer": "adam", "beta2": "0.99"})
     assert (adam.momentum, adam.beta1, adam.beta2, adam.eps) == (None, 0.9, 0.99, 1e-8)
     assert build_config({"optimizer": "adam", "momentum": 0}).momentum is None
+
+
+def test_a_checkpoint_written_before_the_optimizer_keys_existed_resumes_exactly(tmp_path):
+    """A run folder of the previous version has no optimizer, loss or metric keys in its
+    config.yaml or checkpoint: each counts as its default (what that version ran), so it resumes."""
+    from repgossip.runfolder import checkpoint_bytes
+
+    new = ("optimizer", "nesterov", "beta1", "beta2", "eps", "clip_norm", "loss", "metric")
+    sets = [*SYNTHETIC, "checkpoint_every=1"]
+    whole, old = tmp_path / "whole", tmp_path / "old"
+    assert main(["run", "--quiet", "--set", *sets, "rounds=2", "--out", str(whole)]) == 0
+    assert main(["run", "--quiet", "--set", *sets, "rounds=1", "--out", str(old)]) == 0
+    state = torch.load(old / "checkpoint.pt", weights_only=True)
+    lines = state["config"].splitlines(keepends=True)
+    state["config"] = "".join(line for line in lines if line.split(":")[0] not in new)
+    (old / "checkpoint.pt").write_bytes(checkpoint_bytes(state))
+    (old / "config.yaml").write_text(state["config"])
+    assert main(["run", "--quiet", "--set", "rounds=2", "--out", str(old), "--resume"]) == 0
+    assert summary(old) == summary(whole)

@@ -121,6 +121,9 @@ class Config:
 
 
 KEYS = tuple(f.name for f in fields(Config))
+# What a key missing from an older run's config means: that version had no such key, so it ran as
+# the key's default does (every key added since leaves the default numbers as they were).
+DEFAULTS = {f.name: f.default for f in fields(Config)}
 _FIELD_TYPES = typing.get_type_hints(Config)
 _NONE_WORDS = ("none", "null", "~", "")
 _TRUE_WORDS, _FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")

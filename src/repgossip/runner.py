@@ -31,7 +31,15 @@ from repgossip.callbacks import (
     TensorBoardLogger,
     default_callbacks,
 )
-from repgossip.config import KEYS, RESUMABLE_KEYS, Config, build_config, dump_yaml, shown
+from repgossip.config import (
+    DEFAULTS,
+    KEYS,
+    RESUMABLE_KEYS,
+    Config,
+    build_config,
+    dump_yaml,
+    shown,
+)
 from repgossip.data.datasets import load_federation
 from repgossip.data.federation import Federation
 from repgossip.engines import Engine, make_engine
@@ -411,11 +419,12 @@ def _check_binding(path: Path, state: dict[str, Any], exp: Experiment) -> None:
     if not isinstance(saved, dict):
         raise UsageError(f"'{path}' is not a repgossip checkpoint: its config is not a mapping")
     current = exp.cfg.to_dict()
-    changed = [k for k in KEYS if k not in RESUMABLE_KEYS and saved.get(k) != current[k]]
+    saved = {**DEFAULTS, **saved}  # a key added since the checkpoint was written: its default
+    changed = [k for k in KEYS if k not in RESUMABLE_KEYS and saved[k] != current[k]]
     if changed:
         key = changed[0]
         raise UsageError(
-            f"checkpoint '{path}' was written with {key}={saved.get(key)!r}, not "
+            f"checkpoint '{path}' was written with {key}={saved[key]!r}, not "
             f"{current[key]!r}; it belongs to another run (was config.yaml edited?)"
         )
     if state["data_digest"] != _data_digest(exp):
