@@ -99,10 +99,11 @@ def nan(outputs, targets):
 """
 
 
-def test_a_loss_and_a_metric_plugin_train_and_are_reported(plugin_dir):
+def test_a_loss_and_a_metric_plugin_train_and_are_reported(plugin_dir, capsys):
     out, plain = plugin_dir / "run", plugin_dir / "plain"
     pair = ["loss=myobjectives:smoothed", "metric=myobjectives:macro_f1"]
     assert cli("--set", *BLOBS, *pair, "--out", str(out)) == 0
+    assert "test_metric_mean=" in capsys.readouterr().out  # the closing line shows it too
     assert cli("--set", *BLOBS, "--out", str(plain)) == 0
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert (saved["loss"], saved["metric"]) == ("myobjectives:smoothed", "myobjectives:macro_f1")
