@@ -1,4 +1,4 @@
-"""Plug-ins from the command line: a user's model, dataset and algorithm named as
+"""Plug-ins from the command line: a user's model, dataset, algorithm, loss and metric named as
 `package.module:name`, importable from the working directory, on both engines; and every way a
 plug-in can be wrong, refused in one line with exit code 2."""
 
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_cli import assert_one_line_error
 
 import repgossip
 from repgossip.cli import main
@@ -30,7 +31,7 @@ def plugin_dir(tmp_path, monkeypatch):
     """A working directory holding the example plug-ins, as a user's project folder would."""
     folder = tmp_path / "project"
     folder.mkdir()
-    for name in ("mymodels.py", "mydata.py", "proxdeprl.py"):
+    for name in ("mymodels.py", "mydata.py", "proxdeprl.py", "myobjectives.py"):
         shutil.copy(EXAMPLES / name, folder / name)
     monkeypatch.chdir(folder)
     return folder
@@ -70,6 +71,112 @@ def test_an_algorithm_plugin_changes_the_numbers_and_resumes_exactly(plugin_dir)
                "--out", str(part)) == 0  # fmt: skip
     assert cli("--set", "rounds=3", "--out", str(part), "--resume") == 0
     assert summary(part) == summary(whole)  # the anchor state was checkpointed and restored
+
+
+BLOBS = ["dataset=mydata:blobs", "workers=4", "samples_per_worker=40", "rounds=2"]
+# a metric computing what test_acc_mean reports, and losses that are wrong in each possible way
+CHECKS = """
+import torch
+import torch.nn.functional as F
+
+def accuracy(outputs, targets):
+    assert outputs.device.type == "cpu" and outputs.shape[0] == targets.shape[0]
+    return (outputs.argmax(1) == targets).float().mean()
+
+def mse(outputs, targets):
+    return F.mse_loss(outputs, targets)
+
+def ce(outputs, targets):
+    return F.cross_entropy(outputs, targets)
+
+def per_sample(outputs, targets):
+    return F.cross_entropy(outputs, targets, reduction="none")
+
+def raises(outputs, targets):
+    raise ValueError("no good")
+
+def text(outputs, targets):
+    return "high"
+
+def nan(outputs, targets):
+    return float("nan")
+"""
+
+
+def test_a_loss_and_a_metric_plugin_train_and_are_reported(plugin_dir, capsys):
+    out, plain = plugin_dir / "run", plugin_dir / "plain"
+    pair = ["loss=myobjectives:smoothed", "metric=myobjectives:macro_f1"]
+    assert cli("--set", *BLOBS, *pair, "--out", str(out)) == 0
+    assert "test_metric_mean=" in capsys.readouterr().out  # the closing line shows it too
+    assert cli("--set", *BLOBS, "--out", str(plain)) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["loss"], saved["metric"]) == ("myobjectives:smoothed", "myobjectives:macro_f1")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= r["test_metric_mean"] <= 1 for r in records) and len(records) == 3
+    result = json.loads((out / "summary.json").read_text())
+    assert len(result["per_worker_metric"]) == 4
+    assert result["test_metric_mean"] == pytest.approx(sum(result["per_worker_metric"]) / 4)
+    baseline = json.loads((plain / "summary.json").read_text())
+    assert "test_metric_mean" not in baseline and "per_worker_metric" not in baseline
+    assert result["per_worker_test_loss"] != baseline["per_worker_test_loss"]  # the loss acts
+
+
+def test_a_metric_plugin_sees_each_workers_test_outputs(plugin_dir):
+    (plugin_dir / "checks.py").write_text(CHECKS)
+    out = plugin_dir / "run"
+    assert cli("--set", *BLOBS, "metric=checks:accuracy", "--out", str(out)) == 0
+    result = json.loads((out / "summary.json").read_text())
+    assert result["per_worker_metric"] == pytest.approx(result["per_worker_acc"], abs=1e-7)
+
+
+@pytest.mark.parametrize(("sets", "loss"), [(SYNTHETIC, "checks:mse"), (BLOBS, "checks:ce")])
+def test_a_loss_plugin_equal_to_the_task_loss_gives_its_numbers(plugin_dir, sets, loss):
+    """Synthetic regression's linear model trains and evaluates stacked; the blobs' mlp trains its
+    head stacked, its body and evaluation worker by worker. The plug-in, called once per worker
+    on either path, gives the task loss's numbers to float rounding (the order of a mean)."""
+    (plugin_dir / "checks.py").write_text(CHECKS)
+    assert cli("--set", *sets, f"loss={loss}", "--out", str(plugin_dir / "ours")) == 0
+    assert cli("--set", *sets, "--out", str(plugin_dir / "plain")) == 0
+    ours, theirs = summary(plugin_dir / "ours"), summary(plugin_dir / "plain")
+    assert ours["per_worker_test_loss"] == pytest.approx(theirs["per_worker_test_loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("pair", "needles"),
+    [
+        (
+            "loss=checks:per_sample",
+            ["loss plug-in 'checks:per_sample'", "scalar tensor", "got shape ("],
+        ),
+        ("loss=checks:raises", ["loss plug-in 'checks:raises' raised ValueError: no good"]),
+        ("metric=checks:text", ["metric plug-in 'checks:text' must return a number, got str"]),
+        ("metric=checks:nan", ["metric plug-in 'checks:nan' returned nan for worker 0"]),
+        ("metric=checks:raises", ["metric plug-in 'checks:raises' raised ValueError"]),
+        ("loss=checks", ["loss must be package.module:function", "'checks'"]),
+        ("metric=checks:missing", ["metric plug-in 'checks:missing'", "no 'missing'"]),
+        ("loss=checks:torch", ["loss plug-in 'checks:torch' is a module, not a function"]),
+    ],
+)
+def test_a_wrong_loss_or_metric_plugin_is_one_line_and_exit_2(plugin_dir, capsys, pair, needles):
+    (plugin_dir / "checks.py").write_text(CHECKS)
+    code = cli("--set", *BLOBS, pair, "--out", str(plugin_dir / "run"))
+    assert_one_line_error(code, capsys.readouterr().err, *needles)
+
+
+def test_loss_and_metric_functions_through_the_api(plugin_dir):
+    def halved(outputs, targets):
+        return torch.nn.functional.cross_entropy(outputs, targets) / 2
+
+    def first_output(outputs, targets):
+        return float(outputs[0, 0])
+
+    config = dict(item.split("=") for item in BLOBS)
+    result = repgossip.run(config, loss=halved, metric=first_output)
+    assert result.summary["test_metric_mean"] == pytest.approx(
+        sum(result.summary["per_worker_metric"]) / 4
+    )
+    recorded = result.experiment.cfg
+    assert recorded.loss.startswith("python:") and recorded.metric.startswith("python:")
 
 
 @pytest.mark.slow

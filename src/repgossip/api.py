@@ -7,9 +7,9 @@
     result.history, result.summary, result.worker_state(3)
 
 Every config key may also be given as a keyword. Objects handed over (a model function, data, a
-graph, an algorithm class) take the place of registered names; `config.yaml` records an import
-path for each that has one (so `repgossip run --resume` can continue the run), else
-`python:<name>`, and resuming such a run needs the same objects again.
+graph, an algorithm class, a `loss` or `metric` function) take the place of registered names;
+`config.yaml` records an import path for each that has one (so `repgossip run --resume` can
+continue the run), else `python:<name>`, and resuming such a run needs the same objects again.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def run(
     Datasets, used as given (recorded as partition=natural), or centralized tensors, a Dataset or
     a DataLoader, split whole and iid unless the config sets the split (repgossip.data.federation
     lists the forms); `graph` a networkx graph or an (N, N)
-    adjacency; `algorithm` an Algorithm subclass. `out` writes the usual run folder; None keeps
+    adjacency; `algorithm` an Algorithm subclass; the keys `loss` and `metric` may be functions
+    (repgossip.objectives has their signatures). `out` writes the usual run folder; None keeps
     everything in memory. `progress` None shows a bar on a terminal and plain lines elsewhere.
     """
     base = _base_config(config)
@@ -102,10 +103,14 @@ def run(
         isinstance(algorithm, type) and issubclass(algorithm, Algorithm)
     ):
         raise UsageError(f"algorithm must be a subclass of repgossip.Algorithm, got {algorithm!r}")
+    functions = {key: given[key] for key in ("loss", "metric") if callable(given.get(key))}
+    for key, function in functions.items():
+        given[key] = reference_of(function)
     cfg = build_config(given, algorithm=algorithm)
     supplied = Supplied(
-        model=model, data=data, graph=graph_object, algorithm=algorithm, mixing=mixing
-    )
+        model=model, data=data, graph=graph_object, algorithm=algorithm, mixing=mixing,
+        loss=functions.get("loss"), metric=functions.get("metric"),
+    )  # fmt: skip
     return run_experiment(
         cfg, out, resume=resume, force=force, progress=progress, callbacks=callbacks,
         supplied=supplied, gather=True,

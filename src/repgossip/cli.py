@@ -192,7 +192,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress=None if not args.quiet else False, callbacks=callbacks,
     )  # fmt: skip
     summary = result.summary
-    keys = ("test_acc_mean", "test_acc_pooled", "subspace_dist", "train_loss", "wall_s")
+    keys = (
+        "test_acc_mean",
+        "test_acc_pooled",
+        "test_metric_mean",
+        "subspace_dist",
+        "train_loss",
+        "wall_s",
+    )
     shown = "  ".join(f"{k}={summary[k]:.4g}" for k in keys if k in summary)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
         print(f"{cfg.algorithm} on {cfg.dataset}, {summary['rounds']} rounds: {shown}")

@@ -31,8 +31,10 @@ from repgossip.data.federation import REREAD_CHOICES
 from repgossip.data.partition import PARTITIONS
 from repgossip.errors import UsageError
 from repgossip.models import MODELS
+from repgossip.objectives import SIGNATURES, resolve
 from repgossip.registry import API_PREFIX, Registry, is_plugin_ref
 from repgossip.topology import check_mixing_rule
+from repgossip.training import ADAM_DEFAULTS, OPTIMIZERS
 
 # The keys whose values may be plug-ins (code: `package.module:name`), with their registries.
 PLUGIN_REGISTRIES: dict[str, Registry[Any]] = {
@@ -99,8 +101,14 @@ class Config:
     lr: float | None = None
     lr_head: float | None = None
     lr_body: float | None = None
+    optimizer: str = "sgd"
     momentum: float | None = None
+    nesterov: bool = False
+    beta1: float | None = None
+    beta2: float | None = None
+    eps: float | None = None
     weight_decay: float = 0.0
+    clip_norm: float | None = None
     lr_decay: float = 1.0
     seed: int = 0
     eval_every: int = 1
@@ -120,12 +128,17 @@ class Config:
     augment: bool = False
     gossip_first: bool | None = None
     reset_momentum: bool = False
+    loss: str | None = None
+    metric: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 KEYS = tuple(f.name for f in fields(Config))
+# What a key missing from an older run's config means: that version had no such key, so it ran as
+# the key's default does (every key added since leaves the default numbers as they were).
+DEFAULTS = {f.name: f.default for f in fields(Config)}
 _FIELD_TYPES = typing.get_type_hints(Config)
 _NONE_WORDS = ("none", "null", "~", "")
 _TRUE_WORDS, _FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
@@ -456,8 +469,7 @@ def _resolve(given: dict[str, Any], algorithm: type[Algorithm] | None) -> dict[s
             resolved[epochs_key] = DEFAULT_EPOCHS[part]
     name = resolved.get("algorithm", Config.algorithm)
     cls = algorithm or (None if name.startswith(API_PREFIX) else algorithm_class(name))
-    if resolved.get("momentum") is None:
-        resolved["momentum"] = cls.default_momentum if cls else 0.0
+    _resolve_optimizer(resolved, cls.default_momentum if cls else 0.0)
     if cls is not None and cls.exact_average:
         topology = resolved.get("topology", "complete")
         if topology != "complete":
@@ -467,6 +479,35 @@ def _resolve(given: dict[str, Any], algorithm: type[Algorithm] | None) -> dict[s
             )
         resolved["topology"] = "complete"
     return resolved
+
+
+def _resolve_optimizer(resolved: dict[str, Any], default_momentum: float) -> None:
+    """SGD's momentum (the algorithm's default) or Adam's coefficients (torch's defaults), and
+    refuse a coefficient of the other optimizer: it would silently play no part."""
+    optimizer = resolved.get("optimizer", Config.optimizer)
+    _choice("optimizer", optimizer, OPTIMIZERS)
+    if optimizer == "sgd":
+        given = [k for k in ADAM_DEFAULTS if resolved.get(k) is not None]
+        if given:
+            raise UsageError(
+                f"{given[0]} is a coefficient of adam and adamw, not of optimizer 'sgd' (got "
+                f"{given[0]}={shown(resolved[given[0]])}); set optimizer=adam or adamw, or leave "
+                f"{given[0]} unset"
+            )
+        if resolved.get("momentum") is None:
+            resolved["momentum"] = default_momentum
+        return
+    momentum, nesterov = resolved.get("momentum"), resolved.get("nesterov", False)
+    if momentum or nesterov:
+        key, value = ("momentum", momentum) if momentum else ("nesterov", nesterov)
+        raise UsageError(
+            f"{key} is SGD's (optimizer=sgd), not {optimizer}'s (got {key}={shown(value)}); "
+            f"{optimizer}'s first-moment coefficient is beta1"
+        )
+    resolved["momentum"] = None  # no momentum plays a part: config.yaml says so
+    for key, default in ADAM_DEFAULTS.items():
+        if resolved.get(key) is None:
+            resolved[key] = default
 
 
 def _choice(key: str, value: str, valid: Iterable[str]) -> None:
@@ -545,6 +586,7 @@ def validate(cfg: Config) -> None:
     _at_least(cfg, "dist_timeout_s", 0, strict=True)
     _at_least(cfg, "noise", 0)
     _within(cfg, "momentum", 0.0, 1.0, high_open=True)
+    _check_optimizer(cfg)
     _within(cfg, "edge_prob", 0.0, 1.0)
     _at_least(cfg, "edge_prob", 0, strict=True)
     _within(cfg, "link_failure_prob", 0.0, 1.0, high_open=True)
@@ -556,9 +598,39 @@ def validate(cfg: Config) -> None:
     _within(cfg, "lr_decay", 0.0, 1.0)
     _at_least(cfg, "lr_decay", 0, strict=True)
     _check_limits(cfg)
+    for key in SIGNATURES:
+        _check_plugin(key, getattr(cfg, key))
     if cfg.rank > cfg.dim:
         raise UsageError(f"rank must be <= dim, got rank={cfg.rank} dim={cfg.dim}")
     memory.check_config(cfg)  # last: it needs every size checked
+
+
+def _check_optimizer(cfg: Config) -> None:
+    """The optimizer's coefficients in torch.optim's ranges; Nesterov needs momentum (as torch
+    says: without it, Nesterov's step is plain SGD's)."""
+    _choice("optimizer", cfg.optimizer, OPTIMIZERS)
+    _within(cfg, "beta1", 0.0, 1.0, high_open=True)
+    _within(cfg, "beta2", 0.0, 1.0, high_open=True)
+    _at_least(cfg, "eps", 0)
+    _at_least(cfg, "clip_norm", 0, strict=True)
+    if cfg.nesterov and not cfg.momentum:
+        raise UsageError(
+            f"nesterov needs momentum > 0, got momentum={shown(cfg.momentum)}; set momentum "
+            "(e.g. 0.9) or nesterov=false"
+        )
+
+
+def _check_plugin(key: str, ref: str | None) -> None:
+    """A loss or metric is none (the task's own), an object handed to repgossip.run(), or a
+    plug-in reference, imported now so that a typo shows before the run starts."""
+    if ref is None or ref.startswith(API_PREFIX):
+        return
+    if not is_plugin_ref(ref):
+        raise UsageError(
+            f"{key} must be package.module:function, a function {SIGNATURES[key]}, or none "
+            f"(the task's own), got {shown(ref)}"
+        )
+    resolve(key, ref)
 
 
 def _check_limits(cfg: Config) -> None:

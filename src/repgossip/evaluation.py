@@ -1,6 +1,7 @@
 """Per-worker statistics of each worker's own model on its own train and test splits.
 
-Models run in eval mode (BatchNorm on each worker's own running statistics, dropout off). A small
+Models run in eval mode (BatchNorm on each worker's own running statistics, dropout off); a metric
+plug-in (repgossip.objectives) scores each worker's test outputs. A small
 stackable model evaluates a group of workers as one stacked forward; others worker by worker, side
 by side on threads, as in training.
 """
@@ -20,7 +21,9 @@ if TYPE_CHECKING:
     from repgossip.population import Population
     from repgossip.scratch import Scratch
 
-Stats = tuple[float, float, int, int]  # test loss, train loss, correct test predictions, test count
+# test loss, train loss, correct test predictions, test count, metric (NaN without a metric plug-in)
+Stats = tuple[float, float, int, int, float]
+METRIC_NAN = float("nan")
 Predict = Callable[[torch.Tensor], torch.Tensor]  # model outputs -> class scores or values
 
 
@@ -30,8 +33,9 @@ def _identity(outputs: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(pop: Population, model: str, predict: Predict | None = None) -> dict[str, np.ndarray]:
-    """Arrays over this process's workers: test_loss, train_loss, correct (empty for regression)
-    and count, for model copy `model`, scoring `predict(outputs)` (default: the outputs)."""
+    """Arrays over this process's workers: test_loss, train_loss, correct (empty for regression),
+    count and metric (empty without a metric plug-in), for model copy `model`, scoring
+    `predict(outputs)` (default: the outputs)."""
     predict = predict or _identity
     everyone = list(range(len(pop)))
     with pop.pool.one_thread_per_worker() as threads:
@@ -50,10 +54,12 @@ def evaluate(pop: Population, model: str, predict: Predict | None = None) -> dic
                 lambda scratch, local: _worker(pop, scratch, local, model, predict),
                 threads,
             )
-    keys = ("test_loss", "train_loss", "correct", "count")
+    keys = ("test_loss", "train_loss", "correct", "count", "metric")
     stats = {k: [r[i] for r in rows] for i, k in enumerate(keys)}
     if pop.regression:
         stats["correct"] = []
+    if pop.metric_fn is None:
+        stats["metric"] = []
     return {k: np.asarray(v, dtype=np.float64) for k, v in stats.items()}
 
 
@@ -65,17 +71,26 @@ def _stack(pop: Population, members: list[int], model: str, predict: Predict) ->
     for xs, ys in ((pop.test_x, pop.test_y), (pop.train_x, pop.train_y)):
         x, y = torch.stack([xs[m] for m in members]), torch.stack([ys[m] for m in members])
         out = predict(stacked.model_forward(pop.model, params, x, "full"))
-        losses = pop.loss(out.flatten(0, 1), y.flatten(), reduction="none")
-        stats.append((losses.view(y.shape).mean(1), out, y))
+        stats.append((pop.mean_losses(out, y), out, y))
     (test_loss, test_out, test_y), (train_loss, _, _) = stats
     correct = [0] * len(members)
     if not pop.regression:
         correct = (test_out.argmax(-1) == test_y).sum(1).tolist()
     count = test_y.shape[1]
+    metric = [_metric(pop, o, t) for o, t in zip(test_out, test_y, strict=True)]
     return [
-        (test, train, c, count)
-        for test, train, c in zip(test_loss.tolist(), train_loss.tolist(), correct, strict=True)
+        (test, train, c, count, m)
+        for test, train, c, m in zip(
+            test_loss.tolist(), train_loss.tolist(), correct, metric, strict=True
+        )
     ]
+
+
+def _metric(pop: Population, outputs: torch.Tensor, targets: torch.Tensor) -> float:
+    """The metric plug-in on one worker's test outputs, or NaN where there is none."""
+    if pop.metric_fn is None:
+        return METRIC_NAN
+    return pop.metric_fn(outputs, targets)
 
 
 def _worker(pop: Population, scratch: Scratch, local: int, model: str, predict: Predict) -> Stats:
@@ -88,4 +103,5 @@ def _worker(pop: Population, scratch: Scratch, local: int, model: str, predict: 
         pop.loss(train_out, pop.train_y[local]).item(),
         correct,
         len(pop.test_y[local]),
+        _metric(pop, test_out, pop.test_y[local]),
     )

@@ -18,12 +18,17 @@ PARTS = ("body", "head", "all")
 MAIN_MODEL = (
     "params"  # the model copy every worker has: the one gossip and evaluation use by default
 )
-ROW_KINDS = ("params", "momentum", "buffers", "int_buffers")
+# Adam's state besides its first moment (kept in the momentum rows): the second moment, as wide as
+# the parameters, and a step count per parameter tensor (int64). Only a run with optimizer adam or
+# adamw has these rows, so an SGD run's rows and checkpoints are what they were.
+SECOND_MOMENT, OPTIMIZER_STEPS = "second_moment", "optimizer_steps"
+ROW_KINDS = ("params", "momentum", "buffers", "int_buffers", SECOND_MOMENT, OPTIMIZER_STEPS)
 
 
 def row_key(model: str, kind: str) -> str:
     """Name of the row set `kind` (one of ROW_KINDS) of model copy `model`: the main model's are
-    `params`, `momentum`, `buffers`, `int_buffers`; another copy m's are `m`, `m.momentum`, ..."""
+    `params`, `momentum`, `buffers`, `int_buffers` (and Adam's `second_moment`,
+    `optimizer_steps`); another copy m's are `m`, `m.momentum`, ..."""
     if model == MAIN_MODEL:
         return kind
     return model if kind == "params" else f"{model}.{kind}"

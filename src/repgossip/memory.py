@@ -26,8 +26,10 @@ if TYPE_CHECKING:
     from repgossip.config import Config
 
 FLOAT_BYTES = 4  # data and parameter rows are float32
-# Per model copy, every worker holds a parameter row and a momentum row (Population._add_model_rows).
+# Per model copy, every worker holds a parameter row and a momentum row (Population._add_model_rows),
+# and with Adam a second-moment row (its per-tensor step counts are too few to count).
 ROWS_PER_PARAMETER = 2
+ADAM_ROWS_PER_PARAMETER = 3
 SYNTHETIC_DEFAULT_SAMPLES = 200  # what the synthetic dataset uses when samples_per_worker is unset
 
 
@@ -153,19 +155,23 @@ def _workers_per_process(cfg: Config) -> int:
 
 def values_per_worker(cfg: Config, parameters: int, algorithm: Algorithm | None = None) -> int:
     """Float values each worker holds for a model of `parameters` parameters: a parameter and a
-    momentum row for every model copy of the algorithm (Ditto has two), plus its extra state rows
-    (DisPFL's mask is as wide as the parameters). Without the built `algorithm`, a plug-in's code
-    is not run for an estimate: it counts as one copy, a lower bound like the rest."""
+    momentum row (and Adam's second moment) for every model copy of the algorithm (Ditto has
+    two), plus its extra state rows (DisPFL's mask is as wide as the parameters). Without the
+    built `algorithm`, a plug-in's code is not run for an estimate: it counts as one copy, a
+    lower bound like the rest."""
     from repgossip.algorithms import ALGORITHMS  # here: algorithms import config, which imports us
 
+    per_copy = (
+        ROWS_PER_PARAMETER if cfg.optimizer == "sgd" else ADAM_ROWS_PER_PARAMETER
+    ) * parameters
     if algorithm is None:
         if cfg.algorithm not in ALGORITHMS:
-            return ROWS_PER_PARAMETER * parameters
+            return per_copy
         algorithm = ALGORITHMS.get(cfg.algorithm)(cfg)
     copies = 1 + len(algorithm.extra_models())
     widths = [spec.width for spec in algorithm.extra_state().values()]
     state = sum(parameters if width == "params" else int(width) for width in widths)
-    return ROWS_PER_PARAMETER * copies * parameters + state
+    return copies * per_copy + state
 
 
 def model_rows_bytes(cfg: Config, parameters: int, algorithm: Algorithm | None = None) -> int:

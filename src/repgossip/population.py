@@ -3,9 +3,11 @@ state) and data. Local training lives in repgossip.training, evaluation in repgo
 `Population.train` and `Population.evaluate` are their entry points.
 
 Every per-worker quantity is a row set: a tensor whose first dimension is this process's workers.
-The main model's are `params`, `momentum`, `buffers` (BatchNorm running statistics) and
-`int_buffers` (BatchNorm's batch counters); another model copy `m` of an algorithm (Ditto's
-personal model) has `m`, `m.momentum`, `m.buffers`, `m.int_buffers`; an algorithm's extra state
+The main model's are `params`, `momentum` (SGD's velocity, or Adam's first moment), `buffers`
+(BatchNorm running statistics) and `int_buffers` (BatchNorm's batch counters), and with Adam also
+`second_moment` and `optimizer_steps` (a step count per parameter tensor); another model copy `m`
+of an algorithm (Ditto's personal model) has `m`, `m.momentum`, `m.buffers`, ...; an algorithm's
+extra state
 (a mask) has its own name; on a directed graph each worker's push-sum weight is the row set
 `push_weight`. Checkpoints save every row set and the distributed engine moves each like the
 parameters, so anything stored here survives a resume and any layout over processes.
@@ -28,8 +30,9 @@ import torch.nn.functional as F
 from repgossip.algorithms.base import StateSpec
 from repgossip.data.federation import TrainSource
 from repgossip.evaluation import Predict, evaluate
-from repgossip.layout import MAIN_MODEL, RowLayout, row_key
+from repgossip.layout import MAIN_MODEL, OPTIMIZER_STEPS, SECOND_MOMENT, RowLayout, row_key
 from repgossip.models import SplitModel
+from repgossip.objectives import LossFn, MetricScore
 from repgossip.scratch import Scratch, WorkerPool, WorkerRows
 from repgossip.training import (
     Budget,
@@ -68,6 +71,9 @@ class Population:
         sources: Sequence[TrainSource | None] | None = None,
         push_sum: bool = False,
         threads: int | None = None,
+        optimizer: str = "sgd",
+        loss_fn: LossFn | None = None,
+        metric_fn: MetricScore | None = None,
     ) -> None:
         self.model = model.to(device)
         self.layout = RowLayout.parameters(model)
@@ -85,6 +91,9 @@ class Population:
         # per worker: a Dataset read anew for every training batch (random transforms), or None
         self.sources = list(sources) if sources is not None else [None] * len(self.worker_ids)
         self.models = (MAIN_MODEL, *models)
+        self.adam = optimizer != "sgd"  # Adam's second moment and step counts get rows too
+        self.loss_fn = loss_fn  # a plug-in loss (repgossip.objectives), or None: the task's own
+        self.metric_fn = metric_fn  # a plug-in metric, evaluated on each worker's test split
         self.rows: dict[str, torch.Tensor] = {}
         for name in self.models:
             self._add_model_rows(name)
@@ -101,7 +110,7 @@ class Population:
         self.pool = WorkerPool(lambda: Scratch(self.model, layouts, device), device, threads)
 
     def _add_model_rows(self, name: str) -> None:
-        """Every worker's copy `name` starts from the common initialisation, momentum zero."""
+        """Every worker's copy `name` starts from the common initialisation, optimizer state zero."""
         n = len(self)
         params = self.layout.flatten(self.model.parameters()).to(self.device)
         buffers = self.buffer_layout.flatten(
@@ -114,6 +123,14 @@ class Population:
         self.rows[row_key(name, "momentum")] = torch.zeros(n, params.numel(), device=self.device)
         self.rows[row_key(name, "buffers")] = buffers.repeat(n, 1)
         self.rows[row_key(name, "int_buffers")] = ints.repeat(n, 1)
+        if self.adam:
+            tensors = len(self.layout.entries)
+            self.rows[row_key(name, SECOND_MOMENT)] = torch.zeros(
+                n, params.numel(), device=self.device
+            )
+            self.rows[row_key(name, OPTIMIZER_STEPS)] = torch.zeros(
+                n, tensors, dtype=torch.int64, device=self.device
+            )
 
     def __len__(self) -> int:
         return len(self.worker_ids)
@@ -132,10 +149,13 @@ class Population:
         return self.rows[PUSH_WEIGHT]
 
     def reset_momentum(self) -> None:
-        """Zero every worker's momentum, of every model copy: what the DePRL authors' code does by
-        building a fresh optimizer each round (`reset_momentum`, an ablation)."""
+        """Zero every worker's optimizer state, of every model copy (SGD's velocity; Adam's moments
+        and step counts): what the DePRL authors' code does by building a fresh optimizer each
+        round (`reset_momentum`)."""
+        kinds = ("momentum", SECOND_MOMENT, OPTIMIZER_STEPS) if self.adam else ("momentum",)
         for name in self.models:
-            self.rows[row_key(name, "momentum")].zero_()
+            for kind in kinds:
+                self.rows[row_key(name, kind)].zero_()
 
     def worker_rows(self, local: int, model: str = MAIN_MODEL) -> WorkerRows:
         """Views of worker `local`'s rows of model copy `model`, for a scratch module to bind."""
@@ -149,9 +169,24 @@ class Population:
     def loss(
         self, outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean"
     ) -> torch.Tensor:
+        """The task's loss: the plug-in's (a mean over the batch only), or cross-entropy for
+        classification and mean squared error for regression."""
+        if self.loss_fn is not None:
+            if reduction != "mean":
+                raise ValueError("a loss plug-in gives the mean over the batch only")
+            return self.loss_fn(outputs, targets)
         if self.regression:
             return F.mse_loss(outputs, targets, reduction=reduction)
         return F.cross_entropy(outputs, targets, reduction=reduction)
+
+    def mean_losses(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(G,) each stacked worker's mean loss over its batch, from outputs (G, batch, ...) and
+        targets (G, batch): one call of the built-in loss on all samples, or the plug-in's once
+        per worker (its mean over a batch cannot be split by worker afterwards)."""
+        if self.loss_fn is not None:
+            return torch.stack([self.loss_fn(o, t) for o, t in zip(outputs, targets, strict=True)])
+        losses = self.loss(outputs.flatten(0, 1), targets.flatten(), reduction="none")
+        return losses.view(len(outputs), -1).mean(1)
 
     def gossiped_blocks(self, part: str) -> list[torch.Tensor]:
         """The column blocks that gossip of `part` mixes: the parameters, and the BatchNorm

@@ -49,6 +49,7 @@ from repgossip.gossip import GossipSchedule
 from repgossip.layout import RowLayout, row_key
 from repgossip.metrics import accuracy_summary, squared_deviations, subspace_distance
 from repgossip.models import ModelFunction, SplitModel, build_model, check_fits
+from repgossip.objectives import check_finite_metric, checked_loss, checked_metric, resolve
 from repgossip.population import PUSH_WEIGHT, Population
 from repgossip.registry import API_PREFIX, PluginCode, is_plugin_ref, plugin_code
 from repgossip.runfolder import (
@@ -78,13 +79,16 @@ from repgossip.training import budget, check_batch_norm_batches, step_rule
 @dataclass(frozen=True)
 class Supplied:
     """Objects handed to the Python API in place of registered names (the config records a
-    reference to each): a model function, the data, a graph, an algorithm class."""
+    reference to each): a model function, the data, a graph, an algorithm class, a loss and a
+    metric function."""
 
     model: ModelFunction | None = None
     data: Any = None
     graph: Graph | None = None
     algorithm: type[Algorithm] | None = None
     mixing: np.ndarray | None = None  # W, in place of a rule or a file
+    loss: Callable[..., Any] | None = None
+    metric: Callable[..., Any] | None = None
 
 
 def plugin_codes(cfg: Config, supplied: Supplied | None = None) -> dict[str, PluginCode]:
@@ -289,9 +293,12 @@ def build_experiment(
     `threads`: how many workers train side by side (default: torch's thread count). `plugins` is
     what built the run's plug-ins, when the caller has read it already."""
     engine = engine or Engine(cfg.workers)
+    supplied = supplied or Supplied()
     plugins = plugin_codes(cfg, supplied) if plugins is None else plugins
     parts = build_parts(cfg, supplied)
     cfg = parts.cfg
+    loss = resolve("loss", cfg.loss, supplied.loss)
+    metric = resolve("metric", cfg.metric, supplied.metric)
     mine = engine.local_workers().tolist()
     federation, algorithm = parts.federation, parts.algorithm
     population = Population(
@@ -310,6 +317,9 @@ def build_experiment(
         sources=[federation.sources[i] for i in mine] if federation.sources else None,
         push_sum=parts.schedule.directed,
         threads=threads,
+        optimizer=cfg.optimizer,
+        loss_fn=checked_loss(str(cfg.loss), loss) if loss else None,
+        metric_fn=checked_metric(str(cfg.metric), metric) if metric else None,
     )
     try:
         algorithm.init_state(population)
@@ -410,7 +420,8 @@ def evaluate(exp: Experiment, round_done: int) -> tuple[dict[str, float], dict[s
         None if type(algorithm).predictions is Algorithm.predictions else algorithm.predictions
     )
     local = exp.population.evaluate(algorithm.evaluated_model, predict)
-    names = [k for k in ("test_loss", "train_loss", "correct", "count") if len(local[k])]
+    keys = ("test_loss", "train_loss", "correct", "count", "metric")
+    names = [k for k in keys if len(local[k])]
     table = exp.engine.assemble(torch.from_numpy(np.stack([local[k] for k in names], axis=1)))
     stats = {k: table[:, i].numpy() for i, k in enumerate(names)}
     record = {
@@ -426,6 +437,10 @@ def evaluate(exp: Experiment, round_done: int) -> tuple[dict[str, float], dict[s
         record.update(accuracy_summary(stats["correct"], stats["count"]))
         per_worker["per_worker_acc"] = (stats["correct"] / stats["count"]).tolist()
     _check_metrics(record, stats, round_done)
+    if "metric" in stats:  # checked apart: a metric plug-in's NaN is no divergence
+        check_finite_metric(str(exp.cfg.metric), stats["metric"].tolist())
+        record["test_metric_mean"] = float(stats["metric"].mean())
+        per_worker["per_worker_metric"] = stats["metric"].tolist()
     return record, per_worker
 
 

@@ -1,4 +1,5 @@
-"""Local SGD for a population: budgets, step rules, batch orders, and the two training paths.
+"""Local training for a population: budgets, step rules (SGD, Adam, AdamW, gradient clipping),
+batch orders, and the two training paths.
 
 - Worker by worker: each worker steps on a scratch module whose tensors are views of its rows
   (repgossip.scratch), workers side by side on threads.
@@ -6,7 +7,9 @@
   group of workers' steps at once, one batched forward and backward over their stacked rows
   (repgossip.stacked); a head alone does so on features its frozen body computes once per round.
 Both paths apply the same update rule and the algorithm's gradient hook, so an algorithm's local
-objective (a proximal term, a mask) works on either. docs/performance.md has the measurements
+objective (a proximal term, a mask) works on either. The rule works on (G, columns) blocks, one row
+per worker (G = 1 worker by worker), with each worker's own clipping norm and Adam step count, so a
+worker's update is the same arithmetic on either path. docs/performance.md has the measurements
 behind each choice.
 """
 
@@ -23,8 +26,8 @@ from torch import nn
 
 from repgossip import stacked
 from repgossip.augment import crop_and_flip
-from repgossip.errors import UsageError
-from repgossip.layout import row_key
+from repgossip.errors import RepgossipError, UsageError
+from repgossip.layout import OPTIMIZER_STEPS, SECOND_MOMENT, RowLayout, row_key
 from repgossip.streams import generator, global_generators, worker_seeds
 
 if TYPE_CHECKING:
@@ -43,6 +46,9 @@ GradientHook = Callable[[torch.Tensor, torch.Tensor, Rows], None]
 # (outputs, targets, rows) -> loss: see Algorithm.loss.
 LossHook = Callable[[torch.Tensor, torch.Tensor, Rows], torch.Tensor]
 STACKABLE_PARTS = ("body", "head", "all")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+ADAM_DEFAULTS = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8}  # torch.optim.Adam's
+CLIP_EPS = 1e-6  # what torch.nn.utils.clip_grad_norm_ adds to the norm before dividing by it
 
 
 @dataclass(frozen=True)
@@ -55,11 +61,23 @@ class Budget:
 
 @dataclass(frozen=True)
 class StepRule:
-    """SGD with optional momentum and weight decay, as torch.optim.SGD (dampening 0, no Nesterov)."""
+    """One phase's update, as torch.optim computes it: SGD (dampening 0, optionally Nesterov), Adam
+    (weight decay added to the gradient) or AdamW (decoupled weight decay), without amsgrad; with
+    `clip_norm`, each worker's gradient is first scaled as torch.nn.utils.clip_grad_norm_ does."""
 
     lr: float
     momentum: float = 0.0
     weight_decay: float = 0.0
+    optimizer: str = "sgd"
+    nesterov: bool = False
+    betas: tuple[float, float] = (ADAM_DEFAULTS["beta1"], ADAM_DEFAULTS["beta2"])
+    eps: float = ADAM_DEFAULTS["eps"]
+    clip_norm: float | None = None
+
+    @property
+    def adam(self) -> bool:
+        """Whether the rule keeps Adam's moments and step counts (adam and adamw)."""
+        return self.optimizer != "sgd"
 
 
 def budget(cfg: Config, which: str) -> Budget:
@@ -68,12 +86,24 @@ def budget(cfg: Config, which: str) -> Budget:
 
 
 def step_rule(cfg: Config, part: str, round_index: int) -> StepRule:
-    """The SGD rule of a phase training `part`: lr_head or lr_body for a head or body phase, lr
-    for the whole model, decayed per round."""
+    """The update rule of a phase training `part`: lr_head or lr_body for a head or body phase, lr
+    for the whole model, decayed per round; the optimizer and its coefficients from the config."""
     base = {"head": cfg.lr_head, "body": cfg.lr_body}.get(part) or cfg.lr
     assert base is not None, "a resolved config always has lr"
     lr = base * cfg.lr_decay**round_index
-    return StepRule(lr=lr, momentum=cfg.momentum or 0.0, weight_decay=cfg.weight_decay)
+    adam = {
+        k: ADAM_DEFAULTS[k] if getattr(cfg, k) is None else getattr(cfg, k) for k in ADAM_DEFAULTS
+    }
+    return StepRule(
+        lr=lr,
+        momentum=cfg.momentum or 0.0,
+        weight_decay=cfg.weight_decay,
+        optimizer=cfg.optimizer,
+        nesterov=cfg.nesterov,
+        betas=(adam["beta1"], adam["beta2"]),
+        eps=adam["eps"],
+        clip_norm=cfg.clip_norm,
+    )
 
 
 @dataclass(frozen=True)
@@ -249,10 +279,10 @@ def _train_worker(
     scratch.bind(rows, cols)
     scratch.start(gen, training=True)
     segment, grad = rows.params[cols], scratch.grad[cols]
-    velocity = pop.rows[row_key(work.model, "momentum")][local, cols]
+    slots = _slots(pop, work, local, cols, len(batches.sizes))
     others = _rows_of(pop, local, cols)
     loss = _loss_of(pop, work, local)
-    for idx in batches.batches():
+    for step, idx in enumerate(batches.batches()):
         grad.zero_()
         x = inputs[idx]
         if pop.augment:  # a new crop and flip each step, from the worker's stream
@@ -260,12 +290,15 @@ def _train_worker(
             x = scratch.features(x) if on_features else x
         try:
             loss(scratch.module(x, stage=stage), targets[idx]).backward()
+        except RepgossipError:
+            raise
         except Exception as err:  # the user's model or loss failed: say where, in one line
             raise _step_failed(pop, local, err) from None
         with torch.no_grad():
             if work.hook is not None:
                 work.hook(grad, segment, others)
-            _apply(segment, velocity, grad, work.rule)
+            _apply(segment.view(1, -1), grad.view(1, -1), slots, work.rule, step)
+    _keep(pop, work, local, cols, slots)
 
 
 def _step_failed(pop: Population, local: int, err: Exception) -> UsageError:
@@ -333,9 +366,9 @@ def _train_group(
     inputs: list[torch.Tensor],
     batches: list[BatchOrder],
 ) -> None:
-    """SGD on `work.part` of `members` (equal sample counts), each with its own batch order."""
+    """The update rule on `work.part` of `members` (equal sample counts), each with its own batch
+    order."""
     params_all = pop.rows[row_key(work.model, "params")]
-    momentum_all = pop.rows[row_key(work.model, "momentum")]
     device = params_all.device
     rows = torch.tensor(members, device=device)
     cols = pop.layout.part(work.part)
@@ -343,23 +376,22 @@ def _train_group(
     every = torch.arange(len(members), device=device)[:, None]
     x_pool, y_pool = torch.stack(inputs), torch.stack([pop.train_y[m] for m in members])
     segment = params_all[rows, cols].requires_grad_()  # a copy: a leaf updated in place
-    velocity = momentum_all[rows, cols]
+    slots = _slots(pop, work, rows, cols, len(batches[0].sizes))
     params = pop.layout.views(segment, work.part)
     other = {"body": "head", "head": "body"}.get(work.part)
     if other and stage == "full":  # the frozen part takes part in the forward pass
         params |= pop.layout.views(params_all[rows, pop.layout.part(other)], other)
     others = _rows_of(pop, rows, cols)
-    for idx in order.split(batches[0].sizes, 1):
+    for step, idx in enumerate(order.split(batches[0].sizes, 1)):
         x, y = x_pool[every, idx], y_pool[every, idx]
         out = stacked.model_forward(pop.model, params, x, stage)
-        losses = pop.loss(out.flatten(0, 1), y.flatten(), reduction="none")
-        (grad,) = torch.autograd.grad(losses.view(len(members), -1).mean(1).sum(), segment)
+        (grad,) = torch.autograd.grad(pop.mean_losses(out, y).sum(), segment)
         with torch.no_grad():
             if work.hook is not None:
                 work.hook(grad, segment, others)
-            _apply(segment, velocity, grad, work.rule)
+            _apply(segment, grad, slots, work.rule, step)
     params_all[rows, cols] = segment.detach()
-    momentum_all[rows, cols] = velocity
+    _keep(pop, work, rows, cols, slots)
 
 
 def dense_gradients(
@@ -384,12 +416,155 @@ def dense_gradients(
     return dict(zip(chosen, grads, strict=True))
 
 
-def _apply(
-    segment: torch.Tensor, velocity: torch.Tensor, grad: torch.Tensor, rule: StepRule
+# ---------------------------------------------------------------- the update rule
+
+
+class AdamClock:
+    """Adam's bias corrections at every step of a phase, for each worker and parameter tensor.
+
+    torch.optim.Adam counts steps per parameter tensor (a frozen tensor gets no gradient, and its
+    count stands still), so a worker's head and body may have taken different numbers of steps,
+    and workers differ (one that sat out a round took none). Each correction is computed from the
+    step count as a Python float, in double precision, exactly as torch computes it, and rounded
+    to float32 once, as torch's kernel rounds its scalar: the update has torch's bits.
+    """
+
+    def __init__(self, rule: StepRule, counts: torch.Tensor, widths: list[int], steps: int) -> None:
+        beta1, beta2 = rule.betas
+        starts = sorted(set(counts.flatten().tolist()))
+        table = [
+            [(-(rule.lr / (1 - beta1 ** float(c + k))), (1 - beta2 ** float(c + k)) ** 0.5)
+             for k in range(1, steps + 1)]
+            for c in starts
+        ]  # fmt: skip
+        device = counts.device
+        # (distinct start counts, steps, 2): float64 first, so float32 rounds each value once
+        self.table = torch.tensor(table, dtype=torch.float64).reshape(len(starts), steps, 2)
+        self.table = self.table.to(device, torch.float32)
+        position = {c: i for i, c in enumerate(starts)}
+        where = torch.tensor(
+            [[position[c] for c in row] for row in counts.tolist()], dtype=torch.int64
+        ).reshape(counts.shape)
+        uniform = bool((counts == counts[:, :1]).all())  # the usual case: one count per worker
+        self.where = (where[:, :1] if uniform else where).to(device)
+        self.widths = None if uniform else torch.tensor(widths, device=device)
+
+    def at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(-lr / (1 - beta1^t), sqrt(1 - beta2^t)) at the phase's step `step` (from 0), each of
+        shape (G, 1), or (G, columns) where a worker's tensors have different counts."""
+        values = self.table[self.where, step]  # (G, 1 or tensors, 2)
+        if self.widths is not None:
+            values = values.repeat_interleave(self.widths, dim=1)
+        return values[..., 0], values[..., 1]
+
+
+@dataclass
+class Slots:
+    """The optimizer state of G workers' columns of one part during one phase, as (G, columns)
+    blocks (views of the rows worker by worker, copies when stacked): SGD's velocity or Adam's
+    first moment, Adam's second moment and step clock; `spans` are the columns of each parameter
+    tensor in the block, and `tensors` their indices in the layout (Adam counts steps per tensor)."""
+
+    momentum: torch.Tensor
+    second: torch.Tensor | None
+    clock: AdamClock | None
+    spans: tuple[tuple[int, int], ...]
+    tensors: slice
+    steps: int
+
+
+def _tensors_of(layout: RowLayout, cols: slice) -> tuple[slice, tuple[tuple[int, int], ...]]:
+    """(indices of the parameter tensors inside `cols`, their column spans relative to it)."""
+    inside = [
+        i for i, e in enumerate(layout.entries) if cols.start <= e.start and e.stop <= cols.stop
+    ]
+    spans = tuple((layout.entries[i].start - cols.start, layout.entries[i].stop - cols.start)
+                  for i in inside)  # fmt: skip
+    return slice(inside[0], inside[-1] + 1) if inside else slice(0, 0), spans
+
+
+def _block(rows: torch.Tensor, index: int | torch.Tensor, cols: slice) -> torch.Tensor:
+    """(G, columns) of `rows`: a view for one worker (an int), a copy for a tensor of workers."""
+    block = rows[index, cols]
+    return block if block.dim() == 2 else block.unsqueeze(0)
+
+
+def _slots(
+    pop: Population, work: PhaseWork, index: int | torch.Tensor, cols: slice, steps: int
+) -> Slots:
+    """The optimizer state of workers `index` for a phase of `steps` steps on columns `cols`."""
+    rule, rows = work.rule, pop.rows
+    tensors, spans = _tensors_of(pop.layout, cols)
+    momentum = _block(rows[row_key(work.model, "momentum")], index, cols)
+    if not rule.adam:
+        return Slots(momentum, None, None, spans, tensors, steps)
+    key = row_key(work.model, SECOND_MOMENT)
+    if key not in rows:
+        raise ValueError(f"{rule.optimizer} needs Adam state rows: build the Population with it")
+    counts = _block(rows[row_key(work.model, OPTIMIZER_STEPS)], index, tensors)
+    widths = [b - a for a, b in spans]
+    clock = AdamClock(rule, counts, widths, steps)
+    return Slots(momentum, _block(rows[key], index, cols), clock, spans, tensors, steps)
+
+
+def _keep(
+    pop: Population, work: PhaseWork, index: int | torch.Tensor, cols: slice, slots: Slots
 ) -> None:
+    """Write a phase's optimizer state back to the rows: the blocks of a stacked group are
+    copies; and count the phase's steps of every trained tensor."""
+    rows = pop.rows
+    if isinstance(index, torch.Tensor):
+        rows[row_key(work.model, "momentum")][index, cols] = slots.momentum
+        if slots.second is not None:
+            rows[row_key(work.model, SECOND_MOMENT)][index, cols] = slots.second
+    if slots.clock is not None:
+        rows[row_key(work.model, OPTIMIZER_STEPS)][index, slots.tensors] += slots.steps
+
+
+def clip_rows_(grad: torch.Tensor, spans: tuple[tuple[int, int], ...], max_norm: float) -> None:
+    """Scale each worker's row of `grad` (G, columns) as torch.nn.utils.clip_grad_norm_(params,
+    max_norm) scales that worker's gradients: by min(1, max_norm / (norm + 1e-6)), the norm being
+    the L2 norm of the per-tensor norms (`spans`). Every row is reduced on its own, in the same
+    order whatever G is, so a worker's factor does not depend on the path or its stack."""
+    norms = torch.stack([torch.linalg.vector_norm(grad[:, a:b], dim=1) for a, b in spans], dim=1)
+    total = torch.linalg.vector_norm(norms, dim=1, keepdim=True)
+    grad.mul_(((total + CLIP_EPS).reciprocal() * max_norm).clamp_(max=1.0))
+
+
+def _apply(
+    segment: torch.Tensor, grad: torch.Tensor, slots: Slots, rule: StepRule, step: int
+) -> None:
+    """Step `step` of a phase on G workers' blocks (G, columns), in place, from their gradients:
+    torch.optim's arithmetic, operation by operation, on every worker's row at once."""
+    if rule.clip_norm is not None:
+        clip_rows_(grad, slots.spans, rule.clip_norm)
+    if rule.adam:
+        _adam(segment, grad, slots, rule, step)
+        return
     if rule.weight_decay:
         grad.add_(segment, alpha=rule.weight_decay)
     if rule.momentum:
+        velocity = slots.momentum
         velocity.mul_(rule.momentum).add_(grad)
-        grad = velocity
+        grad = grad.add_(velocity, alpha=rule.momentum) if rule.nesterov else velocity
     segment.add_(grad, alpha=-rule.lr)
+
+
+def _adam(
+    segment: torch.Tensor, grad: torch.Tensor, slots: Slots, rule: StepRule, step: int
+) -> None:
+    """torch.optim.Adam's single-tensor step (AdamW's decoupled weight decay for adamw), with each
+    worker's own bias corrections as (G, 1) factors in place of torch's scalars."""
+    assert slots.second is not None and slots.clock is not None
+    beta1, beta2 = rule.betas
+    if rule.weight_decay:
+        if rule.optimizer == "adamw":
+            segment.mul_(1 - rule.lr * rule.weight_decay)
+        else:
+            grad.add_(segment, alpha=rule.weight_decay)
+    first, second = slots.momentum, slots.second
+    first.lerp_(grad, 1 - beta1)
+    second.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    neg_step, root = slots.clock.at(step)
+    denom = (second.sqrt() / root).add_(rule.eps)
+    segment.add_(first * neg_step / denom)  # addcdiv_(first, denom, value=-step_size), per row
