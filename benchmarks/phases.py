@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from common import fail, one_line_errors, positive_int
 
-from repgossip.bench import Bound, intra_op_threads, timed
+from repgossip.bench import Bound, intra_op_threads, run_round, timed
 from repgossip.config import build_config, parse_assignments
 from repgossip.layout import MAIN_MODEL
-from repgossip.runner import Experiment, build_experiment, train_round
+from repgossip.runner import Experiment, build_experiment
 
 
 def timed_into(seconds: list[float], fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -86,7 +86,7 @@ def main() -> None:
         fail(f"engine={cfg.engine}: this script times the one-process engine; under torchrun use "
              "repgossip bench, which reports a distributed round and its communication share")  # fmt: skip
     exp = build_experiment(cfg)
-    train_round(exp, 0)  # warm-up: first-call allocations, kernel selection
+    run_round(exp, 0)  # warm-up: first-call allocations, kernel selection
     per_part: dict[str, list[float]] = defaultdict(list)
     communicate = exp.algorithm.communicate
     exp.algorithm.communicate = timed_into(per_part["communicate"], communicate)  # type: ignore[method-assign]
@@ -104,9 +104,9 @@ def main() -> None:
     for r in range(1, args.rounds_measured + 1):
         began = time.perf_counter()
         if profiler is not None:
-            profiler.runcall(train_round, exp, r)
+            profiler.runcall(run_round, exp, r)
         else:
-            train_round(exp, r)
+            run_round(exp, r)
         rounds.append(time.perf_counter() - began)
     result = {
         name: round(statistics.median(per_round(s, len(rounds))), 4) for name, s in per_part.items()

@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from common import header, one_line_errors, output_file, positive_int, row, save
 from torch.utils.data import Dataset
 
-from repgossip.bench import timed
+from repgossip.bench import run_round, timed
 from repgossip.config import build_config
 from repgossip.data.sources import load_fmnist
-from repgossip.runner import Experiment, Supplied, build_experiment, train_round
+from repgossip.runner import Experiment, Supplied, build_experiment
 from repgossip.threads import single_threaded
 
 COLUMNS = ("variant", "s_per_round", "over_tensors", "over_read_once")
@@ -92,7 +92,7 @@ def main() -> None:
         seconds: dict[str, list[float]] = {name: [] for name in exps}
         for r in range(args.rounds_measured + 1):
             for name, exp in exps.items():
-                elapsed = timed(lambda exp=exp, r=r: train_round(exp, r))
+                elapsed = timed(lambda exp=exp, r=r: run_round(exp, r))
                 if r:  # round 0 warms up
                     seconds[name].append(elapsed)
     medians = {name: statistics.median(s) for name, s in seconds.items()}

@@ -15,9 +15,9 @@ import statistics
 
 from common import header, one_line_errors, positive_int, row
 
-from repgossip.bench import timed
+from repgossip.bench import run_round, timed
 from repgossip.config import build_config
-from repgossip.runner import build_experiment, train_round
+from repgossip.runner import build_experiment
 
 COLUMNS = ("dim", "model_params", "stacked_s", "loop_s", "loop_over_stacked")
 
@@ -30,7 +30,7 @@ def compare(workers: int, dim: int, rank: int, rounds: int) -> dict:
     for r in range(rounds + 1):
         for stack in (True, False):
             exp.population.stack_model = stack
-            elapsed = timed(lambda r=r: train_round(exp, r))
+            elapsed = timed(lambda r=r: run_round(exp, r))
             if r:  # round 0 warms up
                 seconds[stack].append(elapsed)
     stacked, loop = (statistics.median(seconds[s]) for s in (True, False))

@@ -34,6 +34,7 @@ from repgossip.config import Config
 from repgossip.errors import UsageError
 from repgossip.models import SplitModel
 from repgossip.runner import Experiment, build_experiment, train_round
+from repgossip.threads import single_threaded
 from repgossip.training import step_rule
 
 BOUND_BATCHES = (128, 512)  # "big": 8x and 32x the usual local batch
@@ -165,7 +166,7 @@ def measure(
     if cfg.engine == "dist":
         return measure_distributed(cfg, rounds_measured)
     exp = build_experiment(cfg)
-    train_round(exp, 0)  # warm-up: first-call allocations, kernel selection
+    run_round(exp, 0)  # warm-up: first-call allocations, kernel selection
     rss = peak_rss_mb()
     rounds, bounds, refs = _interleaved(exp, rounds_measured, reference)
     best = min(bounds, key=lambda s: statistics.median(bounds[s]))
@@ -181,7 +182,7 @@ def measure_distributed(cfg: Config, rounds_measured: int) -> dict[str, Any]:
     engine = build_engine(cfg)
     try:
         exp = build_experiment(cfg, engine)
-        train_round(exp, 0)  # warm-up
+        run_round(exp, 0)  # warm-up
         rounds, shares = [], []
         for r in range(1, rounds_measured + 1):
             engine.all_sum(torch.zeros(1))  # barrier
@@ -206,8 +207,15 @@ def measure_distributed(cfg: Config, rounds_measured: int) -> dict[str, Any]:
         engine.close()
 
 
+def run_round(exp: Experiment, round_index: int) -> None:
+    """One training round as a run trains it: every kernel single-threaded, the workers side by
+    side on the pool's threads (the count torch had when the experiment was built)."""
+    with single_threaded():
+        train_round(exp, round_index)
+
+
 def _round_and_barrier(exp: Experiment, engine: Any, round_index: int) -> None:
-    train_round(exp, round_index)
+    run_round(exp, round_index)
     engine.all_sum(torch.zeros(1))  # every rank ends the round together
 
 
@@ -224,7 +232,7 @@ def _interleaved(
     rounds: list[float] = []
     refs: list[float] = []
     for r in range(1, rounds_measured + 1):
-        rounds.append(timed(functools.partial(train_round, exp, r)))
+        rounds.append(timed(functools.partial(run_round, exp, r)))
         for setting, seconds in bounds.items():
             seconds.append(timed(functools.partial(bound.round, setting)))
         if ref is not None:
