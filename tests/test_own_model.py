@@ -128,10 +128,30 @@ def test_a_provably_separable_model_takes_the_fast_path_with_the_library_models_
     assert mine == library
 
 
+class SkipAroundHead(WithClassifier):
+    """The output mixes the head's logits with the features: not g(head(features))."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.trunk(x)
+        return self.classifier(features) + features[:, :10]
+
+
+class LearnedTemperature(WithClassifier):
+    """A parameter after the head: it would be trained by neither half."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.temperature = nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.trunk(x)) / self.temperature
+
+
 @pytest.mark.parametrize(
     ("module", "head"),
     [
-        (TorchvisionStyle(scale=2.0), "fc"),  # something after the head
+        (SkipAroundHead(), "classifier"),  # features used after the head
+        (LearnedTemperature(), "classifier"),  # a parameter after the head
         (WithClassifier(batch_norm=True), "classifier"),  # eval-mode features differ
         (TorchvisionStyle(), "features.0"),  # the head's output is not the model's
     ],
@@ -262,3 +282,15 @@ def test_a_traced_model_keeps_the_state_its_forward_does_not_use():
     torch.manual_seed(0)
     result = repgossip.run(model=module, head="fc", **TINY)
     WithUnusedState().load_state_dict(result.worker_state(1))
+
+
+@pytest.mark.parametrize("module", [TorchvisionStyle(scale=2.0), TorchvisionStyle(after="relu")])
+def test_parameter_free_work_after_the_head_stays_on_the_fast_path(module):
+    """A temperature or a ReLU on the logits is g(head(features)): the head phase still trains
+    on features computed once, and the split computes exactly the user's forward."""
+    split = traced_split(module, ("fc",), False)
+    assert split is not None and split.after_head is not None
+    x = torch.rand(5, 1, 28, 28)
+    module.eval(), split.eval()
+    assert torch.equal(split(x), module(x))
+    assert torch.equal(split.head_forward(split(x, stage="body")), module(x))

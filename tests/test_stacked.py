@@ -30,6 +30,11 @@ def small_mlp() -> SplitModel:
     return SplitModel(nn.Sequential(body, nn.ReLU()), nn.Linear(6, 3))
 
 
+class Tempered(nn.Module):
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(logits / 3.0, dim=-1)
+
+
 def population(model_name: str, sizes=(12, 12, 9, 12, 9, 12), ids=None) -> Population:
     """Workers with unequal sample counts (two stacking groups) of a small model."""
     gen = torch.Generator().manual_seed(0)
@@ -40,6 +45,8 @@ def population(model_name: str, sizes=(12, 12, 9, 12, 9, 12), ids=None) -> Popul
     else:
         model, shape = small_mlp(), (3, 4)
         ys = [torch.randint(0, 3, (n,), generator=gen) for n in sizes]
+    if model_name == "tempered":  # a user's parameter-free work after the head (traced_split)
+        model.after_head = Tempered()
     xs = [torch.randn(n, *shape, generator=gen) for n in sizes]
     ids = list(range(len(sizes))) if ids is None else ids
     data = ([xs[i] for i in ids], [ys[i] for i in ids])
@@ -97,7 +104,7 @@ def test_what_stacks():
 # ---------------------------------------------------------------- training stacked
 
 
-@pytest.mark.parametrize("model_name", ["linear", "mlp"])
+@pytest.mark.parametrize("model_name", ["linear", "mlp", "tempered"])
 def test_stacked_training_equals_the_worker_by_worker_loop(model_name):
     fast, plain = population(model_name), population(model_name)
     assert fast.stack_model and fast.stack_head
@@ -141,7 +148,7 @@ def test_layout_views_keep_leading_dimensions():
     assert torch.equal(views["head.bias"][2], pop.layout.views(pop.params[2])["head.bias"])
 
 
-@pytest.mark.parametrize("model_name", ["linear", "mlp"])
+@pytest.mark.parametrize("model_name", ["linear", "mlp", "tempered"])
 def test_stacked_evaluation_equals_the_worker_by_worker_loop(model_name):
     fast = population(model_name)
     a_round(fast, 0)

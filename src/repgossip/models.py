@@ -56,6 +56,9 @@ class SplitModel(nn.Module):
         self.body = body
         self.head = head
         self.squeeze_output = squeeze_output
+        # Parameter-free operations a user's forward applies to the head's output (a
+        # temperature, a scale): part of head_forward, so still head(body(x)) for the phases.
+        self.after_head: nn.Module | None = None
 
     def forward(self, x: torch.Tensor, stage: str = "full") -> torch.Tensor:
         """`stage` "full" maps inputs to outputs, "body" inputs to features, "head" features to
@@ -68,6 +71,8 @@ class SplitModel(nn.Module):
 
     def head_forward(self, features: torch.Tensor) -> torch.Tensor:
         out = self.head(features)
+        if self.after_head is not None:
+            out = self.after_head(out)
         return out.squeeze(-1) if self.squeeze_output else out
 
     # Where the head modules sit in the user's own module (empty: the library's names are the
@@ -329,12 +334,13 @@ def traced_split(net: nn.Module, prefixes: tuple[str, ...], squeeze: bool) -> Sp
 
     Shown by torch.fx: the forward is traced (a forward with data-dependent control flow cannot
     be, and is left alone) the same in train and eval mode (so no Python branch on
-    `self.training`); its one head module is called once, on one tensor, and its output is the
-    forward's output as it is; nothing else touches the head's parameters; and the body has no
-    layer that behaves differently in eval mode (features are computed in eval mode). The body is
-    then the traced graph up to the head's input: the same operations on the same modules.
-    Why: a head phase on features computed once per phase, not a whole forward per step, is what
-    makes DePRL's head epochs cheap (docs/performance.md).
+    `self.training`); its one head module is called once, on one tensor; what the forward does
+    with the head's output uses nothing else (no input, no feature, no parameter, no module: a
+    temperature or a scale, kept as `after_head`); nothing else touches the head's parameters;
+    and the body has no layer that behaves differently in eval mode (features are computed in
+    eval mode). The body is then the traced graph up to the head's input: the same operations on
+    the same modules. Why: a head phase on features computed once per phase, not a whole forward
+    per step, is what makes DePRL's head epochs cheap (docs/performance.md, "Your own model").
     """
     if len(prefixes) != 1:
         return None
@@ -348,14 +354,19 @@ def traced_split(net: nn.Module, prefixes: tuple[str, ...], squeeze: bool) -> Sp
     graph = _traced_in_both_modes(net, prefix)
     if graph is None:
         return None
-    features = _head_input(graph, prefix)
-    if features is None:
+    call = _head_call(graph, prefix)
+    after = None if call is None else _after_head(graph, call)
+    if call is None or after is None:
         return None
+    features = call.args[0]
+    assert isinstance(features, fx.Node)  # checked by _head_call
+    after_head = _graph_of(after, call) if after else None
     output = next(n for n in graph.nodes if n.op == "output")
-    head_node = output.args[0]
     output.args = (features,)
-    graph.erase_node(head_node)
+    for node in reversed([call, *after]):
+        graph.erase_node(node)
     split = SplitModel(fx.GraphModule(net, graph), head, squeeze)
+    split.after_head = after_head
     split.head_at = prefixes
     return split if _keeps_all_state(net, split) else None
 
@@ -386,8 +397,9 @@ def _traced_in_both_modes(net: nn.Module, prefix: str) -> fx.Graph | None:
     return graphs[0] if len(codes) == 1 else None
 
 
-def _head_input(graph: fx.Graph, prefix: str) -> fx.Node | None:
-    """The node feeding the head, where the graph is exactly head(that node) at its output."""
+def _head_call(graph: fx.Graph, prefix: str) -> fx.Node | None:
+    """The one call of the head, on one tensor that only the head reads, in a graph of one input
+    where nothing else reaches into the head."""
     nodes = list(graph.nodes)
     inputs = [n for n in nodes if n.op == "placeholder"]
     calls = [n for n in nodes if n.op == "call_module" and n.target == prefix]
@@ -395,13 +407,44 @@ def _head_input(graph: fx.Graph, prefix: str) -> fx.Node | None:
         n for n in nodes
         if n.op in ("call_module", "get_attr") and str(n.target).startswith(prefix + ".")
     ]  # fmt: skip
-    output = next(n for n in nodes if n.op == "output")
-    if len(inputs) != 1 or len(calls) != 1 or inside or output.args != (calls[0],):
+    if len(inputs) != 1 or len(calls) != 1 or inside:
         return None
     call = calls[0]
     if len(call.args) != 1 or call.kwargs or not isinstance(call.args[0], fx.Node):
         return None
-    return call.args[0] if len(call.users) == 1 else None
+    return call if len(call.args[0].users) == 1 else None
+
+
+def _after_head(graph: fx.Graph, call: fx.Node) -> list[fx.Node] | None:
+    """The operations between the head's call and the output, in order, where each is a plain
+    function or method of the head's output and of each other only (constants aside) and the
+    output is the last of them (or the call itself): then output = g(head(features)) with g
+    free of parameters, inputs and features. None otherwise (a skip connection, a learned
+    temperature, a second output)."""
+    nodes = list(graph.nodes)
+    output = nodes[-1]
+    after = nodes[nodes.index(call) + 1 : -1]
+    allowed = {call, *after}
+    for node in after:
+        if node.op not in ("call_function", "call_method"):
+            return None
+        if not set(node.all_input_nodes) <= allowed - {node}:
+            return None
+    last = after[-1] if after else call
+    if output.args != (last,) or any(set(n.users) - allowed - {output} for n in (call, *after)):
+        return None
+    return after
+
+
+def _graph_of(after: list[fx.Node], call: fx.Node) -> fx.GraphModule:
+    """The operations after the head as a module of their own: the head's output in, the
+    forward's output out (no parameters, no buffers: nothing to train or share)."""
+    graph = fx.Graph()
+    values: dict[fx.Node, fx.Node] = {call: graph.placeholder("head_output")}
+    for node in after:
+        values[node] = graph.node_copy(node, lambda n: values[n])
+    graph.output(values[after[-1]])
+    return fx.GraphModule(nn.Module(), graph)
 
 
 def _is_library_form(module: SplitModel) -> bool:

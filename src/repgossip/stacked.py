@@ -77,4 +77,6 @@ def model_forward(model: SplitModel, params: Params, x: torch.Tensor, stage: str
     if stage == "body":
         return x
     out = forward(model.head, params, x, "head.")
+    if model.after_head is not None:  # the user's own operations, on each worker's outputs
+        out = torch.stack([model.after_head(o) for o in out.unbind(0)])  # as its forward has them
     return out.squeeze(-1) if model.squeeze_output else out
