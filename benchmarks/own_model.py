@@ -1,7 +1,8 @@
 """A user's own model against the built-in path on the same architecture: `repgossip bench` on
-the built-in cnn, the same network written as a user's nn.Module (provably head(body(x)), so it
-takes the fast path), and that network with its logits divided by a temperature after the head
-(not head(body(x)), so every head step runs the whole forward).
+the built-in cnn; the same network written as a user's nn.Module (provably head(body(x)), so it
+takes the fast path); that network with its logits divided by a temperature (g(head(features)),
+still the fast path); and with a skip connection around the head (features added to the logits:
+no split is provable, so every head step runs the whole forward).
 
     python benchmarks/own_model.py [--repeats 3] [--rounds-measured 3] [--set key=value ...]
 
@@ -44,14 +45,29 @@ class Tempered(CNN):
         return self.head(self.body(x)) / 2.0
 
 
+class Skip(CNN):
+    def forward(self, x):
+        features = self.body(x)
+        return self.head(features) + features[:, :10]
+
+
 def plain(num_classes):
     return CNN(num_classes)
 
 
 def tempered(num_classes):
     return Tempered(num_classes)
+
+
+def skip(num_classes):
+    return Skip(num_classes)
 """
-MODELS = {"built-in cnn": "cnn", "user cnn": "usercnn:plain", "user cnn / T": "usercnn:tempered"}
+MODELS = {
+    "built-in cnn": "cnn",
+    "user cnn": "usercnn:plain",
+    "user cnn / T": "usercnn:tempered",
+    "user cnn + skip": "usercnn:skip",
+}
 
 
 def main() -> None:
