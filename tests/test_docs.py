@@ -100,3 +100,15 @@ def test_the_outputs_section_names_every_key_summary_json_adds():
     added = set(result.summary) - set(result.history[-1])
     assert "per_worker_train_samples" in added
     assert [key for key in sorted(added) if f"`{key}`" not in entry] == []
+
+
+def test_the_readme_demo_table_has_the_columns_the_sweep_prints():
+    """The demo table is pasted from `make demo`'s output: its header is the one `repgossip
+    sweep` prints for a classification grid over algorithms."""
+    from repgossip.sweep import RESULT_COLUMNS, STATUS, printed_table
+
+    row = {"algorithm": "deprl", STATUS: "ok"} | {
+        key: 1.0 for key in RESULT_COLUMNS if key != "subspace_dist"
+    }
+    printed = printed_table([row], ["algorithm"]).splitlines()[0]
+    assert printed in README.splitlines()
