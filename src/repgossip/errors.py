@@ -49,3 +49,9 @@ class StorageError(RepgossipError, OSError):
     there is room again."""
 
     exit_code = 5
+
+
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, at most `limit` characters (its type's name when
+    it has none): what a one-line error quotes of a failure in user or library code."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]

@@ -30,7 +30,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from repgossip.errors import UsageError
+from repgossip.errors import UsageError, first_line
 from repgossip.registry import Factory, Registry, call_with_accepted
 
 if TYPE_CHECKING:
@@ -253,14 +253,8 @@ def build_model(
     except UsageError:
         raise
     except Exception as err:
-        raise UsageError(
-            f"model '{name}' raised {type(err).__name__}: {_first_line(err)}"
-        ) from None
+        raise UsageError(f"model '{name}' raised {type(err).__name__}: {first_line(err)}") from None
     return as_split_model(module, name, config)
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
 
 
 def as_split_model(module: Any, name: str, config: Config | None = None) -> SplitModel:
@@ -565,7 +559,7 @@ def check_fits(model: SplitModel, sample: torch.Tensor, num_classes: int, name: 
     except Exception as err:
         raise UsageError(
             f"model '{name}' cannot take inputs of shape {tuple(sample.shape[1:])}: "
-            f"{type(err).__name__}: {_first_line(err)}"
+            f"{type(err).__name__}: {first_line(err)}"
         ) from None
     finally:
         model.train(was_training)

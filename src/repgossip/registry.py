@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from repgossip.errors import UsageError
+from repgossip.errors import UsageError, first_line
 
 T = TypeVar("T")
 PLUGIN_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -37,10 +37,6 @@ def is_plugin_ref(name: str) -> bool:
     """Whether `name` reads `package.module:attribute` (and not `python:...`, an object handed to
     the Python API)."""
     return bool(PLUGIN_REF.match(name)) and not name.startswith(API_PREFIX)
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
 
 
 def import_object(ref: str, kind: str) -> Any:
@@ -62,12 +58,12 @@ def import_object(ref: str, kind: str) -> Any:
                 "PYTHONPATH"
             ) from None
         raise UsageError(
-            f"{kind} plug-in '{ref}': importing it failed: {_first_line(err)}"
+            f"{kind} plug-in '{ref}': importing it failed: {first_line(err)}"
         ) from None
     except Exception as err:  # the user's module raised while importing: say so in one line
         raise UsageError(
             f"{kind} plug-in '{ref}': importing '{module_name}' raised "
-            f"{type(err).__name__}: {_first_line(err)}"
+            f"{type(err).__name__}: {first_line(err)}"
         ) from None
     target: Any = module
     for part in attribute.split("."):

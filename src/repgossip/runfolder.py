@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from repgossip.config import RESUMABLE_KEYS, Config, changed_keys, load_resolved
-from repgossip.errors import StorageError, UsageError
+from repgossip.errors import StorageError, UsageError, first_line
 from repgossip.faults import maybe_crash_midwrite
 
 CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, CHECKPOINT_FILE = (
@@ -628,7 +628,7 @@ def read_checkpoint(out: Path) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, foreign or malicious: one line, no traceback
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        reason = first_line(err)
         raise UsageError(f"cannot read checkpoint '{path}': {reason}") from None
     if not isinstance(state, dict):
         raise UsageError(f"'{path}' is not a repgossip checkpoint (it holds no mapping)")

@@ -43,7 +43,7 @@ from repgossip.config import (
 from repgossip.data.datasets import load_federation, recorded_config
 from repgossip.data.federation import Federation
 from repgossip.engines import Engine, make_engine
-from repgossip.errors import DivergenceError, RepgossipError, UsageError
+from repgossip.errors import DivergenceError, RepgossipError, UsageError, first_line
 from repgossip.faults import maybe_fail_rank
 from repgossip.gossip import GossipSchedule
 from repgossip.layout import RowLayout, row_key
@@ -272,8 +272,9 @@ def _instantiate(cls: type[Algorithm], cfg: Config) -> Algorithm:
 
 
 def _first_line(err: BaseException) -> str:
-    text = (str(err).strip().splitlines() or [""])[0][:300]
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+    """`Type: first line` of an exception, for messages that name what was raised."""
+    text = first_line(err)
+    return f"{type(err).__name__}: {text}" if text != type(err).__name__ else text
 
 
 def preflight(cfg: Config, supplied: Supplied | None = None) -> None:

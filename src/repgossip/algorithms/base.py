@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from repgossip.errors import RepgossipError, UsageError
+from repgossip.errors import RepgossipError, UsageError, first_line
 from repgossip.layout import MAIN_MODEL, PARTS, ROW_KINDS, RowLayout, row_key
 
 if TYPE_CHECKING:
@@ -246,7 +246,7 @@ class Algorithm:
         except RepgossipError:
             raise
         except Exception as err:
-            line = (str(err).strip().splitlines() or [""])[0][:300]
+            line = first_line(err)
             raise UsageError(
                 f"{self._label()}: {what} raised {type(err).__name__}: {line}".rstrip(": ")
             ) from None

@@ -21,7 +21,7 @@ from repgossip.data.federation import Federation, as_federation, partitioned
 from repgossip.data.har import hapt_federation
 from repgossip.data.partition import NATURAL
 from repgossip.data.sources import load_fmnist, make_synthetic
-from repgossip.errors import UsageError
+from repgossip.errors import UsageError, first_line
 from repgossip.memory import SYNTHETIC_DEFAULT_SAMPLES
 from repgossip.registry import Factory, Registry, call_with_accepted, is_plugin_ref
 
@@ -166,7 +166,7 @@ def load_federation(cfg: Config, data: Any = None) -> Federation:
     except UsageError:
         raise
     except Exception as err:
-        line = (str(err).strip().splitlines() or [""])[0][:300]
+        line = first_line(err)
         raise UsageError(
             f"dataset plug-in '{cfg.dataset}' raised {type(err).__name__}: {line}"
         ) from None

@@ -40,7 +40,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from repgossip.data.partition import partition, test_split
-from repgossip.errors import UsageError
+from repgossip.errors import UsageError, first_line
 from repgossip.streams import global_generators, read_seed
 
 if TYPE_CHECKING:
@@ -248,7 +248,7 @@ def _read_items(
         try:
             items.append(dataset[int(i)])
         except Exception as err:
-            line = (str(err).strip().splitlines() or [""])[0][:300]
+            line = first_line(err)
             raise UsageError(
                 f"dataset {source}: reading item {int(i)} of the {what} Dataset raised "
                 f"{type(err).__name__}: {line}"
@@ -258,7 +258,7 @@ def _read_items(
     try:
         x = torch.stack([torch.as_tensor(it[0]) for it in items])
     except (TypeError, RuntimeError, ValueError) as err:
-        line = (str(err).strip().splitlines() or [""])[0][:200]
+        line = first_line(err, 200)
         raise UsageError(
             f"dataset {source}: the {what} Dataset's inputs must be tensors or arrays of one "
             f"shape ({line})"

@@ -18,13 +18,9 @@ import torch
 import torch.distributed as dist
 
 from repgossip.engines.base import Engine, _float64_zeros
-from repgossip.errors import DistributedError, UsageError
+from repgossip.errors import DistributedError, UsageError, first_line
 from repgossip.gossip import ALL_COLUMNS, Fetch, RoundPlan
 from repgossip.metrics import add_in_order
-
-
-def _one_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
 
 
 class DistEngine(Engine):
@@ -64,7 +60,7 @@ class DistEngine(Engine):
                 backend, store=store, rank=rank, world_size=world, timeout=timeout
             )
         except Exception as err:
-            raise DistributedError(f"cannot form the process group: {_one_line(err)}") from None
+            raise DistributedError(f"cannot form the process group: {first_line(err)}") from None
 
     # ------------------------------------------------------------------ gossip
 
@@ -118,7 +114,7 @@ class DistEngine(Engine):
             for request in dist.batch_isend_irecv(ops):
                 request.wait()
         except Exception as err:
-            raise DistributedError(f"rank {self.rank}: {what} failed: {_one_line(err)}") from None
+            raise DistributedError(f"rank {self.rank}: {what} failed: {first_line(err)}") from None
         self.comm_s += time.perf_counter() - began
 
     # ------------------------------------------------------------------ collectives
@@ -127,7 +123,7 @@ class DistEngine(Engine):
         try:
             return fn(*args, **kwargs)
         except Exception as err:
-            raise DistributedError(f"rank {self.rank}: {what} failed: {_one_line(err)}") from None
+            raise DistributedError(f"rank {self.rank}: {what} failed: {first_line(err)}") from None
 
     def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         out = tensor.to(self.device, copy=True)  # NCCL reduces on the GPU only
