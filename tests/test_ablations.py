@@ -35,17 +35,17 @@ def test_gossip_first_changes_the_order() -> None:
 
 
 def test_reset_momentum_without_momentum_changes_nothing() -> None:
-    assert torch.equal(_params(), _params(reset_momentum=True))
+    assert torch.equal(_params(), _params(reset_momentum=False))
 
 
 def test_reset_momentum_zeroes_it_each_round_and_only_then() -> None:
-    kept = repgossip.run(SMALL | {"momentum": 0.9, "rounds": 1})
-    reset = repgossip.run(SMALL | {"momentum": 0.9, "rounds": 1, "reset_momentum": True})
+    kept = repgossip.run(SMALL | {"momentum": 0.9, "rounds": 1, "reset_momentum": False})
+    reset = repgossip.run(SMALL | {"momentum": 0.9, "rounds": 1})  # the default: reset
     # the first round starts from zero momentum either way
     assert torch.equal(kept.experiment.population.params, reset.experiment.population.params)
     momentum = reset.experiment.population.momentum
     assert momentum.abs().sum() > 0  # the round's own momentum is left for inspection
-    assert not torch.equal(_params(momentum=0.9), _params(momentum=0.9, reset_momentum=True))
+    assert not torch.equal(_params(momentum=0.9), _params(momentum=0.9, reset_momentum=False))
 
 
 class _ZeroMomentumAtRoundEnd(DePRL):
@@ -57,7 +57,9 @@ class _ZeroMomentumAtRoundEnd(DePRL):
 
 def test_reset_momentum_equals_a_fresh_optimizer_each_round() -> None:
     reset = _params(momentum=0.9, reset_momentum=True)
-    fresh = repgossip.run(SMALL | {"momentum": 0.9}, algorithm=_ZeroMomentumAtRoundEnd)
+    fresh = repgossip.run(
+        SMALL | {"momentum": 0.9, "reset_momentum": False}, algorithm=_ZeroMomentumAtRoundEnd
+    )
     assert torch.equal(reset, fresh.experiment.population.params)
 
 

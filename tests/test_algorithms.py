@@ -172,15 +172,6 @@ def test_population_matches_a_plain_per_worker_reference():
         torch.testing.assert_close(pop.params[w], expected, rtol=1e-4, atol=1e-5)
 
 
-def test_batch_schedule_covers_each_epoch_once_and_steps_are_full():
-    gen = torch.Generator().manual_seed(3)
-    epochs = batch_schedule(10, 4, Budget(epochs=2), gen).batches()
-    assert [len(b) for b in epochs] == [4, 4, 2, 4, 4, 2]
-    assert sorted(torch.cat(epochs[:3]).tolist()) == list(range(10))
-    steps = batch_schedule(10, 4, Budget(steps=7), gen).batches()
-    assert len(steps) == 7 and all(len(b) == 4 for b in steps)
-
-
 def test_the_run_loops_consensus_is_the_metrics_definition():
     from repgossip.metrics import consensus_distance
     from repgossip.runner import consensus

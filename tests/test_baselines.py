@@ -135,3 +135,64 @@ def test_dispfl_resumes_exactly(tmp_path, algorithm):
 @pytest.mark.slow
 def test_dispfl_gives_the_numbers_of_one_process_on_two_ranks(tmp_path):
     test_two_ranks_give_the_numbers_of_one_process(tmp_path, "dispfl")
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_fedrod_interleaved_is_a_generic_step_then_a_personal_head_step_on_each_batch(momentum):
+    """Against the peers' loop (PFLlib's clientrod): two torch.optim.SGD, and on every batch one
+    step of the generic model on the balanced softmax, then one of the personal head on the same
+    forward's detached features and generic logits."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from repgossip.config import build_config
+    from repgossip.runner import _loss_hook, build_experiment
+    from repgossip.streams import worker_generator
+    from repgossip.training import batch_schedule, budget, step_rule
+
+    cfg = build_config({**FMNIST, "algorithm": "fedrod", "samples_per_worker": 37,
+                        "momentum": momentum})  # fmt: skip
+    assert cfg.fedrod_schedule == "interleaved"
+    exp = build_experiment(cfg)
+    pop, algorithm = exp.population, exp.algorithm
+    model = copy.deepcopy(pop.model)  # every worker starts from it
+    x, y, prior = pop.train_x[0], pop.train_y[0], pop.rows[LOG_PRIOR][0]
+    generic = [p for n, p in model.named_parameters() if not n.startswith("head.personal")]
+    rule = step_rule(cfg, "all", 0)
+    sgd = {"momentum": rule.momentum, "lr": rule.lr}
+    optimizers = (torch.optim.SGD(generic, **sgd),
+                  torch.optim.SGD(model.head.personal.parameters(), **sgd))  # fmt: skip
+    for index, phase in enumerate(algorithm.phases):
+        pop.train(phase.part, budget(cfg, phase.budget), rule, 0, index,
+                  loss=_loss_hook(algorithm, phase, pop))  # fmt: skip
+        gen = worker_generator(cfg.seed, 0, 0, index)
+        for idx in batch_schedule(len(y), cfg.batch_size, budget(cfg, phase.budget), gen).batches():
+            features = model.body(x[idx])
+            out_g = model.head.generic(features)
+            optimizers[0].zero_grad()
+            F.cross_entropy(out_g + prior, y[idx]).backward()
+            optimizers[0].step()
+            out_p = model.head.personal(features.detach())
+            optimizers[1].zero_grad()
+            F.cross_entropy(out_g.detach() + out_p, y[idx]).backward()
+            optimizers[1].step()
+    expected = pop.layout.flatten(model.parameters())
+    torch.testing.assert_close(pop.params[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fedrod_sequential_trains_the_personal_head_after_the_generic_model():
+    from repgossip.config import build_config
+    from repgossip.runner import build_experiment
+
+    cfg = build_config({**FMNIST, "algorithm": "fedrod", "fedrod_schedule": "sequential"})
+    phases = build_experiment(cfg).algorithm.phases
+    assert [p.part for p in phases] == ["body+head.generic"] * 2 + ["head.personal"]
+    assert build_config({**FMNIST, "fedrod_schedule": "sequential"}).fedrod_schedule is None
+    with pytest.raises(repgossip.UsageError, match="valid: interleaved, sequential"):
+        build_config({**FMNIST, "algorithm": "fedrod", "fedrod_schedule": "joint"})
+    both = {
+        s: run(algorithm="fedrod", fedrod_schedule=s).summary["per_worker_test_loss"]
+        for s in ("interleaved", "sequential")
+    }
+    assert both["interleaved"] != both["sequential"]

@@ -188,12 +188,14 @@ def test_default_run_folders_are_distinct_and_plain(tmp_path, monkeypatch):
     assert second != first and second.parent == Path("runs")
 
 
-def test_batchnorm_with_a_lone_last_sample_merges_it_into_the_batch_before():
+@pytest.mark.parametrize("policy", ["merge", "keep"])
+def test_batchnorm_with_a_lone_last_sample_merges_it_into_the_batch_before(policy):
     from repgossip.training import Budget, batch_schedule
 
-    sizes = batch_schedule(17, 8, Budget(epochs=2), torch.Generator(), no_single=True).sizes
+    sizes = batch_schedule(17, 8, Budget(epochs=2), torch.Generator(), policy, True).sizes
     assert sizes == (8, 9, 8, 9)
-    plain = batch_schedule(17, 8, Budget(epochs=1), torch.Generator()).sizes
+    plain = batch_schedule(17, 8, Budget(epochs=1), torch.Generator(), "keep").sizes
     assert plain == (8, 8, 1)
-    result = repgossip.run({**SYNTH, "batch_size": 19}, model=bn_model)  # 20 samples: 19 + 1
+    # 20 samples: 19 + 1
+    result = repgossip.run({**SYNTH, "batch_size": 19, "last_batch": policy}, model=bn_model)
     assert result.summary["rounds"] == 2

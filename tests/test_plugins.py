@@ -23,7 +23,12 @@ from repgossip.runfolder import CHECKPOINT_FILE, checkpoint_bytes
 from launch import assert_same_numbers, summary, torchrun
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-SYNTHETIC = ["dataset=synthetic", "workers=6", "samples_per_worker=30", "rounds=3"]
+SYNTHETIC = [
+    "dataset=synthetic",
+    "workers=6",
+    "samples_per_worker=40",
+    "rounds=3",
+]  # 2 batches an epoch
 
 
 @pytest.fixture

@@ -16,7 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from repgossip.config import build_config, coerce, parse_assignments, read_yaml
+from repgossip.config import (
+    build_config,
+    coerce,
+    parse_assignments,
+    read_yaml,
+    with_legacy_values,
+)
 from repgossip.errors import RepgossipError, UsageError
 
 EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141  # 128 + SIGINT, 128 + SIGPIPE
@@ -150,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _config_from(args: argparse.Namespace, resume_dir: Path | None = None):
     base: dict[str, Any] = {}
     if resume_dir is not None and (resume_dir / "config.yaml").is_file():
-        base.update(read_yaml(resume_dir / "config.yaml"))  # resume: the saved run is the base
+        # resume: the saved run is the base, keys it lacks read as its release ran them
+        base.update(with_legacy_values(read_yaml(resume_dir / "config.yaml")))
     if args.config:
         base.update(read_yaml(args.config))
     return base, parse_assignments(args.assignments)

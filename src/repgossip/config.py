@@ -26,6 +26,7 @@ import yaml
 
 from repgossip import memory
 from repgossip.algorithms import ALGORITHMS, Algorithm, algorithm_class
+from repgossip.algorithms.fedrod import FEDROD_SCHEDULES, FedRoD
 from repgossip.data.datasets import DATASETS, dataset_defaults, fitting_models, split_defaults
 from repgossip.data.federation import REREAD_CHOICES
 from repgossip.data.partition import PARTITIONS
@@ -34,7 +35,7 @@ from repgossip.models import MODELS
 from repgossip.objectives import SIGNATURES, resolve
 from repgossip.registry import API_PREFIX, Registry, is_plugin_ref
 from repgossip.topology import check_mixing_rule
-from repgossip.training import ADAM_DEFAULTS, OPTIMIZERS
+from repgossip.training import ADAM_DEFAULTS, LAST_BATCH, OPTIMIZERS
 
 # The keys whose values may be plug-ins (code: `package.module:name`), with their registries.
 PLUGIN_REGISTRIES: dict[str, Registry[Any]] = {
@@ -98,6 +99,7 @@ class Config:
     head_epochs: int | None = None
     body_epochs: int | None = None
     batch_size: int = 16
+    last_batch: str = "merge"
     lr: float | None = None
     lr_head: float | None = None
     lr_body: float | None = None
@@ -122,12 +124,13 @@ class Config:
     share_bn_stats: bool = False
     tensorboard: bool = False
     ditto_lambda: float = 0.1
+    fedrod_schedule: str | None = None
     density: float = 0.5
     prune_rate: float = 0.5
     directed: bool = False
     augment: bool = False
     gossip_first: bool | None = None
-    reset_momentum: bool = False
+    reset_momentum: bool = True
     loss: str | None = None
     metric: str | None = None
 
@@ -136,9 +139,12 @@ class Config:
 
 
 KEYS = tuple(f.name for f in fields(Config))
-# What a key missing from an older run's config means: that version had no such key, so it ran as
-# the key's default does (every key added since leaves the default numbers as they were).
 DEFAULTS = {f.name: f.default for f in fields(Config)}
+# What a key missing from an older run's config means. That release had no such key, so it ran as
+# the key's default does, except where a default changed since: those ran as below (an epoch's
+# remainder was a batch of its own; FedRoD trained its personal head after the generic model;
+# momentum persisted across rounds). Without this, such a folder would resume under the new one.
+LEGACY_VALUES = {"last_batch": "keep", "fedrod_schedule": "sequential", "reset_momentum": False}
 _FIELD_TYPES = typing.get_type_hints(Config)
 _NONE_WORDS = ("none", "null", "~", "")
 _TRUE_WORDS, _FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
@@ -470,6 +476,7 @@ def _resolve(given: dict[str, Any], algorithm: type[Algorithm] | None) -> dict[s
     name = resolved.get("algorithm", Config.algorithm)
     cls = algorithm or (None if name.startswith(API_PREFIX) else algorithm_class(name))
     _resolve_optimizer(resolved, cls.default_momentum if cls else 0.0)
+    _resolve_fedrod(resolved, cls)
     if cls is not None and cls.exact_average:
         topology = resolved.get("topology", "complete")
         if topology != "complete":
@@ -508,6 +515,18 @@ def _resolve_optimizer(resolved: dict[str, Any], default_momentum: float) -> Non
     for key, default in ADAM_DEFAULTS.items():
         if resolved.get(key) is None:
             resolved[key] = default
+
+
+def _resolve_fedrod(resolved: dict[str, Any], cls: type[Algorithm] | None) -> None:
+    """FedRoD's schedule (interleaved by default, as its paper trains) for FedRoD and its
+    subclasses; none for every other algorithm, where it plays no part, so config.yaml says so
+    (and a sweep may set it for a grid of algorithms)."""
+    if cls is not None and issubclass(cls, FedRoD):
+        schedule = resolved.get("fedrod_schedule") or FEDROD_SCHEDULES[0]
+        _choice("fedrod_schedule", schedule, FEDROD_SCHEDULES)
+        resolved["fedrod_schedule"] = schedule
+    elif cls is not None:
+        resolved["fedrod_schedule"] = None
 
 
 def _choice(key: str, value: str, valid: Iterable[str]) -> None:
@@ -559,6 +578,9 @@ def validate(cfg: Config) -> None:
     _choice("engine", cfg.engine, ENGINES)
     _check_device(cfg.device)
     _choice("reread_data", cfg.reread_data, REREAD_CHOICES)
+    _choice("last_batch", cfg.last_batch, LAST_BATCH)
+    if cfg.fedrod_schedule is not None:
+        _choice("fedrod_schedule", cfg.fedrod_schedule, FEDROD_SCHEDULES)
     fitting = fitting_models(cfg.dataset)
     if fitting is not None and cfg.model in MODELS and cfg.model not in fitting:
         raise UsageError(
@@ -662,6 +684,12 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
+def with_legacy_values(saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved run's config mapping with every key it lacks whose default has changed since set
+    as its release ran it (`LEGACY_VALUES`)."""
+    return {**LEGACY_VALUES, **saved}
+
+
 def saved_config(
     text: str,
     name: str,
@@ -673,13 +701,14 @@ def saved_config(
     not have yet gets its default, as it would in a new run. Every comparison of a saved config
     with the current one reads it here and compares with `changed_keys`, so a folder written by an
     earlier release resumes after a key is added, and an edited value that matters is still
-    refused.
+    refused. A key whose new default changes numbers reads, where the text lacks it, as that
+    release ran (`LEGACY_VALUES`).
 
     `name` says what the text is ("checkpoint '...'"), for the one-line errors; `algorithm` is the
     class an API caller handed over, as for `build_config`. With `current` (the config the saved
     one is compared with), a plug-in the text names that `current` does not is refused before
     resolving would import it: comparing with another run runs none of its code."""
-    given = parse_mapping(text, name)
+    given = with_legacy_values(parse_mapping(text, name))
     if current is not None:
         for key in PLUGIN_REGISTRIES:
             value, now = given.get(key), getattr(current, key)

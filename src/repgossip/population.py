@@ -74,6 +74,7 @@ class Population:
         optimizer: str = "sgd",
         loss_fn: LossFn | None = None,
         metric_fn: MetricScore | None = None,
+        last_batch: str = "merge",
     ) -> None:
         self.model = model.to(device)
         self.layout = RowLayout.parameters(model)
@@ -84,6 +85,7 @@ class Population:
         self.test_x, self.test_y = ([t.to(device) for t in ts] for ts in test)
         self.regression = regression
         self.batch_size = batch_size
+        self.last_batch = last_batch  # what an epoch's remainder becomes (training.batch_schedule)
         self.seed = seed
         self.device = device
         self.share_buffers = share_buffers  # BatchNorm statistics travel with the body

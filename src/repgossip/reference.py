@@ -8,7 +8,7 @@ with `requires_grad`); gossip averages `state_dict`s.
 It lives in the package (not in `benchmarks/`) so that the installed `repgossip bench` can import
 it. It does the same work as `Population` on the same config: the same initialisation, data, batch
 order (each DataLoader draws its batches from the worker's own schedule), learning rates, momentum
-kept across rounds, and mixing weights, so its parameters equal Population's to float rounding
+policy, and mixing weights, so its parameters equal Population's to float rounding
 (tests/test_bench.py checks this). Only the speed differs.
 """
 
@@ -33,7 +33,7 @@ class ReferenceWorker:
         self.dataset = TensorDataset(x, y)
         self.loss = nn.MSELoss() if regression else nn.CrossEntropyLoss()
         # One optimizer over every parameter: frozen ones get no gradient and are skipped, so the
-        # momentum of each parameter persists across phases and rounds, as in Population.
+        # momentum of each parameter persists across phases (and rounds, unless reset_momentum).
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1.0)
 
     def train(self, part: str, batches: list[torch.Tensor], lr: float, momentum: float,
@@ -65,12 +65,19 @@ class ReferenceSimulation:
         """Local phases worker by worker, then gossip of the shared part by state_dicts."""
         cfg, plan = self.exp.cfg, self.exp.schedule.round_plan(round_index)
         for worker_id, worker in enumerate(self.workers):
+            if cfg.reset_momentum:  # a new optimizer each round, as the DePRL authors build one
+                worker.optimizer.state.clear()
             if not plan.active[worker_id]:
                 continue
             for phase_index, phase in enumerate(self.exp.algorithm.phases):
                 gen = worker_generator(cfg.seed, worker_id, round_index, phase_index)
                 batches = batch_schedule(
-                    len(worker.dataset), cfg.batch_size, budget(cfg, phase.budget), gen
+                    len(worker.dataset),
+                    cfg.batch_size,
+                    budget(cfg, phase.budget),
+                    gen,
+                    cfg.last_batch,
+                    self.exp.population.has_batch_norm,
                 ).batches()
                 rule = step_rule(cfg, phase.part, round_index)
                 worker.train(phase.part, batches, rule.lr, rule.momentum, rule.weight_decay)

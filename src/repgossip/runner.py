@@ -309,6 +309,7 @@ def build_experiment(
         ([federation.test_x[i] for i in mine], [federation.test_y[i] for i in mine]),
         regression=federation.regression,
         batch_size=cfg.batch_size,
+        last_batch=cfg.last_batch,
         seed=cfg.seed,
         device=resolve_device(cfg.device),
         models=algorithm.extra_models(),

@@ -6,10 +6,16 @@ The balanced softmax adds each worker's log class frequencies to the generic log
 training (Ren et al., 2020), so the generic head learns the class-balanced decision rule however
 skewed a worker's labels are; the personal head then adds back what is particular to the worker.
 
-Per round: the generic model (body and generic head) trains for the head budget and then the body
-budget, as the joint-training baselines do; the personal head then trains for the head budget on
-features the frozen body computes once. The personal head starts at zero, so the first prediction
-is the generic one.
+Two local schedules (`fedrod_schedule`), both taking the joint-training baselines' head budget
+and then their body budget for the generic model:
+- "interleaved" (the default): on every batch, one step of the generic model and one of the
+  personal head, on the features and generic logits of the same forward pass, as PFLlib and fluke
+  train FedRoD. Neither loss reaches the other's parameters (the personal head reads detached
+  features and generic logits), so the two steps are one step of the summed loss; with
+  `clip_norm`, the two gradients are clipped together.
+- "sequential": the generic model trains for its budget, then the personal head trains for the
+  head budget on the features of the updated, frozen body (computed once).
+The personal head starts at zero, so the first prediction is the generic one.
 """
 
 from __future__ import annotations
@@ -26,9 +32,20 @@ from repgossip.errors import UsageError
 from repgossip.models import SplitModel
 
 if TYPE_CHECKING:
+    from repgossip.config import Config
     from repgossip.population import Population
 
 GENERIC, PERSONAL = "head.generic", "head.personal"
+GENERIC_MODEL = f"body+{GENERIC}"
+FEDROD_SCHEDULES = ("interleaved", "sequential")  # the first is the default
+SCHEDULES = {
+    "interleaved": (Phase("all", "head"), Phase("all", "body")),
+    "sequential": (
+        Phase(GENERIC_MODEL, "head"),
+        Phase(GENERIC_MODEL, "body"),
+        Phase(PERSONAL, "head"),
+    ),
+}
 LOG_PRIOR = "class_log_prior"
 SMALLEST_FREQUENCY = 1e-8  # a class a worker never saw: its logit is pushed down by log(1e-8)
 
@@ -46,7 +63,8 @@ class TwoHeads(nn.Module):
                 param.zero_()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.generic(features), self.personal(features)], dim=-1)
+        # detached: the personal head's loss never trains the body, under either schedule
+        return torch.cat([self.generic(features), self.personal(features.detach())], dim=-1)
 
 
 def halves(outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,13 +75,14 @@ def halves(outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class FedRoD(Algorithm):
     name = "fedrod"
     summary = "balanced-softmax generic model gossiped; personal head added to its logits"
-    phases = (
-        Phase(f"body+{GENERIC}", "head"),
-        Phase(f"body+{GENERIC}", "body"),
-        Phase(PERSONAL, "head"),
-    )
-    shared = f"body+{GENERIC}"
+    phases = SCHEDULES["interleaved"]
+    shared = GENERIC_MODEL
     num_classes = 0
+
+    def __init__(self, config: Config | None = None) -> None:
+        super().__init__(config)
+        schedule = (config.fedrod_schedule if config else None) or FEDROD_SCHEDULES[0]
+        self.phases = SCHEDULES[schedule]  # type: ignore[misc]  # one schedule per instance
 
     def adapt_model(self, model: SplitModel, num_classes: int) -> SplitModel:
         if num_classes == 0:
@@ -91,9 +110,13 @@ class FedRoD(Algorithm):
         rows: Rows,
     ) -> torch.Tensor:
         generic, personal = halves(outputs)
+        balanced = task_loss(generic + rows(LOG_PRIOR), targets)  # the balanced softmax
+        personalized = task_loss(generic.detach() + personal, targets)
         if phase.part == PERSONAL:
-            return task_loss(generic.detach() + personal, targets)
-        return task_loss(generic + rows(LOG_PRIOR), targets)  # the balanced softmax
+            return personalized
+        if phase.part == GENERIC_MODEL:
+            return balanced
+        return balanced + personalized  # interleaved: each loss trains only its own part
 
     def predictions(self, outputs: torch.Tensor) -> torch.Tensor:
         generic, personal = halves(outputs)
