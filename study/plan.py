@@ -134,11 +134,25 @@ def _ablations() -> list[Sweep]:
     ]  # fmt: skip
 
 
+# Part 6: the remainder batch and FedRoD's schedule, judged by the round-to-round spread.
+LAST_BATCH_POLICIES = "last_batch=merge,drop,keep"
+
+
+def _noise() -> list[Sweep]:
+    return [
+        Sweep("noise", "noise-ditto", "noise.yaml",
+              (LAST_BATCH_POLICIES, f"seed={SEEDS3}"), ("algorithm=ditto",)),
+        Sweep("noise", "noise-fedrod", "noise.yaml",
+              ("fedrod_schedule=interleaved,sequential", LAST_BATCH_POLICIES, f"seed={SEEDS3}"),
+              ("algorithm=fedrod",)),
+    ]  # fmt: skip
+
+
 def _hapt() -> list[Sweep]:
     return [Sweep("hapt", "hapt", "hapt.yaml", ("algorithm=deprl,local,dpsgd", f"seed={SEEDS3}"))]
 
 
 SWEEPS: list[Sweep] = [
-    *_accuracy(), *_pays(), *_speedup(), *_topology(), *_ablations(), *_hapt()
+    *_accuracy(), *_pays(), *_speedup(), *_topology(), *_ablations(), *_noise(), *_hapt()
 ]  # fmt: skip
 PARTS = tuple(dict.fromkeys(s.part for s in SWEEPS))

@@ -652,6 +652,49 @@ def ablations_block(runs: list[Run]) -> str:
     return table(["variant", "seeds", "mean acc", "p10 acc", "consensus dist"], rows)
 
 
+# ---------------------------------------------------------------- part 6: the remainder batch
+
+NOISE_ROUNDS = (21, 30)  # the last ten rounds: near the plateau, where the spread is noise
+
+
+def late_accuracies(run: Run) -> list[float]:
+    """Mean test accuracy at every evaluated round in NOISE_ROUNDS."""
+    first, last = NOISE_ROUNDS
+    return [float(r["test_acc_mean"]) for r in run.metrics() if first <= r["round"] <= last]
+
+
+def noise_block(runs: list[Run]) -> str:
+    variants = [("ditto", "noise-ditto", {})] + [
+        (f"fedrod {schedule}", "noise-fedrod", {"fedrod_schedule": schedule})
+        for schedule in ("interleaved", "sequential")
+    ]
+    rows = []
+    for label, sweep, keys in variants:
+        for policy in ("merge", "drop", "keep"):
+            picked = [
+                r
+                for r in runs
+                if r.sweep == sweep and r.summary and r.matches(last_batch=policy, **keys)
+            ]
+            late = [late_accuracies(r) for r in picked]
+            late = [xs for xs in late if len(xs) > 1]
+            rows.append(
+                [
+                    label,
+                    policy,
+                    len(late),
+                    mean_std([statistics.mean(xs) for xs in late]),
+                    mean_std([statistics.stdev(xs) for xs in late], 4),
+                ]
+            )
+    first, last = NOISE_ROUNDS
+    return table(
+        ["algorithm", "last_batch", "seeds", f"mean acc, rounds {first}-{last}",
+         f"round-to-round std, rounds {first}-{last}"],
+        rows,
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------- HAPT
 
 
@@ -702,6 +745,7 @@ def blocks(runs: list[Run]) -> dict[str, str]:
         "speedup": speedup_block(runs),
         "topology": topology_block(runs),
         "ablations": ablations_block(runs),
+        "noise": noise_block(runs),
         "hapt": hapt_block(runs),
     }
 

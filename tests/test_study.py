@@ -154,3 +154,21 @@ def test_hostile_summaries_and_tables_are_one_line_each_and_the_report_goes_on(
 
 def test_a_sweep_killed_by_a_signal_is_a_failure() -> None:
     assert run.exit_code(-9) == 137 and run.exit_code(0) == 0 and run.exit_code(3) == 3
+
+
+def test_the_noise_block_reads_the_late_rounds_spread(tmp_path: Path) -> None:
+    for seed, accs in ((0, (0.5, 0.80, 0.82, 0.78)), (1, (0.5, 0.70, 0.70, 0.70))):
+        folder = tmp_path / "noise-ditto" / f"seed-{seed}"
+        folder.mkdir(parents=True)
+        config = {"algorithm": "ditto", "seed": seed, "last_batch": "drop"}
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+        (folder / "summary.json").write_text(json.dumps({"test_acc_mean": accs[-1]}))
+        records = [
+            {"round": r, "test_acc_mean": a} for r, a in zip((20, 21, 25, 30), accs, strict=True)
+        ]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    runs = report.load_runs(tmp_path)
+    assert report.late_accuracies(runs[0]) == [0.80, 0.82, 0.78]  # round 20 is before the window
+    row = next(line for line in report.noise_block(runs).splitlines() if "| drop |" in line)
+    # per seed: mean 0.80 and 0.70, round-to-round std 0.02 and 0
+    assert row == "| ditto | drop | 2 | 0.750 ± 0.071 | 0.0100 ± 0.0141 |"
