@@ -42,6 +42,7 @@ study: install data
 lint:
 	ruff check .
 	ruff format --check .
+	lint-imports
 
 typecheck:
 	$(PYTHON) -m mypy

@@ -19,8 +19,8 @@ import time
 import torch
 from common import one_line_errors, positive_int
 
-from repgossip.memory import IMAGE_SETS
-from repgossip.models import build_model
+from repgossip.architectures import build_model
+from repgossip.footprint import IMAGE_SETS
 
 SMALL, BIG = 16, 128
 

@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from repgossip.algorithms import ALGORITHMS
+from repgossip.architectures import build_model
 from repgossip.config import build_config
 from repgossip.metrics import bytes_per_round
-from repgossip.models import build_model
 from repgossip.population import Population
 from repgossip.runner import build_experiment, train_round
 from repgossip.streams import worker_generator
-from repgossip.training import Budget, StepRule, batch_schedule, budget, step_rule
+from repgossip.training import Budget, StepRule, batch_schedule, budget, step_rule, train_phase
 
 SYNTHETIC = dict(dataset="synthetic", workers=6, samples_per_worker=24, batch_size=8, rounds=3)
 
@@ -37,10 +37,10 @@ def test_head_phase_leaves_bodies_and_body_phase_leaves_heads_bitwise():
     exp = experiment()
     pop, cfg = exp.population, exp.cfg
     body0, head0 = blocks(exp)
-    pop.train("head", budget(cfg, "head"), step_rule(cfg, "head", 0), 0, 0)
+    train_phase(pop, "head", budget(cfg, "head"), step_rule(cfg, "head", 0), 0, 0)
     body1, head1 = blocks(exp)
     assert torch.equal(body1, body0) and not torch.equal(head1, head0)
-    pop.train("body", budget(cfg, "body"), step_rule(cfg, "body", 0), 0, 1)
+    train_phase(pop, "body", budget(cfg, "body"), step_rule(cfg, "body", 0), 0, 1)
     body2, head2 = blocks(exp)
     assert torch.equal(head2, head1) and not torch.equal(body2, body1)
 
@@ -49,7 +49,7 @@ def test_head_phase_leaves_bodies_and_body_phase_leaves_heads_bitwise():
 def test_gossip_moves_bodies_only_and_heads_never_count_as_bytes(topology):
     exp = experiment(topology=topology)
     pop = exp.population
-    pop.train("all", Budget(epochs=1), StepRule(lr=0.01), 0, 0)  # make workers differ
+    train_phase(pop, "all", Budget(epochs=1), StepRule(lr=0.01), 0, 0)  # make workers differ
     body0, head0 = blocks(exp)
     sent = exp.engine.gossip(pop, "body", exp.schedule.round_plan(0))
     body1, head1 = blocks(exp)
@@ -72,7 +72,7 @@ def test_a_deprl_round_changes_heads_only_locally():
     pop, cfg = exp.population, exp.cfg
     twin = experiment()
     for phase_index, phase in enumerate(exp.algorithm.phases):
-        twin.population.train(phase.part, budget(cfg, phase.budget), step_rule(cfg, phase.part, 0), 0,
+        train_phase(twin.population, phase.part, budget(cfg, phase.budget), step_rule(cfg, phase.part, 0), 0,
                               phase_index)  # fmt: skip
     train_round(exp, 0)
     assert torch.equal(blocks(exp)[1], blocks(twin)[1])
@@ -165,8 +165,8 @@ def test_population_matches_a_plain_per_worker_reference():
              "body": StepRule(lr=0.03, momentum=0.9, weight_decay=1e-3)}  # fmt: skip
     rounds = 2  # the second round checks that momentum persists across rounds
     for r in range(rounds):
-        pop.train("head", Budget(epochs=2), rules["head"], r, 0)
-        pop.train("body", Budget(steps=3), rules["body"], r, 1)
+        train_phase(pop, "head", Budget(epochs=2), rules["head"], r, 0)
+        train_phase(pop, "body", Budget(steps=3), rules["body"], r, 1)
     for w in range(len(pop)):
         expected = _reference_worker(model, pop, w, xs, ys, rounds, rules)
         torch.testing.assert_close(pop.params[w], expected, rtol=1e-4, atol=1e-5)

@@ -13,6 +13,8 @@ from torch.utils.data import TensorDataset
 
 import repgossip
 from repgossip import Callback, Phase, StateSpec
+from repgossip.evaluation import evaluate
+from repgossip.layout import MAIN_MODEL
 
 WORKERS, FEATURES, CLASSES = 6, 5, 3
 
@@ -71,7 +73,7 @@ def test_batchnorm_statistics_are_private_unless_shared():
 def test_evaluation_runs_in_eval_mode_so_it_is_repeatable():
     result = run(rounds=1)
     exp = result.experiment
-    first, again = exp.population.evaluate(), exp.population.evaluate()
+    first, again = evaluate(exp.population, MAIN_MODEL), evaluate(exp.population, MAIN_MODEL)
     assert all((first[k] == again[k]).all() for k in first)  # no dropout, no moving statistics
     assert torch.equal(
         result.worker_state(0)["body.1.running_mean"],

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import repgossip
-from repgossip.models import MODELS, build_model
+from repgossip.architectures import MODELS, build_model
 
 # (model, input shape, body parameters, head parameters for 10 classes, for 100 classes)
 COUNTS = [

@@ -11,7 +11,9 @@ import torch
 import repgossip
 from repgossip.algorithms.fedrod import LOG_PRIOR
 from repgossip.cli import main
+from repgossip.evaluation import evaluate
 from repgossip.metrics import consensus_distance
+from repgossip.training import train_phase
 
 from launch import assert_same_numbers, summary, torchrun
 
@@ -37,7 +39,7 @@ def test_ditto_with_a_large_lambda_ties_the_personal_model_to_the_global_one():
     def gaps(strength: float) -> tuple[float, float]:
         pop = run(algorithm="ditto", ditto_lambda=strength, lr=0.01, rounds=3).experiment.population
         distance = float(((pop.rows["personal"] - pop.params) ** 2).sum(1).mean())
-        personal, shared = pop.evaluate("personal"), pop.evaluate("params")
+        personal, shared = evaluate(pop, "personal"), evaluate(pop, "params")
         return distance, float(abs(personal["test_loss"] - shared["test_loss"]).mean())
 
     (far, loss_far), (near, loss_near) = gaps(0.0), gaps(100.0)
@@ -164,7 +166,7 @@ def test_fedrod_interleaved_is_a_generic_step_then_a_personal_head_step_on_each_
     optimizers = (torch.optim.SGD(generic, **sgd),
                   torch.optim.SGD(model.head.personal.parameters(), **sgd))  # fmt: skip
     for index, phase in enumerate(algorithm.phases):
-        pop.train(phase.part, budget(cfg, phase.budget), rule, 0, index,
+        train_phase(pop, phase.part, budget(cfg, phase.budget), rule, 0, index,
                   loss=_loss_hook(algorithm, phase, pop))  # fmt: skip
         gen = worker_generator(cfg.seed, 0, 0, index)
         for idx in batch_schedule(len(y), cfg.batch_size, budget(cfg, phase.budget), gen).batches():

@@ -17,14 +17,16 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from repgossip.architectures import build_model
 from repgossip.bench import intra_op_threads
 from repgossip.cli import main
 from repgossip.config import build_config
-from repgossip.models import build_model
+from repgossip.evaluation import evaluate
+from repgossip.layout import MAIN_MODEL
 from repgossip.population import Population
 from repgossip.reference import ReferenceSimulation
 from repgossip.runner import build_experiment, train_round
-from repgossip.training import Budget, StepRule
+from repgossip.training import Budget, StepRule, train_phase
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 TINY = ["dataset=synthetic", "workers=4", "samples_per_worker=16", "batch_size=8"]
@@ -95,8 +97,8 @@ def population(sizes=(24, 24, 16, 24, 16), ids=None, seed=5):
 
 
 def a_round(pop: Population, r: int = 0) -> None:
-    pop.train("head", Budget(epochs=2), RULE, r, 0)
-    pop.train("body", Budget(steps=3), RULE, r, 1)
+    train_phase(pop, "head", Budget(epochs=2), RULE, r, 0)
+    train_phase(pop, "body", Budget(steps=3), RULE, r, 1)
 
 
 def test_batched_head_phase_equals_the_worker_by_worker_loop():
@@ -125,7 +127,7 @@ def test_a_workers_numbers_do_not_depend_on_threads_or_on_the_other_workers():
 def test_inactive_workers_keep_their_parameters_in_the_batched_head_phase():
     pop = population()
     before = pop.params.clone()
-    pop.train("head", Budget(epochs=1), RULE, 0, 0, active={0, 3})
+    train_phase(pop, "head", Budget(epochs=1), RULE, 0, 0, active={0, 3})
     changed = (pop.params != before).any(1).tolist()
     assert changed == [True, False, False, True, False]
 
@@ -133,7 +135,7 @@ def test_inactive_workers_keep_their_parameters_in_the_batched_head_phase():
 def test_evaluate_matches_the_functional_forward():
     pop = population()
     a_round(pop)
-    stats = pop.evaluate()
+    stats = evaluate(pop, MAIN_MODEL)
     for w in range(len(pop)):
         out = functional_call(pop.model, pop.layout.views(pop.params[w]), (pop.test_x[w],))
         assert stats["test_loss"][w] == pytest.approx(pop.loss(out, pop.test_y[w]).item(), 1e-5)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from repgossip.cli import registries
-from repgossip.config import KEYS
+from repgossip.schema import KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

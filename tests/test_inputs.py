@@ -18,13 +18,13 @@ import pytest
 import torch
 
 import repgossip
+from repgossip.architectures import build_model
 from repgossip.cli import main
 from repgossip.config import build_config, parse_assignments
 from repgossip.data import sources
 from repgossip.data.sources import FMNIST_FILES, load_fmnist, make_synthetic
 from repgossip.errors import UsageError
-from repgossip.memory import model_parameters, values_per_worker
-from repgossip.models import build_model
+from repgossip.footprint import model_parameters, values_per_worker
 from repgossip.runner import build_experiment
 from repgossip.topology import build_graph
 
@@ -203,11 +203,11 @@ def test_memory_check_uses_this_machines_memory(monkeypatch):
 
 
 def test_fmnist_samples_per_worker_beyond_the_data_is_capped_not_refused():
-    from repgossip import memory
+    from repgossip import footprint
 
     cfg = build_config(None, parse_assignments(["samples_per_worker=1e30"]))
     assert cfg.samples_per_worker == int(1e30)
-    assert memory.estimate(cfg)["data"] < 2**30  # capped by what the dataset holds
+    assert footprint.estimate(cfg)["data"] < 2**30  # capped by what the dataset holds
 
 
 def test_make_synthetic_refuses_before_allocating():

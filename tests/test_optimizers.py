@@ -30,6 +30,7 @@ from repgossip.training import (
     _slots,
     batch_schedule,
     clip_rows_,
+    train_phase,
 )
 
 from launch import assert_same_numbers, summary, torchrun
@@ -101,7 +102,7 @@ def test_each_optimizer_gives_torch_optims_bits_on_one_worker(name):
     optimizer = torch_optimizer(rule, reference.parameters())
     for r in range(2):
         for phase, (part, budget) in enumerate(PHASES):
-            pop.train(part, budget, rule, r, phase)
+            train_phase(pop, part, budget, rule, r, phase)
         torch_round(reference, optimizer, x, y, rule, r)
         assert torch.equal(pop.params[0], flat(reference)), f"round {r}"
     if rule.adam:  # the state too: first moment in the momentum row, the step count per tensor
@@ -119,7 +120,7 @@ def test_reset_momentum_equals_a_fresh_adam_each_round():
     for r in range(2):
         pop.reset_momentum()
         for phase, (part, budget) in enumerate(PHASES):
-            pop.train(part, budget, rule, r, phase)
+            train_phase(pop, part, budget, rule, r, phase)
         torch_round(reference, torch_optimizer(rule, reference.parameters()), x, y, rule, r)
     assert torch.equal(pop.params[0], flat(reference))
 
@@ -181,7 +182,7 @@ def test_stacked_training_matches_the_worker_loop_with_each_optimizer(name):
     assert fast.stack_model
     for pop in (fast, plain):
         for phase, (part, budget) in enumerate(PHASES):
-            pop.train(part, budget, rule, 0, phase, active={0, 2, 3, 5})
+            train_phase(pop, part, budget, rule, 0, phase, active={0, 2, 3, 5})
     for key, rows in fast.rows.items():
         torch.testing.assert_close(rows, plain.rows[key], rtol=1e-4, atol=1e-5, msg=key)
     if rule.adam:
@@ -208,7 +209,9 @@ def test_clipping_gives_clip_grad_norm_s_bits_for_each_worker(max_norm):
 
 
 def test_adam_state_is_checkpointed_and_a_resumed_run_gives_the_uninterrupted_numbers(tmp_path):
-    sets = [*SYNTHETIC, "optimizer=adam", "lr=0.01", "clip_norm=5", "checkpoint_every=1"]
+    # momentum kept across rounds: the state a checkpoint must carry
+    sets = [*SYNTHETIC, "optimizer=adam", "lr=0.01", "clip_norm=5", "checkpoint_every=1",
+            "reset_momentum=false"]  # fmt: skip
     whole, part = tmp_path / "whole", tmp_path / "part"
     assert main(["run", "--quiet", "--set", *sets, "rounds=3", "--out", str(whole)]) == 0
     assert main(["run", "--quiet", "--set", *sets, "rounds=1", "--out", str(part)]) == 0

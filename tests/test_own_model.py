@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 import repgossip
+from repgossip.architectures import build_model
 from repgossip.cli import main
 from repgossip.config import build_config
-from repgossip.models import SplitModel, UserModel, build_model, traced_split
+from repgossip.models import SplitModel, UserModel, traced_split
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST not installed")

@@ -17,10 +17,14 @@ from torch.func import functional_call
 
 import repgossip.scratch as scratch_module
 from repgossip import stacked
+from repgossip.architectures import build_model
 from repgossip.bench import intra_op_threads
-from repgossip.models import SplitModel, build_model
+from repgossip.evaluation import evaluate
+from repgossip.layout import MAIN_MODEL
+from repgossip.models import SplitModel
 from repgossip.population import Population
-from repgossip.training import Budget, StepRule, stacks_well
+from repgossip.stacked import stacks_well
+from repgossip.training import Budget, StepRule, train_phase
 
 RULE = StepRule(lr=0.05, momentum=0.9, weight_decay=1e-3)
 
@@ -55,9 +59,9 @@ def population(model_name: str, sizes=(12, 12, 9, 12, 9, 12), ids=None) -> Popul
 
 
 def a_round(pop: Population, r: int) -> None:
-    pop.train("head", Budget(epochs=2), RULE, r, 0)
-    pop.train("body", Budget(steps=3), RULE, r, 1)
-    pop.train("all", Budget(epochs=1), RULE, r, 2)
+    train_phase(pop, "head", Budget(epochs=2), RULE, r, 0)
+    train_phase(pop, "body", Budget(steps=3), RULE, r, 1)
+    train_phase(pop, "all", Budget(epochs=1), RULE, r, 2)
 
 
 # ---------------------------------------------------------------- the layers
@@ -135,7 +139,7 @@ def test_a_stacked_workers_numbers_do_not_depend_on_its_stack(model_name, monkey
 def test_inactive_workers_keep_their_parameters_when_stacked():
     pop = population("linear")
     before = pop.params.clone()
-    pop.train("all", Budget(epochs=1), RULE, 0, 0, active={0, 3})
+    train_phase(pop, "all", Budget(epochs=1), RULE, 0, 0, active={0, 3})
     changed = (pop.params != before).any(1).tolist()
     assert changed == [True, False, False, True, False, False]
 
@@ -152,9 +156,9 @@ def test_layout_views_keep_leading_dimensions():
 def test_stacked_evaluation_equals_the_worker_by_worker_loop(model_name):
     fast = population(model_name)
     a_round(fast, 0)
-    stats = fast.evaluate()
+    stats = evaluate(fast, MAIN_MODEL)
     fast.stack_model = False
-    plain = fast.evaluate()
+    plain = evaluate(fast, MAIN_MODEL)
     assert stats.keys() == plain.keys()
     for key in stats:
         np.testing.assert_allclose(stats[key], plain[key], rtol=1e-5, atol=1e-7)

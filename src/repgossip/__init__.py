@@ -7,6 +7,7 @@ Everything else is internal and may change.
 
 from repgossip.algorithms import ALGORITHMS, Algorithm, Phase, RoundContext, StateSpec
 from repgossip.api import run
+from repgossip.architectures import MODELS
 from repgossip.callbacks import (
     Callback,
     CSVLogger,
@@ -27,10 +28,9 @@ from repgossip.errors import (
     StorageError,
     UsageError,
 )
-from repgossip.models import MODELS, SplitModel
+from repgossip.models import SplitModel
 from repgossip.runner import RunResult
-
-__version__ = "0.2.0"
+from repgossip.version import __version__ as __version__
 
 __all__ = [
     "ALGORITHMS",

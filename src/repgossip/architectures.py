@@ -1,4 +1,5 @@
-"""The networks of the DePRL paper's image experiments, registered as models.
+"""The built-in models and the model registry: the CNN of the DePRL/FedRep experiments, an MLP,
+the synthetic task's linear model, and the networks of the DePRL paper's image experiments.
 
 AlexNet (Fashion-MNIST, padded to 32x32), VGG-11 (CIFAR-10) and ResNet-18 (CIFAR-100), each
 written for 32x32 inputs as a SplitModel: the body ends at the last hidden layer (its output is the
@@ -10,13 +11,59 @@ Dropout"); Dropout layers draw from each worker's own random stream.
 
 from __future__ import annotations
 
+import copy
+import math
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from repgossip.errors import UsageError
-from repgossip.models import MODELS, SplitModel, _image_shape
+from repgossip.errors import UsageError, first_line
+from repgossip.models import ModelFunction, SplitModel, as_split_model, image_shape
+from repgossip.registry import Factory, Registry, call_with_accepted
+
+if TYPE_CHECKING:
+    from repgossip.schema import Config
+
+MODELS: Registry[ModelFunction] = Registry(
+    "model", plugins=Factory(nn.Module, "torch.nn.Module", returns=" that returns an nn.Module")
+)
+
+
+def cnn(input_shape: tuple[int, ...], num_classes: int) -> SplitModel:
+    """The CNN of the DePRL/FedRep experiments, for 28x28 images.
+
+    The benchmarks compare this exact network."""
+    channels, height, width = image_shape(input_shape, "cnn")
+    if (height, width) != (28, 28):
+        raise UsageError(f"model 'cnn' needs 28x28 images, got {height}x{width}; use model 'mlp'")
+    body = nn.Sequential(
+        nn.Conv2d(channels, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(512, 128), nn.ReLU(),
+    )  # fmt: skip
+    return SplitModel(body, nn.Linear(128, num_classes))
+
+
+def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 128) -> SplitModel:
+    """Two hidden layers of 128 units; inputs flattened; one output for regression."""
+    inputs = math.prod(input_shape)
+    body = nn.Sequential(
+        nn.Flatten(), nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
+    )
+    return SplitModel(body, nn.Linear(hidden, max(num_classes, 1)), squeeze_output=not num_classes)
+
+
+def linear(input_shape: tuple[int, ...], config: Config | None = None) -> SplitModel:
+    """The linear-representation model of the synthetic task: body B^T (d->k), head theta (k->1).
+
+    No biases; k is the config's `rank` (2 without a config, the config's default)."""
+    if len(input_shape) != 1:
+        raise UsageError(f"model 'linear' needs feature vectors, got inputs of shape {input_shape}")
+    (dim,) = input_shape
+    rank = config.rank if config is not None else 2
+    return SplitModel(nn.Linear(dim, rank, bias=False), nn.Linear(rank, 1, bias=False), True)
 
 
 def alexnet(input_shape: tuple[int, ...], num_classes: int) -> SplitModel:
@@ -28,7 +75,7 @@ def alexnet(input_shape: tuple[int, ...], num_classes: int) -> SplitModel:
     4096-4096 to 1024-512 hidden units. 28x28 images (Fashion-MNIST) are zero-padded to 32x32
     inside the body. Body: up to the 512-unit hidden layer; head: Linear(512, num_classes).
     """
-    channels, height, width = _image_shape(input_shape, "alexnet")
+    channels, height, width = image_shape(input_shape, "alexnet")
     if (height, width) not in ((28, 28), (32, 32)):
         raise UsageError(
             f"model 'alexnet' needs 28x28 or 32x32 images (channels, 28 or 32, 28 or 32), "
@@ -64,7 +111,7 @@ def vgg11(input_shape: tuple[int, ...], num_classes: int) -> SplitModel:
     Dropout-Linear(512, 512)-ReLU twice. Body: up to that last 512-unit hidden layer; head:
     Linear(512, num_classes).
     """
-    channels, height, width = _image_shape(input_shape, "vgg11")
+    channels, height, width = image_shape(input_shape, "vgg11")
     if (height, width) != (32, 32):
         raise UsageError(
             f"model 'vgg11' needs 32x32 images (channels, 32, 32), got {height}x{width}"
@@ -116,7 +163,7 @@ def resnet18(input_shape: tuple[int, ...], num_classes: int) -> SplitModel:
     pooling and flatten. Body: up to the pooled 512 features; head: Linear(512, num_classes).
     Thanks to the adaptive pooling other image sizes run too, from 8x8 up.
     """
-    channels, height, width = _image_shape(input_shape, "resnet18")
+    channels, height, width = image_shape(input_shape, "resnet18")
     if min(height, width) < 8:
         raise UsageError(
             f"model 'resnet18' needs images of at least 8x8 (channels, 32, 32 as in CIFAR), "
@@ -138,5 +185,34 @@ def resnet18(input_shape: tuple[int, ...], num_classes: int) -> SplitModel:
     return SplitModel(nn.Sequential(stages), nn.Linear(512, num_classes))
 
 
-for _fn in (alexnet, vgg11, resnet18):
+for _fn in (cnn, mlp, linear, alexnet, vgg11, resnet18):
     MODELS.register(_fn.__name__, _fn)
+
+
+def build_model(
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    config: Config | None = None,
+    function: ModelFunction | nn.Module | None = None,
+) -> SplitModel:
+    """The model `name` (or the given `function`, or a copy of a given module instance) for inputs
+    of `input_shape`, as a SplitModel (a UserModel for a module of the user's own form).
+
+    `num_classes` is 0 for regression. Call under the run's seed: the initialisation drawn here is
+    every worker's starting point (an instance's own weights, when an instance is given).
+    """
+    fn = function if function is not None else MODELS.get(name)
+    if isinstance(fn, nn.Module):  # an instance: callable, but calling it would run its forward
+        return as_split_model(copy.deepcopy(fn), name, config)
+    if not callable(fn):
+        raise UsageError(f"model '{name}' must be a function returning a module, got {fn!r}")
+    try:
+        module = call_with_accepted(
+            fn, input_shape=tuple(input_shape), num_classes=num_classes, config=config
+        )
+    except UsageError:
+        raise
+    except Exception as err:
+        raise UsageError(f"model '{name}' raised {type(err).__name__}: {first_line(err)}") from None
+    return as_split_model(module, name, config)

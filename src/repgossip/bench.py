@@ -30,10 +30,10 @@ import torch
 from torch import nn
 
 from repgossip.algorithms import Phase
-from repgossip.config import Config
 from repgossip.errors import UsageError
 from repgossip.models import SplitModel
 from repgossip.runner import Experiment, build_experiment, train_round
+from repgossip.schema import Config
 from repgossip.threads import single_threaded
 from repgossip.training import step_rule
 

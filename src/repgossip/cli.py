@@ -53,9 +53,9 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
 def registries() -> dict[str, Any]:
     """Every registry of named components, by the config key that names them."""
     from repgossip.algorithms import ALGORITHMS
+    from repgossip.architectures import MODELS
     from repgossip.data.datasets import DATASETS
     from repgossip.data.partition import PARTITIONS
-    from repgossip.models import MODELS
     from repgossip.topology import MIXING_RULES, TOPOLOGIES
 
     return {

@@ -7,7 +7,6 @@ is what `config.yaml` records, so a run folder says exactly what produced it. Ba
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import difflib
 import math
@@ -17,23 +16,23 @@ import types
 import typing
 import unicodedata
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from repgossip import memory
+from repgossip import footprint
 from repgossip.algorithms import ALGORITHMS, Algorithm, algorithm_class
 from repgossip.algorithms.fedrod import FEDROD_SCHEDULES, FedRoD
+from repgossip.architectures import MODELS
 from repgossip.data.datasets import DATASETS, dataset_defaults, fitting_models, split_defaults
 from repgossip.data.federation import REREAD_CHOICES
 from repgossip.data.partition import PARTITIONS
 from repgossip.errors import UsageError
-from repgossip.models import MODELS
 from repgossip.objectives import SIGNATURES, resolve
 from repgossip.registry import API_PREFIX, Registry, is_plugin_ref
+from repgossip.schema import KEYS, LEGACY_VALUES, Config
 from repgossip.topology import check_mixing_rule
 from repgossip.training import ADAM_DEFAULTS, LAST_BATCH, OPTIMIZERS
 
@@ -73,78 +72,6 @@ _INT_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _UNPRINTABLE = ("Cc", "Cf", "Zl", "Zp")
 
 
-@dataclass(frozen=True)
-class Config:
-    """One experiment. Field order is the order of `config.yaml`."""
-
-    algorithm: str = "deprl"
-    dataset: str = "fmnist"
-    data_dir: str | None = None
-    model: str | None = None
-    head: str | None = None
-    workers: int = 16
-    partition: str = "shards"
-    alpha: float = 0.5
-    classes_per_worker: int = 2
-    samples_per_worker: int | None = 100
-    reread_data: str = "auto"
-    topology: str = "ring"
-    edge_prob: float = 0.3
-    mixing: str = "metropolis"
-    link_failure_prob: float = 0.0
-    worker_dropout_prob: float = 0.0
-    rounds: int = 30
-    head_steps: int | None = None
-    body_steps: int | None = None
-    head_epochs: int | None = None
-    body_epochs: int | None = None
-    batch_size: int = 16
-    last_batch: str = "merge"
-    lr: float | None = None
-    lr_head: float | None = None
-    lr_body: float | None = None
-    optimizer: str = "sgd"
-    momentum: float | None = None
-    nesterov: bool = False
-    beta1: float | None = None
-    beta2: float | None = None
-    eps: float | None = None
-    weight_decay: float = 0.0
-    clip_norm: float | None = None
-    lr_decay: float = 1.0
-    seed: int = 0
-    eval_every: int = 1
-    engine: str = "sim"
-    dist_timeout_s: float = 300.0
-    device: str = "auto"
-    checkpoint_every: int = 10
-    dim: int = 20
-    rank: int = 2
-    noise: float = 0.1
-    share_bn_stats: bool = False
-    tensorboard: bool = False
-    ditto_lambda: float = 0.1
-    fedrod_schedule: str | None = None
-    density: float = 0.5
-    prune_rate: float = 0.5
-    directed: bool = False
-    augment: bool = False
-    gossip_first: bool | None = None
-    reset_momentum: bool = True
-    loss: str | None = None
-    metric: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-KEYS = tuple(f.name for f in fields(Config))
-DEFAULTS = {f.name: f.default for f in fields(Config)}
-# What a key missing from an older run's config means. That release had no such key, so it ran as
-# the key's default does, except where a default changed since: those ran as below (an epoch's
-# remainder was a batch of its own; FedRoD trained its personal head after the generic model;
-# momentum persisted across rounds). Without this, such a folder would resume under the new one.
-LEGACY_VALUES = {"last_batch": "keep", "fedrod_schedule": "sequential", "reset_momentum": False}
 _FIELD_TYPES = typing.get_type_hints(Config)
 _NONE_WORDS = ("none", "null", "~", "")
 _TRUE_WORDS, _FALSE_WORDS = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
@@ -624,7 +551,7 @@ def validate(cfg: Config) -> None:
         _check_plugin(key, getattr(cfg, key))
     if cfg.rank > cfg.dim:
         raise UsageError(f"rank must be <= dim, got rank={cfg.rank} dim={cfg.dim}")
-    memory.check_config(cfg)  # last: it needs every size checked
+    footprint.check_config(cfg)  # last: it needs every size checked
 
 
 def _check_optimizer(cfg: Config) -> None:

@@ -110,3 +110,12 @@ class RowLayout:
         """One row from the tensors in layout order (an empty row when there are none)."""
         flat = [t.detach().reshape(-1) for t in tensors]
         return torch.cat(flat) if flat else torch.zeros(0)
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """An extra per-worker row of `width` float32 values ("params": one per model parameter),
+    filled with `fill` at the start (then `Algorithm.init_state` may overwrite it)."""
+
+    width: int | str = "params"
+    fill: float = 0.0

@@ -1,4 +1,4 @@
-"""Models with a shared representation (`body`) and a private `head`, and the model registry.
+"""Models with a shared representation (`body`) and a private `head`: the split and its checks.
 
 The split is declared, never guessed from parameter names: the body is what DePRL-style algorithms
 share, the head is what stays with the worker. Two forms:
@@ -21,8 +21,6 @@ BatchNorm buffers are per-worker state and Dropout draws from the worker's own r
 
 from __future__ import annotations
 
-import copy
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -31,15 +29,11 @@ import torch.fx as fx
 from torch import nn
 
 from repgossip.errors import UsageError, first_line
-from repgossip.registry import Factory, Registry, call_with_accepted
 
 if TYPE_CHECKING:
-    from repgossip.config import Config
+    from repgossip.schema import Config
 
 ModelFunction = Callable[..., nn.Module]
-MODELS: Registry[ModelFunction] = Registry(
-    "model", plugins=Factory(nn.Module, "torch.nn.Module", returns=" that returns an nn.Module")
-)
 # Random layers that draw from the global generator cannot follow a worker's own stream.
 UNSUPPORTED_RANDOM = (nn.AlphaDropout, nn.FeatureAlphaDropout)
 
@@ -178,83 +172,6 @@ def head_prefixes(spec: str | None) -> tuple[str, ...]:
 
 
 DEFAULT_HEAD = "head"
-
-
-def cnn(input_shape: tuple[int, ...], num_classes: int) -> SplitModel:
-    """The CNN of the DePRL/FedRep experiments, for 28x28 images.
-
-    The benchmarks compare this exact network."""
-    channels, height, width = _image_shape(input_shape, "cnn")
-    if (height, width) != (28, 28):
-        raise UsageError(f"model 'cnn' needs 28x28 images, got {height}x{width}; use model 'mlp'")
-    body = nn.Sequential(
-        nn.Conv2d(channels, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 5), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(512, 128), nn.ReLU(),
-    )  # fmt: skip
-    return SplitModel(body, nn.Linear(128, num_classes))
-
-
-def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 128) -> SplitModel:
-    """Two hidden layers of 128 units; inputs flattened; one output for regression."""
-    inputs = math.prod(input_shape)
-    body = nn.Sequential(
-        nn.Flatten(), nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
-    )
-    return SplitModel(body, nn.Linear(hidden, max(num_classes, 1)), squeeze_output=not num_classes)
-
-
-def linear(input_shape: tuple[int, ...], config: Config | None = None) -> SplitModel:
-    """The linear-representation model of the synthetic task: body B^T (d->k), head theta (k->1).
-
-    No biases; k is the config's `rank` (2 without a config, the config's default)."""
-    if len(input_shape) != 1:
-        raise UsageError(f"model 'linear' needs feature vectors, got inputs of shape {input_shape}")
-    (dim,) = input_shape
-    rank = config.rank if config is not None else 2
-    return SplitModel(nn.Linear(dim, rank, bias=False), nn.Linear(rank, 1, bias=False), True)
-
-
-def _image_shape(input_shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
-    if len(input_shape) != 3:
-        raise UsageError(
-            f"model '{name}' needs images (channels, height, width), got inputs of shape "
-            f"{input_shape}"
-        )
-    return input_shape[0], input_shape[1], input_shape[2]
-
-
-for _fn in (cnn, mlp, linear):
-    MODELS.register(_fn.__name__, _fn)
-
-
-def build_model(
-    name: str,
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    config: Config | None = None,
-    function: ModelFunction | nn.Module | None = None,
-) -> SplitModel:
-    """The model `name` (or the given `function`, or a copy of a given module instance) for inputs
-    of `input_shape`, as a SplitModel (a UserModel for a module of the user's own form).
-
-    `num_classes` is 0 for regression. Call under the run's seed: the initialisation drawn here is
-    every worker's starting point (an instance's own weights, when an instance is given).
-    """
-    fn = function if function is not None else MODELS.get(name)
-    if isinstance(fn, nn.Module):  # an instance: callable, but calling it would run its forward
-        return as_split_model(copy.deepcopy(fn), name, config)
-    if not callable(fn):
-        raise UsageError(f"model '{name}' must be a function returning a module, got {fn!r}")
-    try:
-        module = call_with_accepted(
-            fn, input_shape=tuple(input_shape), num_classes=num_classes, config=config
-        )
-    except UsageError:
-        raise
-    except Exception as err:
-        raise UsageError(f"model '{name}' raised {type(err).__name__}: {first_line(err)}") from None
-    return as_split_model(module, name, config)
 
 
 def as_split_model(module: Any, name: str, config: Config | None = None) -> SplitModel:
@@ -594,4 +511,14 @@ def _outputs(model: SplitModel, x: torch.Tensor, name: str) -> torch.Tensor:
     return out
 
 
-from repgossip import architectures  # noqa: E402,F401  (registers the paper's models)
+def has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def image_shape(input_shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise UsageError(
+            f"model '{name}' needs images (channels, height, width), got inputs of shape "
+            f"{input_shape}"
+        )
+    return input_shape[0], input_shape[1], input_shape[2]

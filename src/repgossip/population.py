@@ -21,29 +21,24 @@ under seeds of the same kind (repgossip.training.read_anew).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from repgossip.algorithms.base import StateSpec
 from repgossip.data.federation import TrainSource
-from repgossip.evaluation import Predict, evaluate
-from repgossip.layout import MAIN_MODEL, OPTIMIZER_STEPS, SECOND_MOMENT, RowLayout, row_key
-from repgossip.models import SplitModel
+from repgossip.layout import (
+    MAIN_MODEL,
+    OPTIMIZER_STEPS,
+    SECOND_MOMENT,
+    RowLayout,
+    StateSpec,
+    row_key,
+)
+from repgossip.models import SplitModel, has_batch_norm
 from repgossip.objectives import LossFn, MetricScore
 from repgossip.scratch import Scratch, WorkerPool, WorkerRows
-from repgossip.training import (
-    Budget,
-    GradientHook,
-    LossHook,
-    StepRule,
-    dense_gradients,
-    has_batch_norm,
-    stacks_well,
-    train_phase,
-)
+from repgossip.stacked import stacks_well
 
 # Each worker's push-sum weight w_i (width 1, starting at 1) on a directed graph: the stored shared
 # block is the de-biased z_i = x_i / w_i, so the weight must survive checkpoints and layouts too.
@@ -197,35 +192,3 @@ class Population:
         if self.share_buffers and self.buffer_layout.size:
             blocks.append(self.rows["buffers"][:, self.buffer_layout.part(part)])
         return [b for b in blocks if b.shape[1]] or blocks[:1]
-
-    def gradients(
-        self, batches: dict[int, torch.Tensor], model: str = MAIN_MODEL
-    ) -> dict[int, torch.Tensor]:
-        """Each local worker's dense gradient of the task loss on its samples `batches[local]`
-        (eval mode; nothing is updated): DisPFL's regrowth reads these."""
-        return dense_gradients(self, batches, model)
-
-    def train(
-        self,
-        part: str,
-        budget: Budget,
-        rule: StepRule,
-        round_index: int,
-        phase: int,
-        active: Collection[int] | None = None,
-        *,
-        model: str = MAIN_MODEL,
-        hook: GradientHook | None = None,
-        loss: LossHook | None = None,
-    ) -> None:
-        """One local phase on every worker (or those in `active`, by global id): SGD on `part` of
-        model copy `model`, the rest frozen; `hook` may change each gradient before the update,
-        `loss` replaces the task's loss."""
-        train_phase(self, part, budget, rule, round_index, phase, active, model, hook, loss)
-
-    def evaluate(
-        self, model: str = MAIN_MODEL, predict: Predict | None = None
-    ) -> dict[str, np.ndarray]:
-        """Per-worker loss and accuracy of model copy `model` on each worker's own splits;
-        `predict` turns outputs into class scores (default: the outputs are the scores)."""
-        return evaluate(self, model, predict)

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-import repgossip
 from repgossip.runfolder import atomic_write
+from repgossip.version import __version__
 
 PROVENANCE_FILE = "provenance.json"
 GIT_TIMEOUT_S = 5.0
@@ -32,9 +32,9 @@ GIT_REDIRECTS = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_COMMON_DIR")
 
 def collect(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """This session's provenance entry; every value is JSON-serialisable."""
-    commit, dirty = git_state(Path(repgossip.__file__).resolve().parent)
+    commit, dirty = git_state(Path(__file__).resolve().parent)
     return {
-        "repgossip": repgossip.__version__,
+        "repgossip": __version__,
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),

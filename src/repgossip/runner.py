@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from repgossip import memory, provenance
+from repgossip import evaluation, footprint, provenance
 from repgossip.algorithms import Algorithm, RoundContext, algorithm_class
+from repgossip.architectures import build_model
 from repgossip.callbacks import (
     Callback,
     CallbackList,
@@ -48,7 +49,7 @@ from repgossip.faults import maybe_fail_rank
 from repgossip.gossip import GossipSchedule
 from repgossip.layout import RowLayout, row_key
 from repgossip.metrics import accuracy_summary, squared_deviations, subspace_distance
-from repgossip.models import ModelFunction, SplitModel, build_model, check_fits
+from repgossip.models import ModelFunction, SplitModel, check_fits
 from repgossip.objectives import check_finite_metric, checked_loss, checked_metric, resolve
 from repgossip.population import PUSH_WEIGHT, Population
 from repgossip.registry import API_PREFIX, PluginCode, is_plugin_ref, plugin_code
@@ -73,7 +74,7 @@ from repgossip.runfolder import (
 )
 from repgossip.threads import single_threaded
 from repgossip.topology import Graph, build_graph, spectral_gap
-from repgossip.training import budget, check_batch_norm_batches, step_rule
+from repgossip.training import budget, check_batch_norm_batches, step_rule, train_phase
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,7 @@ def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
         model = algorithm.adapt_model(model, federation.num_classes)
     layout = RowLayout.parameters(model)
     algorithm.check(layout)  # extra state is valid: the memory check may size it
-    memory.check_model_rows(cfg, layout.size, algorithm)
+    footprint.check_model_rows(cfg, layout.size, algorithm)
     return Parts(algorithm, federation, schedule, model, cfg)
 
 
@@ -348,7 +349,8 @@ def train_round(exp: Experiment, round_index: int) -> int:
         pop.reset_momentum()
     sent = algorithm.communicate(ctx) if first else 0
     for phase_index, phase in enumerate(algorithm.phases):
-        pop.train(
+        train_phase(
+            pop,
             phase.part,
             budget(cfg, phase.budget),
             step_rule(cfg, phase.part, round_index),
@@ -421,7 +423,7 @@ def evaluate(exp: Experiment, round_done: int) -> tuple[dict[str, float], dict[s
     predict = (
         None if type(algorithm).predictions is Algorithm.predictions else algorithm.predictions
     )
-    local = exp.population.evaluate(algorithm.evaluated_model, predict)
+    local = evaluation.evaluate(exp.population, algorithm.evaluated_model, predict)
     keys = ("test_loss", "train_loss", "correct", "count", "metric")
     names = [k for k in keys if len(local[k])]
     table = exp.engine.assemble(torch.from_numpy(np.stack([local[k] for k in names], axis=1)))

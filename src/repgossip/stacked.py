@@ -20,6 +20,11 @@ from torch import nn
 
 from repgossip.models import SplitModel
 
+# Largest module trained stacked over workers. Stacking turns each worker's Python-bound steps into
+# one batched kernel per step, which wins for small modules; for larger ones the stacked weights
+# and gradients no longer fit in cache and the per-worker loop is faster (docs/performance.md).
+STACK_MAX_PARAMS = 4096
+
 Params = Mapping[str, torch.Tensor]  # qualified parameter name -> (G, *shape)
 
 
@@ -80,3 +85,10 @@ def model_forward(model: SplitModel, params: Params, x: torch.Tensor, stage: str
     if model.after_head is not None:  # the user's own operations, on each worker's outputs
         out = torch.stack([model.after_head(o) for o in out.unbind(0)])  # as its forward has them
     return out.squeeze(-1) if model.squeeze_output else out
+
+
+def stacks_well(module: nn.Module) -> bool:
+    """Whether `module` trains faster stacked over workers than worker by worker: it has a stacked
+    form (no convolutions, no batch statistics, no dropout) and it is small."""
+    small = sum(p.numel() for p in module.parameters()) <= STACK_MAX_PARAMS
+    return small and can_stack(module)

@@ -27,18 +27,14 @@ from torch import nn
 from repgossip import stacked
 from repgossip.augment import crop_and_flip
 from repgossip.errors import RepgossipError, UsageError, first_line
-from repgossip.layout import OPTIMIZER_STEPS, SECOND_MOMENT, RowLayout, row_key
+from repgossip.layout import MAIN_MODEL, OPTIMIZER_STEPS, SECOND_MOMENT, RowLayout, row_key
+from repgossip.models import has_batch_norm
 from repgossip.streams import generator, global_generators, worker_seeds
 
 if TYPE_CHECKING:
-    from repgossip.config import Config
     from repgossip.population import Population
+    from repgossip.schema import Config
     from repgossip.scratch import Scratch
-
-# Largest module trained stacked over workers. Stacking turns each worker's Python-bound steps into
-# one batched kernel per step, which wins for small modules; for larger ones the stacked weights
-# and gradients no longer fit in cache and the per-worker loop is faster (docs/performance.md).
-STACK_MAX_PARAMS = 4096
 
 Rows = Callable[[str], torch.Tensor]
 # (grad, weights, rows) -> None, in place: see Algorithm.adjust_gradient.
@@ -171,10 +167,6 @@ def _epoch_sizes(
     return (batch_size,) * full + (rest,)
 
 
-def has_batch_norm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 def check_batch_norm_batches(model: nn.Module, sizes: list[int], cfg: Config) -> None:
     """BatchNorm cannot normalise a batch of one sample in train mode: refuse, before training,
     a batch size that would leave some worker such a batch (a whole batch of one, or an epoch's
@@ -189,13 +181,6 @@ def check_batch_norm_batches(model: nn.Module, sizes: list[int], cfg: Config) ->
             f"batch_size={size} leaves one to a worker with {lonely[0]} samples; choose a "
             "batch_size >= 2 (and at least 2 samples per worker)"
         )
-
-
-def stacks_well(module: nn.Module) -> bool:
-    """Whether `module` trains faster stacked over workers than worker by worker: it has a stacked
-    form (no convolutions, no batch statistics, no dropout) and it is small."""
-    small = sum(p.numel() for p in module.parameters()) <= STACK_MAX_PARAMS
-    return small and stacked.can_stack(module)
 
 
 @dataclass(frozen=True)
@@ -216,12 +201,15 @@ def train_phase(
     rule: StepRule,
     round_index: int,
     phase: int,
-    active: Collection[int] | None,
-    model: str,
-    hook: GradientHook | None,
+    active: Collection[int] | None = None,
+    *,
+    model: str = MAIN_MODEL,
+    hook: GradientHook | None = None,
     loss: LossHook | None = None,
 ) -> None:
-    """Run one local phase on every worker of `pop` (or those in `active`, by global id)."""
+    """One local phase on every worker of `pop` (or those in `active`, by global id): the update
+    rule on `part` of model copy `model`, the rest frozen; `hook` may change each gradient before
+    the update, `loss` replaces the task's loss."""
     chosen = [
         local for local, worker in enumerate(pop.worker_ids) if active is None or worker in active
     ]
@@ -434,7 +422,7 @@ def _train_group(
 
 
 def dense_gradients(
-    pop: Population, batches: dict[int, torch.Tensor], model: str
+    pop: Population, batches: dict[int, torch.Tensor], model: str = MAIN_MODEL
 ) -> dict[int, torch.Tensor]:
     """The gradient of the task loss with respect to every parameter of model copy `model`, for
     each local worker in `batches` on its samples `batches[local]`, as a flat row. Eval mode, so

@@ -30,7 +30,7 @@ from repgossip.algorithms.local import Local
 from repgossip.registry import Factory, Registry
 
 if TYPE_CHECKING:
-    from repgossip.config import Config
+    from repgossip.schema import Config
 
 ALGORITHMS: Registry[type[Algorithm]] = Registry(
     "algorithm", plugins=Factory(Algorithm, "repgossip.Algorithm", functions=False)

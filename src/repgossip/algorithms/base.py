@@ -31,14 +31,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from repgossip.errors import RepgossipError, UsageError, first_line
-from repgossip.layout import MAIN_MODEL, PARTS, ROW_KINDS, RowLayout, row_key
+from repgossip.layout import MAIN_MODEL, PARTS, ROW_KINDS, RowLayout, StateSpec, row_key
 
 if TYPE_CHECKING:
-    from repgossip.config import Config
     from repgossip.engines.base import Engine
     from repgossip.gossip import RoundPlan
     from repgossip.models import SplitModel
     from repgossip.population import Population
+    from repgossip.schema import Config
 
 BUDGETS = ("head", "body")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # row-set names: no dots (those join copy and kind)
@@ -69,15 +69,6 @@ class Phase:
 
 ALTERNATING = (Phase("head", "head"), Phase("body", "body"))  # DePRL, FedRep
 JOINT = (Phase("all", "head"), Phase("all", "body"))  # the joint-training baselines
-
-
-@dataclass(frozen=True)
-class StateSpec:
-    """An extra per-worker row of `width` float32 values ("params": one per model parameter),
-    filled with `fill` at the start (then `Algorithm.init_state` may overwrite it)."""
-
-    width: int | str = "params"
-    fill: float = 0.0
 
 
 @dataclass

@@ -30,6 +30,7 @@ import torch
 
 from repgossip.algorithms.base import JOINT, Algorithm, Phase, Rows, StateSpec
 from repgossip.streams import worker_generator
+from repgossip.training import dense_gradients
 
 if TYPE_CHECKING:
     from repgossip.algorithms.base import RoundContext
@@ -95,7 +96,7 @@ class DisPFL(Algorithm):
             gen = worker_generator(seed, pop.worker_ids[local], ctx.round_index, _REGROW_TAG)
             n = len(pop.train_y[local])
             batches[local] = torch.randperm(n, generator=gen)[: ctx.config.batch_size]
-        grads = pop.gradients(batches)
+        grads = dense_gradients(pop, batches)
         for local in active:
             _prune_and_regrow(pop, local, grads[local], rate)
 

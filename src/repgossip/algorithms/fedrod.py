@@ -32,8 +32,8 @@ from repgossip.errors import UsageError
 from repgossip.models import SplitModel
 
 if TYPE_CHECKING:
-    from repgossip.config import Config
     from repgossip.population import Population
+    from repgossip.schema import Config
 
 GENERIC, PERSONAL = "head.generic", "head.personal"
 GENERIC_MODEL = f"body+{GENERIC}"

@@ -26,7 +26,7 @@ from repgossip.memory import SYNTHETIC_DEFAULT_SAMPLES
 from repgossip.registry import Factory, Registry, call_with_accepted, is_plugin_ref
 
 if TYPE_CHECKING:
-    from repgossip.config import Config
+    from repgossip.schema import Config
 
 PLUGIN_MODEL, PLUGIN_LR = "mlp", 0.05  # defaults for datasets that are not built in
 # How a user's centralized data is split unless they say otherwise: all of it (no per-worker cap),

@@ -44,7 +44,7 @@ from repgossip.errors import UsageError, first_line
 from repgossip.streams import global_generators, read_seed
 
 if TYPE_CHECKING:
-    from repgossip.config import Config
+    from repgossip.schema import Config
 
 EXPECTED = (
     "a Federation, (train_x, train_y, test_x, test_y) lists with one tensor per worker, (train, "

