@@ -445,3 +445,28 @@ def test_a_saved_config_naming_another_plugin_is_refused_without_importing_it(pl
         repgossip.run({**dict(s.split("=") for s in SYNTHETIC), "model": "netmod:net",
                        "rounds": 2}, out=out, resume=True)  # fmt: skip
     assert not (plugin_dir / "imported").exists()
+
+
+def test_a_plugins_traceback_is_shown_only_when_asked(tmp_path, monkeypatch, capsys):
+    """A failing plug-in is one line; REPGOSSIP_TRACEBACK=1 prints, before it, the traceback of
+    the plug-in's own exception, down to the line that raised it."""
+    (tmp_path / "brokenmodel.py").write_text(
+        "def broken(input_shape, num_classes):\n    return helper()\n\n\n"
+        "def helper():\n    raise KeyError('no such layer')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argv = ["run", "--quiet", "--set", "model=brokenmodel:broken", "dataset=synthetic",
+            "workers=4", "rounds=1"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "KeyError: 'no such layer'" in err
+    for off in ("", "0"):
+        monkeypatch.setenv("REPGOSSIP_TRACEBACK", off)
+        assert main([*argv, "--out", str(tmp_path / f"b{off}")]) == 2
+        assert capsys.readouterr().err.count("\n") == 1
+    monkeypatch.setenv("REPGOSSIP_TRACEBACK", "1")
+    assert main([*argv, "--out", str(tmp_path / "c")]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert any("brokenmodel.py" in line and "in helper" in line for line in lines)
+    assert lines[-1].startswith("repgossip: error: model 'brokenmodel:broken' raised KeyError")

@@ -23,7 +23,7 @@ from repgossip.config import (
     read_yaml,
     with_legacy_values,
 )
-from repgossip.errors import RepgossipError, UsageError
+from repgossip.errors import RepgossipError, UsageError, plugin_traceback
 
 EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141  # 128 + SIGINT, 128 + SIGPIPE
 
@@ -308,6 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except RepgossipError as err:
+        shown = plugin_traceback(err)
+        if shown:  # REPGOSSIP_TRACEBACK=1: where user code failed, for its author
+            print(shown, end="", file=sys.stderr)
         print(f"repgossip: error: {err}", file=sys.stderr)
         return err.exit_code
     except BrokenPipeError:  # `repgossip ... | head`: the reader left; say nothing more

@@ -2,7 +2,19 @@
 
 The CLI catches `RepgossipError` once and prints its message in one line without a traceback, so a
 new kind of failure needs only a subclass with its code, not another `except` clause.
+
+A failure in user code (a plug-in, a model's forward, a loss) is reported in one line too, raised
+`from None` so that Python shows no chain; the original exception stays the error's `__context__`.
+With the environment variable REPGOSSIP_TRACEBACK=1 the command line prints its traceback first,
+for the plug-in's author (`plugin_traceback`).
 """
+
+from __future__ import annotations
+
+import os
+import traceback
+
+TRACEBACK_VARIABLE = "REPGOSSIP_TRACEBACK"
 
 
 class RepgossipError(Exception):
@@ -55,3 +67,21 @@ def first_line(err: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message, at most `limit` characters (its type's name when
     it has none): what a one-line error quotes of a failure in user or library code."""
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]
+
+
+def plugin_traceback(err: BaseException) -> str | None:
+    """The traceback of the exception in user code behind `err` (the innermost one that is not a
+    RepgossipError, on the chain of causes and contexts), when REPGOSSIP_TRACEBACK is set to
+    anything but empty or 0; else None."""
+    if os.environ.get(TRACEBACK_VARIABLE, "").strip() in ("", "0"):
+        return None
+    inner, seen = None, set()
+    link: BaseException | None = err
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        if not isinstance(link, RepgossipError):
+            inner = link
+        link = link.__cause__ or link.__context__
+    if inner is None:
+        return None
+    return "".join(traceback.format_exception(type(inner), inner, inner.__traceback__))

@@ -69,10 +69,6 @@ class RowLayout:
             (name, b) for name, b in model.named_buffers() if b.is_floating_point() != integer
         )
 
-    @property
-    def head_size(self) -> int:
-        return self.size - self.body_size
-
     def part(self, part: str) -> slice:
         """Column slice of a part: 'body', 'head', 'all', or module prefixes joined by '+' (such
         as 'body+head.generic') whose tensors lie side by side in the row; an empty slice when

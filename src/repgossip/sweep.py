@@ -42,7 +42,7 @@ from typing import Any
 import torch
 
 from repgossip.config import Config, build_config, changed_keys, load_resolved, split_assignment
-from repgossip.errors import RepgossipError, UsageError, WorkerDied
+from repgossip.errors import RepgossipError, UsageError, WorkerDied, plugin_traceback
 from repgossip.runfolder import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -335,6 +335,9 @@ def _outcome(point: Point, progress: bool | None) -> Outcome:
                 progress=progress,
             ).summary  # fmt: skip
         except RepgossipError as err:
+            shown = plugin_traceback(err)
+            if shown:  # REPGOSSIP_TRACEBACK=1: printed where the point ran, worker or not
+                print(f"[sweep] {point.name}:\n{shown}", end="", file=sys.stderr, flush=True)
             return {**point.values, STATUS: f"failed: {one_line(err)}"}, err
     results = {k: summary[k] for k in RESULT_COLUMNS if k in summary}
     return {**point.values, STATUS: "ok", **results}, None

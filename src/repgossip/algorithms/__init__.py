@@ -6,8 +6,6 @@ Adding one is a new module with an `Algorithm` subclass and a line below (or, ou
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from repgossip.algorithms.base import (
     ALTERNATING,
     JOINT,
@@ -29,9 +27,6 @@ from repgossip.algorithms.fedrod import FedRoD
 from repgossip.algorithms.local import Local
 from repgossip.registry import Factory, Registry
 
-if TYPE_CHECKING:
-    from repgossip.schema import Config
-
 ALGORITHMS: Registry[type[Algorithm]] = Registry(
     "algorithm", plugins=Factory(Algorithm, "repgossip.Algorithm", functions=False)
 )
@@ -45,11 +40,6 @@ def algorithm_class(name: str) -> type[Algorithm]:
     return ALGORITHMS.get(name)
 
 
-def get_algorithm(name: str, config: Config | None = None) -> Algorithm:
-    """An instance of the algorithm `name`, reading its keys from `config`."""
-    return algorithm_class(name)(config)
-
-
 __all__ = [
     "ALGORITHMS",
     "ALTERNATING",
@@ -60,5 +50,4 @@ __all__ = [
     "RoundContext",
     "StateSpec",
     "algorithm_class",
-    "get_algorithm",
 ]

@@ -273,13 +273,3 @@ class Algorithm:
 
     def _label(self) -> str:
         return f"algorithm '{self.name or type(self).__name__}'"
-
-    # ------------------------------------------------------------------ description
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "phases": [(p.part, p.budget, p.model) for p in self.phases],
-            "shared": self.shared,
-            "exact_average": self.exact_average,
-        }
