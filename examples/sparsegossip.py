@@ -5,9 +5,9 @@ aggregation DisPFL uses, without its mask evolution). `bytes_sent` counts exactl
 
     repgossip run --set algorithm=sparsegossip:SparseGossip
 
-It shows the communication hook, reusing DisPFL's `masked_average`: rows travel between workers
-only through `engine.fetch_neighbours`, so the same code runs in one process and across
-torch.distributed ranks.
+It shows the communication hook, with the engine's masked averaging (`engine.masked_gossip`, the
+one DisPFL uses): rows travel between workers only through the engine, so the same code runs in
+one process and across torch.distributed ranks.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import torch
 
 import repgossip
 from repgossip import Phase, RoundContext, StateSpec
-from repgossip.algorithms.dispfl import masked_average
 
 
 class SparseGossip(repgossip.Algorithm):
@@ -44,4 +43,6 @@ class SparseGossip(repgossip.Algorithm):
         grad.mul_(rows("mask"))  # only masked weights learn; pruned ones stay zero (so decay 0)
 
     def communicate(self, ctx: RoundContext) -> int:
-        return masked_average(ctx, ctx.population.rows["mask"])
+        return ctx.engine.masked_gossip(
+            ctx.population.params, ctx.population.rows["mask"], ctx.plan
+        )

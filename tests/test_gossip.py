@@ -154,3 +154,30 @@ def test_a_file_w_gossips_as_given_and_is_refused_with_failures_or_dropouts(tmp_
         assert GossipSchedule(complete, "max_degree", *probs).round_plan(0).graph.workers == 5
     with pytest.raises(UsageError, match=r"unknown mixing rule 'uniform'"):
         GossipSchedule(complete, "uniform", 0.1)  # an unknown rule is named as such, not as a file
+
+
+@settings(max_examples=40, deadline=None)
+@given(graphs(), st.integers(1, 6), st.integers(0, 2**31 - 1))
+def test_masked_mix_averages_each_entry_over_the_neighbours_that_hold_it(graph, cols, seed):
+    """Against the definition, entry by entry: a held entry becomes the mean over the worker and
+    its neighbours holding it; an entry the worker does not hold stays as it was."""
+    gen = torch.Generator().manual_seed(seed)
+    n = graph.workers
+    x = torch.randn(n, cols, generator=gen, dtype=torch.float64)
+    mask = (torch.rand(n, cols, generator=gen) < 0.6).double()
+    mixing = mixing_matrix(graph, "metropolis")
+    plan = gossip.RoundPlan(graph, mixing, Slots.from_mixing(mixing), np.ones(n, dtype=bool))
+    before = torch.cat([x * mask, mask], dim=1).clone()
+    out = x.clone()
+    gossip.masked_mix(np.arange(n), plan, lambda ids, c=slice(None): before[ids, c], out, mask)
+    adjacency = graph.adjacency()
+    for i in range(n):
+        group = [i, *np.flatnonzero(adjacency[i])]
+        for c in range(cols):
+            holders = [j for j in group if mask[j, c] > 0]
+            expected = sum(x[j, c] for j in holders) / len(holders) if mask[i, c] > 0 else x[i, c]
+            assert float(out[i, c]) == pytest.approx(float(expected), rel=1e-12)
+    nnz = mask.sum(1).numpy()
+    assert gossip.masked_bytes(nnz, cols, graph.degrees) == int(
+        sum((4 * nnz[i] + -(-cols // 8)) * graph.degrees[i] for i in range(n))
+    )

@@ -11,6 +11,7 @@ On a directed graph the same rule mixes push-sum's mass and weight with the colu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -214,3 +215,28 @@ def _terms(
 
 def _weights(slots: Slots, at: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(slots.weight[at], dtype=like.dtype, device=like.device).unsqueeze(1)
+
+
+def masked_mix(
+    rows: np.ndarray, plan: RoundPlan, fetch: Fetch, out: torch.Tensor, mask: torch.Tensor
+) -> None:
+    """Masked averaging (DisPFL's aggregation): for every active worker rows[r], each column its
+    mask row mask[r] holds becomes the mean of that column over the worker and those of its
+    neighbours whose masks hold it; other columns are left alone. `fetch` returns snapshot rows
+    [values * mask, mask] (twice out's width), so only masked values and mask bits travel."""
+    width, slots = out.shape[1], plan.slots
+    for local, worker in enumerate(rows):
+        if not plan.active[worker]:
+            continue
+        neighbourhood = fetch(slots.index[slots.start[worker] : slots.start[worker + 1]])
+        values, holders = neighbourhood[:, :width].sum(0), neighbourhood[:, width:].sum(0)
+        mine = mask[local] > 0
+        out[local, mine] = values[mine] / holders[mine]
+
+
+def masked_bytes(nnz: np.ndarray, columns: int, degrees: np.ndarray) -> int:
+    """What masked averaging sends in a round: every worker sends its `nnz` masked values (4
+    bytes each) and its mask of `columns` entries as bits to each of its `degrees` neighbours
+    this round (both over all workers; an absent worker has degree 0)."""
+    per_worker = 4 * nnz.astype(np.float64) + math.ceil(columns / 8)
+    return int((per_worker * degrees).sum())

@@ -25,7 +25,6 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from repgossip.algorithms.base import JOINT, Algorithm, Phase, Rows, StateSpec
@@ -82,7 +81,7 @@ class DisPFL(Algorithm):
         grad.mul_(rows(MASK))  # only active weights learn; pruned ones stay at zero
 
     def communicate(self, ctx: RoundContext) -> int:
-        return masked_average(ctx, ctx.population.rows[MASK])
+        return ctx.engine.masked_gossip(ctx.population.params, ctx.population.rows[MASK], ctx.plan)
 
     def end_round(self, ctx: RoundContext) -> None:
         rounds = ctx.config.rounds
@@ -128,30 +127,3 @@ def _prune_and_regrow(pop: Population, local: int, grad: torch.Tensor, rate: flo
         params[cols][grow] = 0.0
         velocity[cols][drop] = 0.0
         velocity[cols][grow] = 0.0
-
-
-def masked_average(ctx: RoundContext, mask: torch.Tensor) -> int:
-    """Each active worker sets every weight its `mask` (rows of 0/1, one per local worker) holds
-    to the average over itself and the neighbours whose masks hold it, exchanging only masked
-    values and mask bits through `fetch_neighbours`; returns the bytes all workers sent."""
-    pop, slots = ctx.population, ctx.plan.slots
-    params, size = pop.params, pop.layout.size
-    fetch = ctx.engine.fetch_neighbours(torch.cat([params * mask, mask], dim=1), ctx.plan)
-    for local, worker in enumerate(pop.worker_ids):
-        if not ctx.plan.active[worker]:
-            continue
-        rows = fetch(slots.index[slots.start[worker] : slots.start[worker + 1]])
-        values, holders = rows[:, :size].sum(0), rows[:, size:].sum(0)
-        mine = mask[local] > 0
-        params[local, mine] = values[mine] / holders[mine]
-    return _masked_bytes(ctx, mask)
-
-
-def _masked_bytes(ctx: RoundContext, mask: torch.Tensor) -> int:
-    """Every active worker sends its masked values (4 bytes each) and its mask as bits to each
-    of its neighbours this round."""
-    per_worker = np.zeros(ctx.config.workers)
-    nnz = mask.sum(1).cpu().numpy()
-    per_worker[ctx.population.worker_ids] = 4 * nnz + math.ceil(mask.shape[1] / 8)
-    per_worker = ctx.engine.all_sum(torch.from_numpy(per_worker)).numpy()
-    return int((per_worker * ctx.plan.graph.degrees).sum())

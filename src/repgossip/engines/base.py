@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from repgossip.gossip import ALL_COLUMNS, Fetch, RoundPlan, mix_rows
+from repgossip.gossip import ALL_COLUMNS, Fetch, RoundPlan, masked_bytes, masked_mix, mix_rows
 from repgossip.metrics import add_in_order, bytes_per_round, push_sum_bytes_per_round
 from repgossip.population import Population
 
@@ -68,6 +68,17 @@ class Engine:
         mix_rows(self.local_workers(), plan.slots, self.fetch_neighbours(mass, plan), mass)
         weight.copy_(mass[:, -1:])
         block.copy_(mass[:, :-1] / weight)
+
+    def masked_gossip(self, block: torch.Tensor, mask: torch.Tensor, plan: RoundPlan) -> int:
+        """Masked averaging of the local rows of `block` in place (`gossip.masked_mix`: each
+        weight a worker's `mask` row holds becomes its mean over the worker and the neighbours
+        whose masks hold it), sending only masked values and mask bits; returns the bytes all
+        workers sent (`gossip.masked_bytes`)."""
+        fetch = self.fetch_neighbours(torch.cat([block * mask, mask], dim=1), plan)
+        masked_mix(self.local_workers(), plan, fetch, block, mask)
+        nnz = torch.zeros(self.workers, dtype=torch.float64)
+        nnz[torch.from_numpy(self.local_workers())] = mask.sum(1).double().cpu()
+        return masked_bytes(self.all_sum(nnz).numpy(), mask.shape[1], plan.graph.degrees)
 
     def fetch_neighbours(self, block: torch.Tensor, plan: RoundPlan) -> Fetch:
         """A snapshot of every local worker's row of `block` (local workers x columns) and of its
