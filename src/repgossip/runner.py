@@ -48,7 +48,7 @@ from repgossip.errors import DivergenceError, RepgossipError, UsageError, first_
 from repgossip.faults import maybe_fail_rank
 from repgossip.gossip import GossipSchedule
 from repgossip.layout import RowLayout, row_key
-from repgossip.metrics import accuracy_summary, squared_deviations, subspace_distance
+from repgossip.metrics import accuracy_summary, squared_deviations
 from repgossip.models import ModelFunction, SplitModel, check_fits
 from repgossip.objectives import check_finite_metric, checked_loss, checked_metric, resolve
 from repgossip.population import PUSH_WEIGHT, Population
@@ -434,9 +434,9 @@ def evaluate(exp: Experiment, round_done: int) -> tuple[dict[str, float], dict[s
         "consensus_dist": consensus(exp, exp.algorithm.shared or "all"),
     }
     per_worker = {"per_worker_test_loss": stats["test_loss"].tolist()}
-    if exp.federation.b_star is not None and _linear_body(exp):
-        weight = shared_mean(exp, "body").view(exp.cfg.rank, exp.cfg.dim).cpu().numpy()
-        record["subspace_dist"] = subspace_distance(exp.federation.b_star, weight)
+    if exp.federation.body_metrics is not None:  # the task's own (synthetic: subspace_dist)
+        mean_body = shared_mean(exp, "body")
+        record.update(exp.federation.body_metrics(mean_body, exp.population.model.body))
     if not exp.federation.regression:
         record.update(accuracy_summary(stats["correct"], stats["count"]))
         per_worker["per_worker_acc"] = (stats["correct"] / stats["count"]).tolist()
@@ -461,15 +461,6 @@ def _check_metrics(record: dict[str, float], stats: dict[str, np.ndarray], round
         else f"{key} is not finite"
     )
     raise DivergenceError(f"training diverged by round {round_done}: {who}; lower lr")
-
-
-def _linear_body(exp: Experiment) -> bool:
-    """Whether the body is the k x d matrix B^T whose column space `subspace_dist` measures."""
-    body = exp.population.model.body
-    return isinstance(body, torch.nn.Linear) and tuple(body.weight.shape) == (
-        exp.cfg.rank,
-        exp.cfg.dim,
-    )
 
 
 # ---------------------------------------------------------------- checkpoints across processes

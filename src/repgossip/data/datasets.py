@@ -15,14 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from repgossip.data import cifar
-from repgossip.data.federation import Federation, as_federation, partitioned
+from repgossip.data.federation import BodyMetrics, Federation, as_federation, partitioned
 from repgossip.data.har import hapt_federation
 from repgossip.data.partition import NATURAL
 from repgossip.data.sources import load_fmnist, make_synthetic
 from repgossip.errors import UsageError, first_line
 from repgossip.memory import SYNTHETIC_DEFAULT_SAMPLES
+from repgossip.metrics import subspace_distance
 from repgossip.registry import Factory, Registry, call_with_accepted, is_plugin_ref
 
 if TYPE_CHECKING:
@@ -60,8 +62,22 @@ def _synthetic(cfg: Config) -> Federation:
         [torch.from_numpy(a) for a in arrays]
         for arrays in (task.x_train, task.y_train, task.x_test, task.y_test)
     )
-    return Federation(train_x, train_y, test_x, test_y, (cfg.dim,), 0, b_star=task.b_star,
+    return Federation(train_x, train_y, test_x, test_y, (cfg.dim,), 0,
+                      body_metrics=_subspace_metric(task.b_star, cfg.rank, cfg.dim),
                       split="generated per worker (synthetic)")  # fmt: skip
+
+
+def _subspace_metric(b_star: np.ndarray, rank: int, dim: int) -> BodyMetrics:
+    """`subspace_dist`, the distance of the average body's row space to the true representation's
+    column space, where the body is the k x d matrix B^T it measures (the `linear` model)."""
+
+    def metric(mean_body: torch.Tensor, body: nn.Module) -> dict[str, float]:
+        if not (isinstance(body, nn.Linear) and tuple(body.weight.shape) == (rank, dim)):
+            return {}
+        weight = mean_body.view(rank, dim).cpu().numpy()
+        return {"subspace_dist": subspace_distance(b_star, weight)}
+
+    return metric
 
 
 def _cifar(name: str) -> Callable[[Config], Federation]:

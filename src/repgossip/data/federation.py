@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from repgossip.data.partition import partition, test_split
@@ -89,6 +90,10 @@ class TrainSource:
         return _as_trained(x)
 
 
+# (the workers' average body as one flat float64 row, the model's body module) -> named values
+BodyMetrics = Callable[[torch.Tensor, nn.Module], dict[str, float]]
+
+
 @dataclass
 class Federation:
     train_x: list[torch.Tensor]
@@ -97,7 +102,9 @@ class Federation:
     test_y: list[torch.Tensor]
     input_shape: tuple[int, ...]
     num_classes: int  # 0 for a regression task
-    b_star: np.ndarray | None = None  # ground-truth representation (synthetic only)
+    # metrics of the workers' average body that only this task can compute, for each evaluation
+    # record (the synthetic task's distance to its true representation); None: none
+    body_metrics: BodyMetrics | None = None
     split: str = ""  # how the data was split over workers, in words (the run's note says it)
     pool: int | None = None  # the training samples a partition drew from; None: split per worker
     given: bool = False  # handed over one split per worker: the run records partition=natural
