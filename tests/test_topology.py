@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import repgossip.topology as topology
+from repgossip.topology import builders, spectrum
 from repgossip.errors import UsageError
 from repgossip.topology import (
     DIRECTED_TOPOLOGIES,
@@ -129,14 +130,14 @@ def test_large_irregular_graphs_gap_by_lanczos_equals_dense(
 ) -> None:
     graph = build_graph(name, 300, edge_prob=0.05, seed=1)
     dense = _dense_gap(graph)
-    monkeypatch.setattr(topology, "DENSE_SPECTRUM_LIMIT", 100)
+    monkeypatch.setattr(spectrum, "DENSE_SPECTRUM_LIMIT", 100)
     assert spectral_gap(mixing_matrix(graph)) == pytest.approx(dense, abs=1e-9)
 
 
 def test_lanczos_that_does_not_converge_reports_none(monkeypatch: pytest.MonkeyPatch) -> None:
     # a path graph of 3,000 (an edge list: no symmetry to use) has a gap of ~1e-6
     path = Graph.from_pairs(3000, np.stack([np.arange(2999), np.arange(1, 3000)], axis=1))
-    monkeypatch.setattr(topology, "DENSE_SPECTRUM_LIMIT", 100)
+    monkeypatch.setattr(spectrum, "DENSE_SPECTRUM_LIMIT", 100)
     assert spectral_gap(mixing_matrix(path)) is None
 
 
@@ -286,7 +287,7 @@ def test_erdos_renyi_edge_prob_one_is_complete() -> None:
 def test_erdos_renyi_draws_blockwise_as_one_uniform_matrix(monkeypatch: pytest.MonkeyPatch) -> None:
     # Drawing a few rows at a time (bounded memory at any N) samples the same graph.
     whole = build_graph("erdos_renyi", 50, edge_prob=0.1, seed=3)
-    monkeypatch.setattr(topology, "_ER_DRAW_ELEMENTS", 120)
+    monkeypatch.setattr(builders, "_ER_DRAW_ELEMENTS", 120)
     assert build_graph("erdos_renyi", 50, edge_prob=0.1, seed=3) == whole
 
 
@@ -500,7 +501,7 @@ def test_a_graph_too_big_for_memory_is_refused_before_it_is_built(name, workers,
 
 
 def test_the_memory_check_uses_this_machines_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(topology, "_physical_memory_bytes", lambda: 1_000_000)
+    monkeypatch.setattr(builders, "_physical_memory_bytes", lambda: 1_000_000)
     with pytest.raises(UsageError, match="more than this machine's"):
         build_graph("complete", 200)  # 19,900 links x 150 bytes > 1 MB
     assert build_graph("ring", 200).num_edges == 200  # sparse topologies are never refused
@@ -820,7 +821,7 @@ def test_directed_topologies_are_strongly_connected_and_column_stochastic(name: 
         round_graph_ = graph.at(round_index)
         assert round_graph_.directed and not round_graph_.cycle
         assert topology.is_column_stochastic(mixing_matrix(round_graph_))
-    assert (name in TOPOLOGIES) and graph.num_edges <= topology._expected_links(name, n, 0.3)
+    assert (name in TOPOLOGIES) and graph.num_edges <= builders._expected_links(name, n, 0.3)
 
 
 @pytest.mark.parametrize("n", [2, 3, 5, 8, 13])
@@ -962,14 +963,14 @@ def test_uniform_row_gap_beyond_the_dense_limit_is_the_dense_one(
     symmetric similar form: the same gap as the dense eigenvalues of W itself."""
     mixing = mixing_matrix(build_graph(name, 300, edge_prob=0.05, seed=1), "uniform_row")
     dense = 1 - np.sort(np.abs(np.linalg.eigvals(mixing.dense())))[-2]
-    monkeypatch.setattr(topology, "DENSE_SPECTRUM_LIMIT", 100)
+    monkeypatch.setattr(spectrum, "DENSE_SPECTRUM_LIMIT", 100)
     assert spectral_gap(mixing) == pytest.approx(dense, abs=1e-9)
 
 
 def test_uniform_row_on_a_star_beyond_the_dense_limit_has_its_exact_gap() -> None:
     """The hub's weight 1 - (N - 1)/N carries rounding that a tolerance at rounding level would
     take for irreversibility; the leaves' eigenvalue 1/2 gives the gap exactly."""
-    star = build_graph("star", topology.DENSE_SPECTRUM_LIMIT + 1)
+    star = build_graph("star", spectrum.DENSE_SPECTRUM_LIMIT + 1)
     assert spectral_gap(mixing_matrix(star, "uniform_row")) == pytest.approx(0.5, abs=1e-9)
 
 
@@ -992,7 +993,7 @@ def test_a_nonsymmetric_w_that_is_not_reversible_has_no_gap_beyond_the_dense_lim
     assert np.allclose(skewed.dense().sum(axis=1), 1.0)
     dense_gap = spectral_gap(skewed)
     assert dense_gap is not None and 0 < dense_gap < 1
-    monkeypatch.setattr(topology, "DENSE_SPECTRUM_LIMIT", 2)
+    monkeypatch.setattr(spectrum, "DENSE_SPECTRUM_LIMIT", 2)
     assert spectral_gap(skewed) is None
 
 

@@ -28,7 +28,7 @@ from repgossip.data.federation import comes_per_worker, workers_of
 from repgossip.errors import UsageError
 from repgossip.registry import API_PREFIX, reference_of
 from repgossip.runner import RunResult, Supplied, run_experiment
-from repgossip.topology import _as_array, graph_from_object
+from repgossip.topology import as_array, graph_from_object
 
 
 def run(
@@ -66,7 +66,7 @@ def run(
         keys, algorithm = {**keys, "algorithm": algorithm}, None
     mixing = None
     if "mixing" in keys and not isinstance(keys["mixing"], (str, os.PathLike)):
-        mixing = _as_array(keys["mixing"])  # W itself, checked against the graph when built
+        mixing = as_array(keys["mixing"])  # W itself, checked against the graph when built
         keys = {**keys, "mixing": f"{API_PREFIX}{type(keys['mixing']).__name__}"}
     _check_out(out)
     if isinstance(graph, (str, Path)):
