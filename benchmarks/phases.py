@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from common import fail, one_line_errors, positive_int
 
+from repgossip import runner
 from repgossip.bench import Bound, intra_op_threads, run_round, timed
 from repgossip.config import build_config, parse_assignments
 from repgossip.layout import MAIN_MODEL
@@ -90,15 +91,16 @@ def main() -> None:
     per_part: dict[str, list[float]] = defaultdict(list)
     communicate = exp.algorithm.communicate
     exp.algorithm.communicate = timed_into(per_part["communicate"], communicate)  # type: ignore[method-assign]
-    train = exp.population.train
+    train = runner.train_phase  # what the round calls for each phase
 
-    def train_timed(part: str, budget: Any, rule: Any, round_index: int, phase: int,
+    def train_timed(pop: Any, part: str, budget: Any, rule: Any, round_index: int, phase: int,
                     *rest: Any, **kwargs: Any) -> None:  # fmt: skip
         model = kwargs.get("model", MAIN_MODEL)
         name = f"phase {phase} {part}" + ("" if model == MAIN_MODEL else f" of {model}")
-        timed_into(per_part[name], train)(part, budget, rule, round_index, phase, *rest, **kwargs)
+        timed_into(per_part[name], train)(pop, part, budget, rule, round_index, phase, *rest,
+                                          **kwargs)  # fmt: skip
 
-    exp.population.train = train_timed  # type: ignore[method-assign]
+    runner.train_phase = train_timed
     rounds = []
     profiler = cProfile.Profile() if args.profile else None
     for r in range(1, args.rounds_measured + 1):
