@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TextIO
 
 from repgossip.config import shown
-from repgossip.errors import RepgossipError, UsageError, first_line
+from repgossip.errors import RepgossipError, UsageError, described
 from repgossip.registry import import_object, is_plugin_ref
 from repgossip.runfolder import TENSORBOARD_DIR, atomic_write, make_folder, record_entry
 
@@ -384,10 +384,7 @@ def callback_from_ref(ref: str) -> Callback:
         except RepgossipError:
             raise
         except Exception as err:
-            text = first_line(err)
-            raise UsageError(
-                f"callback '{ref}': calling it raised {type(err).__name__}: {text}"
-            ) from None
+            raise UsageError(f"callback '{ref}': calling it raised {described(err)}") from None
     if not isinstance(made, Callback):
         what = shown(found) + ("" if made is found else f", which returned {shown(made)}")
         raise UsageError(

@@ -65,8 +65,20 @@ class StorageError(RepgossipError, OSError):
 
 def first_line(err: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message, at most `limit` characters (its type's name when
-    it has none): what a one-line error quotes of a failure in user or library code."""
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]
+    it has none, or when its message cannot be made: an int too long for str()): what a one-line
+    error quotes of a failure in user or library code."""
+    try:
+        text = str(err)
+    except Exception:  # noqa: BLE001 - str() of the user's exception raised in turn
+        text = ""
+    return (text.strip().splitlines() or [type(err).__name__])[0][:limit]
+
+
+def described(err: BaseException, limit: int = 300) -> str:
+    """`Type: first line` of an exception (only `Type` when it has no message): how a one-line
+    error names what user or library code raised."""
+    text = first_line(err, limit)
+    return text if text == type(err).__name__ else f"{type(err).__name__}: {text}"
 
 
 def plugin_traceback(err: BaseException) -> str | None:

@@ -28,7 +28,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from repgossip.errors import UsageError, first_line
+from repgossip.errors import UsageError, described
 
 if TYPE_CHECKING:
     from repgossip.schema import Config
@@ -476,7 +476,7 @@ def check_fits(model: SplitModel, sample: torch.Tensor, num_classes: int, name: 
     except Exception as err:
         raise UsageError(
             f"model '{name}' cannot take inputs of shape {tuple(sample.shape[1:])}: "
-            f"{type(err).__name__}: {first_line(err)}"
+            f"{described(err)}"
         ) from None
     finally:
         model.train(was_training)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from repgossip.errors import RepgossipError, UsageError, first_line
+from repgossip.errors import RepgossipError, UsageError, described
 from repgossip.registry import API_PREFIX, import_object
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -60,8 +60,7 @@ def resolve(key: str, ref: str | None, supplied: Callable[..., Any] | None = Non
 
 
 def _failed(key: str, ref: str, err: Exception) -> UsageError:
-    line = first_line(err)
-    return UsageError(f"{key} plug-in '{ref}' raised {type(err).__name__}: {line}".rstrip(": "))
+    return UsageError(f"{key} plug-in '{ref}' raised {described(err)}")
 
 
 def checked_loss(ref: str, function: LossFn) -> LossFn:

@@ -44,7 +44,7 @@ from repgossip.config import (
 from repgossip.data.datasets import load_federation, recorded_config
 from repgossip.data.federation import Federation
 from repgossip.engines import Engine, make_engine
-from repgossip.errors import DivergenceError, RepgossipError, UsageError, first_line
+from repgossip.errors import DivergenceError, RepgossipError, UsageError, described
 from repgossip.faults import maybe_fail_rank
 from repgossip.gossip import GossipSchedule
 from repgossip.layout import RowLayout, row_key
@@ -268,14 +268,8 @@ def _instantiate(cls: type[Algorithm], cfg: Config) -> Algorithm:
         raise
     except Exception as err:
         raise UsageError(
-            f"algorithm '{cfg.algorithm}' cannot be built from a config: {_first_line(err)}"
+            f"algorithm '{cfg.algorithm}' cannot be built from a config: {described(err)}"
         ) from None
-
-
-def _first_line(err: BaseException) -> str:
-    """`Type: first line` of an exception, for messages that name what was raised."""
-    text = first_line(err)
-    return f"{type(err).__name__}: {text}" if text != type(err).__name__ else text
 
 
 def preflight(cfg: Config, supplied: Supplied | None = None) -> None:
@@ -330,7 +324,7 @@ def build_experiment(
         raise
     except Exception as err:
         raise UsageError(
-            f"algorithm '{cfg.algorithm}': init_state raised {_first_line(err)}"
+            f"algorithm '{cfg.algorithm}': init_state raised {described(err)}"
         ) from None
     gap = spectral_gap(parts.schedule.base_mixing)  # of the graph without failures
     return Experiment(

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from repgossip.errors import RepgossipError, UsageError, first_line
+from repgossip.errors import RepgossipError, UsageError, described
 from repgossip.layout import MAIN_MODEL, PARTS, ROW_KINDS, RowLayout, StateSpec, row_key
 
 if TYPE_CHECKING:
@@ -237,10 +237,7 @@ class Algorithm:
         except RepgossipError:
             raise
         except Exception as err:
-            line = first_line(err)
-            raise UsageError(
-                f"{self._label()}: {what} raised {type(err).__name__}: {line}".rstrip(": ")
-            ) from None
+            raise UsageError(f"{self._label()}: {what} raised {described(err)}") from None
 
     def check(self, layout: RowLayout) -> None:
         """Refuse in one line extra state and parts the engine cannot honour for a model of

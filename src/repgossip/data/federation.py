@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from repgossip.data.partition import partition, test_split
-from repgossip.errors import UsageError, first_line
+from repgossip.errors import UsageError, described, first_line
 from repgossip.streams import global_generators, read_seed
 
 if TYPE_CHECKING:
@@ -255,10 +255,9 @@ def _read_items(
         try:
             items.append(dataset[int(i)])
         except Exception as err:
-            line = first_line(err)
             raise UsageError(
                 f"dataset {source}: reading item {int(i)} of the {what} Dataset raised "
-                f"{type(err).__name__}: {line}"
+                f"{described(err)}"
             ) from None
     if not items or not all(isinstance(it, (tuple, list)) and len(it) == 2 for it in items):
         raise UsageError(f"dataset {source}: the {what} Dataset must yield (x, y) items")

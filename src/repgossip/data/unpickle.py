@@ -56,7 +56,7 @@ from typing import Any, BinaryIO, NoReturn
 
 import numpy as np
 
-from repgossip.errors import UsageError
+from repgossip.errors import UsageError, described, first_line
 from repgossip.memory import count_text, int_text
 
 Name = tuple[str, str]  # (module, qualified name) as a pickle's GLOBAL names it, Python 3 spelling
@@ -430,11 +430,13 @@ def load_restricted(
     except UsageError:
         raise
     except (OSError, EOFError, zlib.error) as exc:
-        raise UsageError(f"{label}: cannot read ({_line(exc)}); the file is corrupt") from None
+        raise UsageError(
+            f"{label}: cannot read ({first_line(exc, 200)}); the file is corrupt"
+        ) from None
     except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             struct.error, OverflowError, RecursionError, UnicodeError) as exc:  # fmt: skip
         raise UsageError(
-            f"{label}: not a valid pickle ({type(exc).__name__}: {_line(exc)}); the file is "
+            f"{label}: not a valid pickle ({described(exc, 200)}); the file is "
             "corrupt or not what it claims to be"
         ) from None
 
@@ -469,11 +471,3 @@ def _open(source: str | os.PathLike[str] | bytes) -> Iterator[tuple[BinaryIO, in
             limit = max(INFLATION * size, MIN_INFLATED)
             bound = f"a .gz file of {count_text(size)} bytes, inflated at most {INFLATION}-fold,"
             yield stream, limit, bound  # type: ignore[misc]  # GzipFile is a binary stream
-
-
-def _line(exc: BaseException) -> str:
-    try:
-        text = str(exc)
-    except Exception:  # noqa: BLE001 - an exception holding an int too long for str()
-        text = ""
-    return " ".join(text.split())[:200] or type(exc).__name__
