@@ -136,6 +136,7 @@ def _ablations() -> list[Sweep]:
 
 # Part 6: the remainder batch and FedRoD's schedule, judged by the round-to-round spread.
 LAST_BATCH_POLICIES = "last_batch=merge,drop,keep"
+CLASSWISE = ("partition=dirichlet_classwise", "alpha=0.3")
 
 
 def _noise() -> list[Sweep]:
@@ -145,6 +146,13 @@ def _noise() -> list[Sweep]:
         Sweep("noise", "noise-fedrod", "noise.yaml",
               ("fedrod_schedule=interleaved,sequential", LAST_BATCH_POLICIES, f"seed={SEEDS3}"),
               ("algorithm=fedrod",)),
+        # Hsu's class-wise Dirichlet split, where workers hold 68 to 304 samples (seed 0), so
+        # remainders of 1 to 15: the setting where the peer's FedAvg and FedRoD were higher.
+        Sweep("noise", "noise-classwise-fedavg", "noise.yaml",
+              (LAST_BATCH_POLICIES, "seed=0,1"), ("algorithm=fedavg", *CLASSWISE)),
+        Sweep("noise", "noise-classwise-fedrod", "noise.yaml",
+              ("fedrod_schedule=interleaved,sequential", LAST_BATCH_POLICIES, "seed=0,1"),
+              ("algorithm=fedrod", *CLASSWISE)),
     ]  # fmt: skip
 
 

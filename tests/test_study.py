@@ -171,4 +171,4 @@ def test_the_noise_block_reads_the_late_rounds_spread(tmp_path: Path) -> None:
     assert report.late_accuracies(runs[0]) == [0.80, 0.82, 0.78]  # round 20 is before the window
     row = next(line for line in report.noise_block(runs).splitlines() if "| drop |" in line)
     # per seed: mean 0.80 and 0.70, round-to-round std 0.02 and 0
-    assert row == "| ditto | drop | 2 | 0.750 ± 0.071 | 0.0100 ± 0.0141 |"
+    assert row == "| ditto | drop | 2 | 0.750 ± 0.071 | 0.0100 ± 0.0141 | n/a |"
