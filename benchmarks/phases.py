@@ -29,11 +29,11 @@ from typing import Any
 import torch
 from common import fail, one_line_errors, positive_int
 
-from repgossip import runner
+from repgossip import rounds as round_module
 from repgossip.bench import Bound, intra_op_threads, run_round, timed
 from repgossip.config import build_config, parse_assignments
+from repgossip.experiment import Experiment, build_experiment
 from repgossip.layout import MAIN_MODEL
-from repgossip.runner import Experiment, build_experiment
 
 
 def timed_into(seconds: list[float], fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -91,7 +91,7 @@ def main() -> None:
     per_part: dict[str, list[float]] = defaultdict(list)
     communicate = exp.algorithm.communicate
     exp.algorithm.communicate = timed_into(per_part["communicate"], communicate)  # type: ignore[method-assign]
-    train = runner.train_phase  # what the round calls for each phase
+    train = round_module.train_phase  # what the round calls for each phase
 
     def train_timed(pop: Any, part: str, budget: Any, rule: Any, round_index: int, phase: int,
                     *rest: Any, **kwargs: Any) -> None:  # fmt: skip
@@ -100,7 +100,7 @@ def main() -> None:
         timed_into(per_part[name], train)(pop, part, budget, rule, round_index, phase, *rest,
                                           **kwargs)  # fmt: skip
 
-    runner.train_phase = train_timed
+    round_module.train_phase = train_timed
     rounds = []
     profiler = cProfile.Profile() if args.profile else None
     for r in range(1, args.rounds_measured + 1):

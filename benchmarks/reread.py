@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from repgossip.bench import run_round, timed
 from repgossip.config import build_config
 from repgossip.data.sources import load_fmnist
-from repgossip.runner import Experiment, Supplied, build_experiment
+from repgossip.experiment import Experiment, Supplied, build_experiment
 from repgossip.threads import single_threaded
 
 COLUMNS = ("variant", "s_per_round", "over_tensors", "over_read_once")

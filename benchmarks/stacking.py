@@ -17,7 +17,7 @@ from common import header, one_line_errors, positive_int, row
 
 from repgossip.bench import run_round, timed
 from repgossip.config import build_config
-from repgossip.runner import build_experiment
+from repgossip.experiment import build_experiment
 
 COLUMNS = ("dim", "model_params", "stacked_s", "loop_s", "loop_over_stacked")
 

@@ -15,7 +15,9 @@ import torch
 import repgossip
 from repgossip.cli import main
 from repgossip.config import build_config
-from repgossip.runner import Supplied, build_experiment, run_experiment, train_round
+from repgossip.experiment import Supplied, build_experiment
+from repgossip.rounds import train_round
+from repgossip.runner import run_experiment
 
 from launch import assert_same_numbers, summary, torchrun
 

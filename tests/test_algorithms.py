@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from repgossip.algorithms import ALGORITHMS
 from repgossip.architectures import build_model
 from repgossip.config import build_config
+from repgossip.experiment import build_experiment
 from repgossip.metrics import bytes_per_round
 from repgossip.population import Population
-from repgossip.runner import build_experiment, train_round
+from repgossip.rounds import train_round
 from repgossip.streams import worker_generator
 from repgossip.training import Budget, StepRule, batch_schedule, budget, step_rule, train_phase
 
@@ -174,7 +175,7 @@ def test_population_matches_a_plain_per_worker_reference():
 
 def test_the_run_loops_consensus_is_the_metrics_definition():
     from repgossip.metrics import consensus_distance
-    from repgossip.runner import consensus
+    from repgossip.rounds import consensus
 
     exp = experiment()
     train_round(exp, 0)

@@ -61,7 +61,7 @@ def test_fedrod_gossips_the_body_and_generic_head_and_keeps_personal_heads():
 
 def test_fedrod_starts_from_the_generic_prediction_and_knows_each_workers_classes():
     from repgossip.config import build_config
-    from repgossip.runner import build_experiment
+    from repgossip.experiment import build_experiment
 
     pop = build_experiment(build_config({**FMNIST, "algorithm": "fedrod"})).population
     assert bool((pop.params[:, pop.layout.part("head.personal")] == 0).all())
@@ -110,7 +110,8 @@ def masked_counts(pop):
 
 def test_dispfl_masks_keep_their_density_evolve_and_pruned_weights_stay_zero():
     from repgossip.config import build_config
-    from repgossip.runner import build_experiment, train_round
+    from repgossip.experiment import build_experiment
+    from repgossip.rounds import train_round
 
     exp = build_experiment(build_config({**FMNIST, "algorithm": "dispfl", "rounds": 3}))
     pop = exp.population
@@ -149,7 +150,8 @@ def test_fedrod_interleaved_is_a_generic_step_then_a_personal_head_step_on_each_
     import torch.nn.functional as F
 
     from repgossip.config import build_config
-    from repgossip.runner import _loss_hook, build_experiment
+    from repgossip.experiment import build_experiment
+    from repgossip.rounds import _loss_hook
     from repgossip.streams import worker_generator
     from repgossip.training import batch_schedule, budget, step_rule
 
@@ -185,7 +187,7 @@ def test_fedrod_interleaved_is_a_generic_step_then_a_personal_head_step_on_each_
 
 def test_fedrod_sequential_trains_the_personal_head_after_the_generic_model():
     from repgossip.config import build_config
-    from repgossip.runner import build_experiment
+    from repgossip.experiment import build_experiment
 
     cfg = build_config({**FMNIST, "algorithm": "fedrod", "fedrod_schedule": "sequential"})
     phases = build_experiment(cfg).algorithm.phases

@@ -22,10 +22,11 @@ from repgossip.bench import intra_op_threads
 from repgossip.cli import main
 from repgossip.config import build_config
 from repgossip.evaluation import evaluate
+from repgossip.experiment import build_experiment
 from repgossip.layout import MAIN_MODEL
 from repgossip.population import Population
 from repgossip.reference import ReferenceSimulation
-from repgossip.runner import build_experiment, train_round
+from repgossip.rounds import train_round
 from repgossip.training import Budget, StepRule, train_phase
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -24,8 +24,8 @@ from repgossip.config import build_config, parse_assignments
 from repgossip.data import sources
 from repgossip.data.sources import FMNIST_FILES, load_fmnist, make_synthetic
 from repgossip.errors import UsageError
+from repgossip.experiment import build_experiment
 from repgossip.footprint import model_parameters, values_per_worker
-from repgossip.runner import build_experiment
 from repgossip.topology import build_graph
 
 TINY = ["dataset=synthetic", "workers=4", "rounds=1", "samples_per_worker=20"]

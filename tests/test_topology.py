@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import repgossip.topology as topology
-from repgossip.topology import builders, spectrum
 from repgossip.errors import UsageError
 from repgossip.topology import (
     DIRECTED_TOPOLOGIES,
@@ -20,6 +19,7 @@ from repgossip.topology import (
     TOPOLOGIES,
     Graph,
     build_graph,
+    builders,
     check_mixing_rule,
     describe,
     drop_links,
@@ -29,6 +29,7 @@ from repgossip.topology import (
     mixing_matrix,
     round_graph,
     spectral_gap,
+    spectrum,
 )
 
 

@@ -26,8 +26,9 @@ from repgossip.config import KEYS, Config, build_config, read_yaml, shown, sugge
 from repgossip.data.datasets import GIVEN_SPLIT_KEYS
 from repgossip.data.federation import comes_per_worker, workers_of
 from repgossip.errors import UsageError
+from repgossip.experiment import Supplied
 from repgossip.registry import API_PREFIX, reference_of
-from repgossip.runner import RunResult, Supplied, run_experiment
+from repgossip.runner import RunResult, run_experiment
 from repgossip.topology import as_array, graph_from_object
 
 

@@ -31,8 +31,9 @@ from torch import nn
 
 from repgossip.algorithms import Phase
 from repgossip.errors import UsageError
+from repgossip.experiment import Experiment, build_experiment
 from repgossip.models import SplitModel
-from repgossip.runner import Experiment, build_experiment, train_round
+from repgossip.rounds import train_round
 from repgossip.schema import Config
 from repgossip.threads import single_threaded
 from repgossip.training import step_rule
@@ -177,7 +178,7 @@ def measure_distributed(cfg: Config, rounds_measured: int) -> dict[str, Any]:
     """Seconds per round of `engine=dist` on this rank's group, and the share of each round that
     ranks spend waiting for gossip messages (which includes waiting for a slower rank), averaged
     over ranks. Rounds start and end at a barrier, so every rank times the same round."""
-    from repgossip.runner import build_engine
+    from repgossip.experiment import build_engine
 
     engine = build_engine(cfg)
     try:

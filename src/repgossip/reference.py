@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from repgossip.runner import Experiment
+from repgossip.experiment import Experiment
 from repgossip.streams import worker_generator
 from repgossip.training import batch_schedule, budget, step_rule
 

@@ -43,6 +43,7 @@ import torch
 
 from repgossip.config import Config, build_config, changed_keys, load_resolved, split_assignment
 from repgossip.errors import RepgossipError, UsageError, WorkerDied, plugin_traceback
+from repgossip.experiment import preflight, resolve_device
 from repgossip.runfolder import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -55,7 +56,7 @@ from repgossip.runfolder import (
     remove_file,
     resolve_out,
 )
-from repgossip.runner import preflight, resolve_device, run_experiment
+from repgossip.runner import run_experiment
 
 RESULT_COLUMNS = (
     "test_acc_mean", "test_acc_pooled", "test_acc_p10", "test_acc_min", "subspace_dist",
@@ -163,7 +164,7 @@ def plan(
     grid: Mapping[str, list[str]], base: Mapping[str, Any], out: Path, *, resume: bool, force: bool
 ) -> list[Point]:
     """Every point checked as a run would check it, before anything is written or removed: its
-    config, graph, data and model (`runner.preflight`) and, on resume, its saved config."""
+    config, graph, data and model (`experiment.preflight`) and, on resume, its saved config."""
     values = grid_points(grid)
     names = run_names(values)
     configs = [_config(base, v, n) for v, n in zip(values, names, strict=True)]

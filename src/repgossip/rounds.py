@@ -1,0 +1,147 @@
+"""One round of an experiment (`train_round`: the algorithm's phases, its communication, its
+end-of-round hook) and what an evaluation measures on every rank (`evaluate`: losses, accuracy,
+consensus distance, the task's own metrics), with the divergence checks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from repgossip import evaluation
+from repgossip.algorithms import Algorithm, RoundContext
+from repgossip.errors import DivergenceError, UsageError
+from repgossip.experiment import Experiment
+from repgossip.layout import row_key
+from repgossip.metrics import accuracy_summary, squared_deviations
+from repgossip.objectives import check_finite_metric
+from repgossip.population import Population
+from repgossip.training import budget, step_rule, train_phase
+
+
+def train_round(exp: Experiment, round_index: int) -> int:
+    """One round of the algorithm on this process's workers; returns the bytes sent by all."""
+    pop, cfg, algorithm = exp.population, exp.cfg, exp.algorithm
+    plan = exp.schedule.round_plan(round_index)
+    active = None if plan.active.all() else set(np.flatnonzero(plan.active).tolist())
+    ctx = RoundContext(pop, exp.engine, plan, round_index, cfg)
+    first = algorithm.communicate_first if cfg.gossip_first is None else cfg.gossip_first
+    if cfg.reset_momentum:
+        pop.reset_momentum()
+    sent = algorithm.communicate(ctx) if first else 0
+    for phase_index, phase in enumerate(algorithm.phases):
+        train_phase(
+            pop,
+            phase.part,
+            budget(cfg, phase.budget),
+            step_rule(cfg, phase.part, round_index),
+            round_index,
+            phase_index,
+            active,
+            model=phase.model,
+            hook=_gradient_hook(algorithm, phase),
+            loss=_loss_hook(algorithm, phase, pop),
+        )
+    if not first:
+        sent = algorithm.communicate(ctx)
+    algorithm.end_round(ctx)
+    if isinstance(sent, bool) or not isinstance(sent, (int, np.integer)) or sent < 0:
+        raise UsageError(
+            f"algorithm '{cfg.algorithm}': communicate() must return the bytes sent as an int "
+            f">= 0, got {sent!r}"
+        )
+    return int(sent)
+
+
+def _gradient_hook(algorithm: Algorithm, phase: Any) -> Callable[..., None] | None:
+    """The algorithm's gradient hook for `phase`, or None where it keeps the base class's no-op
+    (so the plain SGD step pays for no extra call)."""
+    if type(algorithm).adjust_gradient is Algorithm.adjust_gradient:
+        return None
+    return lambda grad, weights, rows: algorithm.adjust_gradient(phase, grad, weights, rows)
+
+
+def _loss_hook(algorithm: Algorithm, phase: Any, pop: Population) -> Callable[..., Any] | None:
+    """The algorithm's loss for `phase`, or None where it keeps the task's loss."""
+    if type(algorithm).loss is Algorithm.loss:
+        return None
+    return lambda outputs, targets, rows: algorithm.loss(phase, outputs, targets, pop.loss, rows)
+
+
+def check_finite(exp: Experiment, round_index: int) -> None:
+    """Stop every process if any worker's parameters (of any model copy) became NaN or infinite."""
+    pop = exp.population
+    finite = torch.stack(
+        [torch.isfinite(pop.rows[row_key(m, "params")]).all(dim=1) for m in pop.models]
+    ).all(dim=0)
+    bad = pop.worker_ids[int((~finite).nonzero()[0])] if not bool(finite.all()) else exp.cfg.workers
+    worker = exp.engine.all_min(bad)
+    if worker < exp.cfg.workers:
+        raise DivergenceError(
+            f"training diverged in round {round_index + 1}: worker {worker} has NaN or inf "
+            "parameters; lower lr"
+        )
+
+
+def shared_mean(exp: Experiment, part: str) -> torch.Tensor:
+    """The average over all workers of the `part` block, in float64, added in worker order."""
+    rows = exp.population.params[:, exp.population.layout.part(part)]
+    return exp.engine.ordered_sum(rows) / exp.cfg.workers
+
+
+def consensus(exp: Experiment, part: str) -> float:
+    """Mean over all workers of ||x_i - x_bar||^2 of the `part` block: each worker's term on its
+    own, all of them summed exactly (math.fsum), so no process layout changes a bit."""
+    rows = exp.population.params[:, exp.population.layout.part(part)]
+    deviations = exp.engine.assemble(squared_deviations(rows, shared_mean(exp, part)).cpu())
+    return math.fsum(deviations.tolist()) / exp.cfg.workers
+
+
+def evaluate(exp: Experiment, round_done: int) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """(the metrics.jsonl record's metric keys, per-worker lists for summary.json), on every rank.
+    Accuracy is that of the algorithm's evaluated model copy (Ditto: the personal model)."""
+    algorithm = exp.algorithm
+    predict = (
+        None if type(algorithm).predictions is Algorithm.predictions else algorithm.predictions
+    )
+    local = evaluation.evaluate(exp.population, algorithm.evaluated_model, predict)
+    keys = ("test_loss", "train_loss", "correct", "count", "metric")
+    names = [k for k in keys if len(local[k])]
+    table = exp.engine.assemble(torch.from_numpy(np.stack([local[k] for k in names], axis=1)))
+    stats = {k: table[:, i].numpy() for i, k in enumerate(names)}
+    record = {
+        "train_loss": float(stats["train_loss"].mean()),
+        "test_loss_mean": float(stats["test_loss"].mean()),
+        "consensus_dist": consensus(exp, exp.algorithm.shared or "all"),
+    }
+    per_worker = {"per_worker_test_loss": stats["test_loss"].tolist()}
+    if exp.federation.body_metrics is not None:  # the task's own (synthetic: subspace_dist)
+        mean_body = shared_mean(exp, "body")
+        record.update(exp.federation.body_metrics(mean_body, exp.population.model.body))
+    if not exp.federation.regression:
+        record.update(accuracy_summary(stats["correct"], stats["count"]))
+        per_worker["per_worker_acc"] = (stats["correct"] / stats["count"]).tolist()
+    _check_metrics(record, stats, round_done)
+    if "metric" in stats:  # checked apart: a metric plug-in's NaN is no divergence
+        check_finite_metric(str(exp.cfg.metric), stats["metric"].tolist())
+        record["test_metric_mean"] = float(stats["metric"].mean())
+        per_worker["per_worker_metric"] = stats["metric"].tolist()
+    return record, per_worker
+
+
+def _check_metrics(record: dict[str, float], stats: dict[str, np.ndarray], round_done: int) -> None:
+    """Stop with the round and the first worker whose loss is NaN or infinite."""
+    if all(np.isfinite(v) for v in record.values()):
+        return
+    losses = np.stack([stats["train_loss"], stats["test_loss"]])
+    bad = np.flatnonzero(~np.isfinite(losses).all(axis=0))
+    key = next(k for k, v in record.items() if not np.isfinite(v))
+    who = (
+        f"worker {int(bad[0])}'s loss is {losses[:, bad[0]].max()}"
+        if len(bad)
+        else f"{key} is not finite"
+    )
+    raise DivergenceError(f"training diverged by round {round_done}: {who}; lower lr")
