@@ -105,7 +105,7 @@ def test_the_outputs_section_names_every_key_summary_json_adds():
 def test_the_readme_demo_table_has_the_columns_the_sweep_prints():
     """The demo table is pasted from `make demo`'s output: its header is the one `repgossip
     sweep` prints for a classification grid over algorithms."""
-    from repgossip.sweep import RESULT_COLUMNS, STATUS, printed_table
+    from repgossip.tables import RESULT_COLUMNS, STATUS, printed_table
 
     row = {"algorithm": "deprl", STATUS: "ok"} | {
         key: 1.0 for key in RESULT_COLUMNS if key != "subspace_dist"

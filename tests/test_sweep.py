@@ -185,7 +185,7 @@ def test_a_300_character_value_gives_a_short_folder_name(tmp_path, capsys):
 
 
 def test_run_names_are_injective_short_and_readable():
-    from repgossip.sweep import run_names
+    from repgossip.grid import run_names
 
     long_a, long_b = {"topology": "a" * 299 + "1"}, {"topology": "a" * 299 + "2"}
     points = [{"topology": "/x/y.txt"}, {"topology": "/x_y.txt"}, long_a, long_b, {"lr": "0.1"}]
@@ -298,7 +298,7 @@ def test_a_failed_seed_is_counted_and_left_out_of_the_mean(tmp_path, capsys, mon
 
 
 def test_by_config_leaves_out_what_has_no_mean_or_std():
-    from repgossip.sweep import by_config, config_table
+    from repgossip.tables import by_config, config_table
 
     rows = [
         {"lr": "0.1", "seed": "0", "status": "ok", "train_loss": 1.0},

@@ -220,7 +220,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """Run the grid; print its table (with `seed` a grid key, one row per configuration), then
     one line on stderr per point that failed. Exits 0 when every point ran, else with the failed
     points' largest exit code (3: one diverged)."""
-    from repgossip.sweep import one_line, parse_grid, printed_table, sweep
+    from repgossip.grid import parse_grid
+    from repgossip.sweep import one_line, sweep
+    from repgossip.tables import printed_table
 
     grid = parse_grid(args.grid)
     base, overrides = _config_from(args)

@@ -1,5 +1,5 @@
-"""A grid of runs: the product of `--grid key=v1,v2` lists, each run in its own sub-folder, with a
-CSV and a Markdown table of their final metrics.
+"""A grid of runs (repgossip.grid), each run in its own sub-folder, with a CSV and a Markdown table
+of their final metrics (repgossip.tables).
 
 A sweep checks every point (config, graph, data, model and, on `--resume`, the config each finished
 point was run with) before it touches its folder, so a typo never costs the results already there;
@@ -15,21 +15,14 @@ the mean of `X`, `X_std` its std), `n` the seeds that ran and `failed` those tha
 
 from __future__ import annotations
 
-import csv
 import ctypes
-import hashlib
-import io
-import itertools
 import json
 import multiprocessing
 import os
-import re
 import signal
-import statistics
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -41,108 +34,26 @@ from typing import Any
 
 import torch
 
-from repgossip.config import Config, build_config, changed_keys, load_resolved, split_assignment
+from repgossip.config import Config, build_config, changed_keys, load_resolved
 from repgossip.errors import RepgossipError, UsageError, WorkerDied, plugin_traceback
 from repgossip.experiment import preflight, resolve_device
+from repgossip.grid import grid_points, run_names
 from repgossip.runfolder import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
     LOCK_FILE,
     SUMMARY_FILE,
-    atomic_write,
     check_output,
     claim_output,
     locked,
-    remove_file,
     resolve_out,
 )
 from repgossip.runner import run_experiment
+from repgossip.tables import RESULT_COLUMNS, STATUS, write_tables
 
-RESULT_COLUMNS = (
-    "test_acc_mean", "test_acc_pooled", "test_acc_p10", "test_acc_min", "subspace_dist",
-    "train_loss", "test_loss_mean", "consensus_dist", "bytes_sent", "spectral_gap", "rounds", "wall_s",
-)  # fmt: skip
-STATUS = "status"  # summary column: "ok" or "failed: <reason>"
-MAX_NAME = 100  # characters of a point's folder name (file systems stop at 255 bytes)
-HASH_MARK = "~"  # precedes a name's hash; never in a readable name, so the two kinds never meet
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")  # what a folder name may not hold, on any system
-SEED = "seed"  # the grid key whose values repeat one configuration
-AGGREGATED = (
-    "test_acc_mean", "test_acc_p10", "test_acc_min", "subspace_dist", "train_loss",
-    "consensus_dist", "bytes_sent",
-)  # fmt: skip
-BY_CONFIG_FILE = "summary_by_config.csv"
-COUNT, FAILED = "n", "failed"  # by-config columns: seeds that ran, seeds that failed
 GRACE_S = 30.0  # how long an interrupted worker may take to leave its run before it is killed
 PARENT_POLL_S = 0.5  # how often a worker checks that the sweep that started it is still there
 PR_SET_PDEATHSIG = 1  # Linux prctl(2): the signal a process gets when its parent dies
-
-
-# ---------------------------------------------------------------- the grid
-
-
-def parse_grid(specs: Sequence[str]) -> dict[str, list[str]]:
-    """`["algorithm=deprl,local", "lr=0.1"]` -> {"algorithm": ["deprl", "local"], "lr": ["0.1"]}.
-    A key given twice is refused rather than merged or dropped: which values were meant is not
-    ours to guess."""
-    grid: dict[str, list[str]] = {}
-    for spec in specs:
-        key, values = _grid_entry(spec)
-        if key in grid:
-            raise UsageError(
-                f"--grid gives '{key}' twice; give all values of '{key}' in one --grid {key}=a,b"
-            )
-        grid[key] = values
-    if not grid:
-        raise UsageError("sweep needs at least one --grid key=v1,v2")
-    return grid
-
-
-def _grid_entry(spec: str) -> tuple[str, list[str]]:
-    """One `key=v1,v2` of --grid, refusing an unknown key, no values, an empty or repeated value
-    (each would run nothing, fail later, or run one point twice)."""
-    key, text = split_assignment(spec, "--grid", "key=v1,v2,...")
-    values = [v.strip() for v in text.split(",")]
-    if not any(values):
-        raise UsageError(f"--grid '{spec}' gives no values for '{key}'; write {key}=v1,v2")
-    if not all(values):
-        raise UsageError(f"--grid '{spec}' has an empty value; write none for no value")
-    twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
-    if twice is not None:
-        raise UsageError(f"--grid '{spec}' lists '{twice}' twice; give each value once")
-    return key, values
-
-
-def grid_points(grid: Mapping[str, list[str]]) -> list[dict[str, str]]:
-    return [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
-
-
-def _readable(point: Mapping[str, str]) -> str:
-    return "__".join(f"{k}-{_UNSAFE.sub('_', v)}" for k, v in point.items())
-
-
-def point_hash(point: Mapping[str, str]) -> str:
-    """8 hex digits of sha256 over the exact point: what tells apart points whose readable names
-    are equal or cut short."""
-    return hashlib.sha256(json.dumps(dict(point), sort_keys=True).encode()).hexdigest()[:8]
-
-
-def run_name(point: Mapping[str, str], collides: bool = False) -> str:
-    """The folder name of `point`: `key-value__key-value`, unsafe characters as `_`; with `~hash`
-    appended (the readable part cut to fit) when characters were replaced, the name is over
-    MAX_NAME characters, or another point has the same readable name (`collides`). Readable
-    names never contain `~`, so the names of one grid's points are all distinct."""
-    readable = _readable(point)
-    lossy = any(_UNSAFE.search(v) for v in point.values())
-    if not (lossy or collides or len(readable) > MAX_NAME):
-        return readable
-    return readable[: MAX_NAME - 9] + HASH_MARK + point_hash(point)
-
-
-def run_names(points: Sequence[Mapping[str, str]]) -> list[str]:
-    """The folder names of a grid's points, distinct and at most MAX_NAME characters."""
-    counts = Counter(_readable(p) for p in points)
-    return [run_name(p, counts[_readable(p)] > 1) for p in points]
 
 
 # ---------------------------------------------------------------- checking every point first
@@ -523,136 +434,3 @@ def one_line(err: Exception) -> str:
     """The first line of an error's message: a table cell and a stderr line stay one line."""
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__
-
-
-# ---------------------------------------------------------------- tables
-
-
-def columns(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[str]:
-    """The grid keys, `status`, then the result columns some row has, in RESULT_COLUMNS order."""
-    results = [c for c in RESULT_COLUMNS if c not in keys and any(c in r for r in rows)]
-    return [*keys, STATUS, *results]
-
-
-def write_tables(out: Path, rows: list[dict[str, Any]], keys: Sequence[str]) -> None:
-    """summary.csv, one row per run, and summary.md: the same rows, or with `seed` a grid key,
-    one row per configuration (then also summary_by_config.csv, which is removed otherwise: a
-    table of an earlier grid must not pass for this one's)."""
-    names = columns(rows, keys)
-    atomic_write(out / "summary.csv", _csv(rows, names))
-    if SEED in keys:
-        configs = by_config(rows, keys)
-        atomic_write(out / BY_CONFIG_FILE, _csv(configs, config_columns(configs, keys)))
-        table = config_table(configs, keys)
-    else:
-        remove_file(out / BY_CONFIG_FILE)
-        table = markdown_table(rows, names)
-    atomic_write(out / "summary.md", table.encode())
-
-
-def printed_table(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> str:
-    """The Markdown a sweep prints: as summary.md, less `rounds` unless a grid key (it is
-    the same in every row otherwise)."""
-    if SEED in keys:
-        return config_table(by_config(rows, keys), keys)
-    return markdown_table(rows, [c for c in columns(rows, keys) if c != "rounds" or c in keys])
-
-
-def _csv(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> bytes:
-    """CSV with full-precision numbers (the Markdown rounds; a plot script should not)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(names), restval="")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue().encode()
-
-
-def _cell(value: Any) -> str:
-    if value is None:  # e.g. a spectral gap that could not be computed
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value).replace("|", "\\|")
-
-
-def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    buf = io.StringIO()
-    buf.write("| " + " | ".join(columns) + " |\n")
-    buf.write("|" + "---|" * len(columns) + "\n")
-    for row in rows:
-        buf.write("| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |\n")
-    return buf.getvalue()
-
-
-# ---------------------------------------------------------------- seeds: one row per configuration
-
-
-def config_keys(keys: Sequence[str]) -> list[str]:
-    """The grid keys that tell configurations apart: all but `seed`."""
-    return [k for k in keys if k != SEED]
-
-
-def by_config(rows: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per configuration, in grid order: its key values, `n` seeds that ran (status
-    ok), `failed` seeds, and for each AGGREGATED column some run has, `X` the mean over the seeds
-    that ran and `X_std` their sample std (ddof=1; None for fewer than two, where it is not
-    defined). A failed seed has no results, and counting it as missing would bias the mean."""
-    groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(tuple(str(row[k]) for k in config_keys(keys)), []).append(row)
-    present = [c for c in AGGREGATED if any(_is_number(r.get(c)) for r in rows)]
-    return [
-        _aggregate(dict(zip(config_keys(keys), values, strict=True)), runs, present)
-        for values, runs in groups.items()
-    ]
-
-
-def _aggregate(
-    values: dict[str, Any], runs: Sequence[Mapping[str, Any]], present: Sequence[str]
-) -> dict[str, Any]:
-    ok = [r for r in runs if r.get(STATUS) == "ok"]
-    row: dict[str, Any] = {**values, COUNT: len(ok), FAILED: len(runs) - len(ok)}
-    for column in present:
-        numbers = [float(r[column]) for r in ok if _is_number(r.get(column))]
-        row[column] = statistics.fmean(numbers) if numbers else None
-        row[f"{column}_std"] = statistics.stdev(numbers) if len(numbers) > 1 else None
-    return row
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _aggregated_present(configs: Sequence[Mapping[str, Any]]) -> list[str]:
-    return [c for c in AGGREGATED if any(c in r for r in configs)]
-
-
-def config_columns(configs: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> list[str]:
-    """summary_by_config.csv's header: the configuration's keys, n, failed, then X, X_std."""
-    stats = [name for c in _aggregated_present(configs) for name in (c, f"{c}_std")]
-    return [*config_keys(keys), COUNT, FAILED, *stats]
-
-
-def config_table(configs: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> str:
-    """The Markdown of `by_config`: each result as `mean ± std`, a status that says how many
-    seeds failed, and a line that says what the numbers are."""
-    present = _aggregated_present(configs)
-    names = [*config_keys(keys), COUNT, STATUS, *present]
-    shown = [
-        {**{k: r[k] for k in config_keys(keys)}, COUNT: r[COUNT], STATUS: _seeds_status(r),
-         **{c: _mean_std(r[c], r[f"{c}_std"]) for c in present}}
-        for r in configs
-    ]  # fmt: skip
-    note = "\nmean ± sample std (ddof=1) over the n seeds that ran; failed seeds are left out.\n"
-    return markdown_table(shown, names) + note
-
-
-def _seeds_status(row: Mapping[str, Any]) -> str:
-    failed = row[FAILED]
-    return "ok" if not failed else f"{failed} of {failed + row[COUNT]} failed"
-
-
-def _mean_std(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return ""
-    return f"{mean:.4g}" if std is None else f"{mean:.4g} ± {std:.2g}"
