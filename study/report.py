@@ -30,9 +30,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from plan import ROOT, RUNS  # noqa: E402
 
-from repgossip.config import KEYS, build_config, coerce, read_yaml, shown, suggest_key  # noqa: E402
+from repgossip.config import KEYS, build_config, coerce, suggest_key  # noqa: E402
+from repgossip.configfile import read_yaml  # noqa: E402
 from repgossip.errors import RepgossipError, UsageError  # noqa: E402
 from repgossip.runfolder import METRICS_FILE, read_metrics  # noqa: E402
+from repgossip.text import shown  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results.md"
 FIGURES = ROOT / "docs" / "figures"

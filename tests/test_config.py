@@ -18,9 +18,9 @@ from repgossip.config import (
     coerce,
     dump_yaml,
     parse_assignments,
-    read_yaml,
     validate,
 )
+from repgossip.configfile import read_yaml
 from repgossip.errors import UsageError
 
 INT_KEYS = ("workers", "rounds", "batch_size", "seed", "dim", "rank", "eval_every")

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from repgossip.algorithms import ALGORITHMS
 from repgossip.cli import main
-from repgossip.config import KEYS, Config, build_config, parse_assignments, read_yaml
+from repgossip.config import KEYS, Config, build_config, parse_assignments
+from repgossip.configfile import read_yaml
 from repgossip.data.partition import PARTITIONS
 from repgossip.errors import UsageError
 from repgossip.registry import is_plugin_ref

@@ -22,13 +22,15 @@ from typing import Any
 
 from repgossip.algorithms import Algorithm
 from repgossip.callbacks import Callback
-from repgossip.config import KEYS, Config, build_config, read_yaml, shown, suggest_key
+from repgossip.config import KEYS, Config, build_config, suggest_key
+from repgossip.configfile import read_yaml
 from repgossip.data.datasets import GIVEN_SPLIT_KEYS
 from repgossip.data.federation import comes_per_worker, workers_of
 from repgossip.errors import UsageError
 from repgossip.experiment import Supplied
 from repgossip.registry import API_PREFIX, reference_of
 from repgossip.runner import RunResult, run_experiment
+from repgossip.text import shown
 from repgossip.topology import as_array, graph_from_object
 
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TextIO
 
-from repgossip.config import shown
 from repgossip.errors import RepgossipError, UsageError, described
 from repgossip.registry import import_object, is_plugin_ref
 from repgossip.runfolder import TENSORBOARD_DIR, atomic_write, make_folder, record_entry
+from repgossip.text import shown
 
 if TYPE_CHECKING:
     import torch

@@ -9,12 +9,7 @@ from typing import Any
 
 import torch
 
-from repgossip.config import (
-    Config,
-    changed_keys,
-    dump_yaml,
-    saved_config,
-)
+from repgossip.config import Config, changed_keys, dump_yaml, saved_config
 from repgossip.engines import Engine
 from repgossip.errors import UsageError
 from repgossip.experiment import Experiment, Supplied

@@ -16,13 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from repgossip.config import (
-    build_config,
-    coerce,
-    parse_assignments,
-    read_yaml,
-    with_legacy_values,
-)
+from repgossip.config import build_config, coerce, parse_assignments, with_legacy_values
+from repgossip.configfile import read_yaml
 from repgossip.errors import RepgossipError, UsageError, plugin_traceback
 
 EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141  # 128 + SIGINT, 128 + SIGPIPE

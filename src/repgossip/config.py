@@ -11,10 +11,8 @@ import datetime
 import difflib
 import math
 import re
-import reprlib
 import types
 import typing
-import unicodedata
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from repgossip import footprint
 from repgossip.algorithms import ALGORITHMS, Algorithm, algorithm_class
 from repgossip.algorithms.fedrod import FEDROD_SCHEDULES, FedRoD
 from repgossip.architectures import MODELS
+from repgossip.configfile import parse_mapping, read_config_text
 from repgossip.data.datasets import DATASETS, dataset_defaults, fitting_models, split_defaults
 from repgossip.data.federation import REREAD_CHOICES
 from repgossip.data.partition import PARTITIONS
@@ -33,6 +32,7 @@ from repgossip.errors import UsageError
 from repgossip.objectives import SIGNATURES, resolve
 from repgossip.registry import API_PREFIX, Registry, is_plugin_ref
 from repgossip.schema import KEYS, LEGACY_VALUES, Config
+from repgossip.text import check_printable, quoted_path, shown
 from repgossip.topology import check_mixing_rule
 from repgossip.training import ADAM_DEFAULTS, LAST_BATCH, OPTIMIZERS
 
@@ -55,9 +55,6 @@ DEVICES = (
 # the epoch default applies (the authors' setting: several head epochs, one body epoch).
 BUDGET_PAIRS = {"head": ("head_steps", "head_epochs"), "body": ("body_steps", "body_epochs")}
 DEFAULT_EPOCHS = {"head": 3, "body": 1}
-
-MAX_CONFIG_BYTES = 1 << 20  # a config is a short mapping; a bigger file is a mistake or an attack
-MAX_YAML_DEPTH = 20  # a config is flat (depth 2); deeper nesting only risks a RecursionError
 # torch.manual_seed takes an unsigned 64-bit integer; numpy's seeding takes any integer >= 0.
 SEED_MAX = 2**64 - 1
 # Sizes and counts end up in int64 numpy arrays and torch tensors; samples_per_worker is exempt
@@ -67,9 +64,6 @@ INT_MAX = 2**63 - 1
 MAX_DIST_TIMEOUT_S = 7 * 24 * 3600.0
 _MAX_DIGITS = 100  # longer integers are refused before int() (which fails past 4,300 digits)
 _INT_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
-# Line and paragraph separators, control and format characters (newline, tab, ESC, zero-width
-# and bidi marks): no key or value needs them, and echoed back they split or garble the error line.
-_UNPRINTABLE = ("Cc", "Cf", "Zl", "Zp")
 
 
 _FIELD_TYPES = typing.get_type_hints(Config)
@@ -92,47 +86,6 @@ _BOUNDED_INT_KEYS = tuple(
     for k in KEYS
     if _base_type(_FIELD_TYPES[k])[0] is int and k not in ("seed", "samples_per_worker")
 )
-
-_SHOWN = reprlib.Repr()
-_SHOWN.maxstring = _SHOWN.maxother = 80
-_SHOWN.maxlong = 40
-_SHOWN.maxlevel, _SHOWN.maxlist, _SHOWN.maxdict, _SHOWN.maxtuple, _SHOWN.maxset = 2, 4, 4, 4, 4
-
-
-def shown(value: Any) -> str:
-    """User input quoted for a one-line error message.
-
-    repr escapes line breaks and control characters, so the message stays one line; reprlib
-    shortens long values and never renders a nested value in full (the repr of a YAML alias bomb
-    is gigabytes); an int too long for str() is described instead of printed.
-    """
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
-        return f"an integer of {value.bit_length()} bits"
-    try:
-        text = _SHOWN.repr(value)
-    except Exception:  # an object whose repr fails: name its type
-        return f"a {type(value).__name__}"
-    if not text.isprintable():  # an object's own repr may hold a raw line break
-        text = text.encode("unicode_escape").decode("ascii")
-    return text
-
-
-def _quoted_path(path: str | Path) -> str:
-    """A path in full (unlike `shown`), quoted and escaped: the user needs all of it."""
-    return repr(str(path))
-
-
-def check_printable(what: str, text: str) -> None:
-    """Refuse text with control or format characters: no key or value needs them (a newline in a
-    value is a quoting mistake), and echoed in an error they would break its one line."""
-    if text.isprintable():
-        return  # the fast path: isprintable is false for every character refused below
-    bad = next((c for c in text if unicodedata.category(c) in _UNPRINTABLE), None)
-    if bad is not None:
-        raise UsageError(
-            f"{what} {shown(text)} contains the control character {bad!r}; "
-            "keys and values must be printable text on one line"
-        )
 
 
 def suggest_key(key: str) -> str:
@@ -254,109 +207,6 @@ def split_assignment(pair: str, option: str, form: str) -> tuple[str, str]:
     if key not in KEYS:
         raise UsageError(suggest_key(key))
     return key, value
-
-
-class _Refused(Exception):
-    """A construct that a config file may not use, and where in the file it is."""
-
-    def __init__(self, problem: str, mark: Any) -> None:
-        super().__init__(problem)
-        self.problem = problem
-        self.line = getattr(mark, "line", -1) + 1
-
-
-class _ConfigLoader(yaml.SafeLoader):
-    """SafeLoader without anchors and aliases, and with a nesting limit.
-
-    A config needs neither, and both are attacks on memory: a few hundred bytes of nested aliases
-    ("billion laughs") stand for gigabytes once anything walks the value, and thousands of nested
-    brackets overflow the composer's recursion. Both are refused while composing, before any value
-    is built.
-    """
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        event = self.peek_event()
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            raise _Refused(
-                "uses a YAML anchor or alias (& or *); write each value out", event.start_mark
-            )
-        if self._depth >= MAX_YAML_DEPTH:
-            raise _Refused(
-                f"nests deeper than {MAX_YAML_DEPTH} levels; a config is a mapping of key: value",
-                event.start_mark,
-            )
-        self._depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-def _read_config_text(path: Path) -> str:
-    """The file's text, reading at most MAX_CONFIG_BYTES + 1 bytes (so /dev/zero or a huge file
-    costs nothing); every failure is one line naming the file."""
-    name = _quoted_path(path)
-    try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError:
-        raise UsageError(f"config file {name} not found") from None
-    except OSError as err:
-        raise UsageError(f"cannot read config file {name}: {err.strerror or err}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise UsageError(
-            f"config file {name} is larger than {MAX_CONFIG_BYTES >> 20} MiB; "
-            "a config is a short mapping of key: value"
-        )
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise UsageError(f"config file {name} is not UTF-8 text (byte {err.start})") from None
-
-
-def _parse_yaml(text: str, name: str) -> Any:
-    """Safe YAML without anchors, aliases or deep nesting; every failure is one line, starting
-    with `name` (what the text is: "config file '...'")."""
-    try:
-        return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: no arbitrary objects
-    except _Refused as err:
-        raise UsageError(f"{name} {err.problem} (line {err.line})") from None
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where is not None else ""
-        raise UsageError(f"{name} is not valid YAML{line}") from None
-    except RecursionError:
-        raise UsageError(f"{name} nests too deeply to read") from None
-    except (ValueError, TypeError, OverflowError) as err:
-        # a scalar that YAML's constructors cannot build: a date in year 0, an int past 4,300 digits
-        reason = " ".join(str(err).split())[:200]
-        raise UsageError(f"{name} holds a value YAML cannot read: {reason}") from None
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A config file's mapping. Safe YAML only; every failure is one line naming the file."""
-    path = Path(path)
-    return parse_mapping(_read_config_text(path), f"config file {_quoted_path(path)}")
-
-
-def parse_mapping(text: str, name: str) -> dict[str, Any]:
-    """The mapping of key: value that config text holds (`name` says what the text is, for the
-    one-line errors). Safe YAML only."""
-    data = _parse_yaml(text, name)
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UsageError(f"{name} must hold a mapping of key: value, not a list or scalar")
-    for key in data:
-        if not isinstance(key, str):
-            raise UsageError(
-                f"{name}: key {shown(key)} is not a name; valid keys: {', '.join(KEYS)}"
-            )
-    return data
 
 
 def build_config(
@@ -655,5 +505,5 @@ def load_resolved(
 ) -> Config:
     """A `config.yaml` written by a run, read back as a Config (see `saved_config`)."""
     path = Path(path)
-    text = _read_config_text(path)
-    return saved_config(text, f"config file {_quoted_path(path)}", algorithm, current)
+    text = read_config_text(path)
+    return saved_config(text, f"config file {quoted_path(path)}", algorithm, current)

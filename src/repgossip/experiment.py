@@ -15,11 +15,7 @@ import torch
 from repgossip import footprint
 from repgossip.algorithms import Algorithm, algorithm_class
 from repgossip.architectures import build_model
-from repgossip.config import (
-    PLUGIN_REGISTRIES,
-    Config,
-    shown,
-)
+from repgossip.config import PLUGIN_REGISTRIES, Config
 from repgossip.data.datasets import load_federation, recorded_config
 from repgossip.data.federation import Federation
 from repgossip.engines import Engine, make_engine
@@ -30,6 +26,7 @@ from repgossip.models import ModelFunction, SplitModel, check_fits
 from repgossip.objectives import checked_loss, checked_metric, resolve
 from repgossip.population import PUSH_WEIGHT, Population
 from repgossip.registry import API_PREFIX, PluginCode, is_plugin_ref, plugin_code
+from repgossip.text import shown
 from repgossip.topology import Graph, build_graph, spectral_gap
 from repgossip.training import check_batch_norm_batches
 

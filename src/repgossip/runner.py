@@ -35,10 +35,7 @@ from repgossip.checkpoint import (
     same_config_everywhere,
     save_checkpoint,
 )
-from repgossip.config import (
-    Config,
-    dump_yaml,
-)
+from repgossip.config import Config, dump_yaml
 from repgossip.engines import Engine
 from repgossip.errors import DivergenceError, UsageError
 from repgossip.experiment import Experiment, Supplied, build_engine, build_experiment, plugin_codes
