@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ import pytest
 import yaml
 
 from repgossip.cli import main
+from repgossip.errors import UsageError
 from repgossip.runfolder import LOCK_FILE, locked
 
 TINY = ["dataset=synthetic", "workers=4", "rounds=3", "samples_per_worker=20"]
@@ -476,3 +478,74 @@ def test_a_worker_killed_by_a_signal_ends_the_sweep_with_128_plus_the_signal(tmp
     assert proc.returncode == 128 + signal.SIGKILL, err
     lines = err.splitlines()
     assert len(lines) == 1 and "SIGKILL" in lines[0] and "--resume" in lines[0], lines
+
+
+# ---------------------------------------------------------------- paired differences
+
+
+def _row(algorithm: str, seed: int, acc: float, status: str = "ok", topology: str = "ring"):
+    return {"topology": topology, "algorithm": algorithm, "seed": seed, "status": status,
+            "test_acc_mean": acc, "test_acc_p10": acc - 0.1}  # fmt: skip
+
+
+def test_paired_differences_are_taken_seed_by_seed_over_the_seeds_both_ran():
+    from repgossip.tables import paired_differences, paired_table
+
+    keys = ["topology", "algorithm", "seed"]
+    rows = [
+        _row("deprl", 0, 0.80), _row("deprl", 1, 0.70), _row("deprl", 2, 0.90),
+        _row("local", 0, 0.78), _row("local", 1, 0.71), _row("local", 2, 0.0, "failed: diverged"),
+        _row("deprl", 0, 0.5, topology="star"), _row("local", 0, 0.6, topology="star"),
+    ]  # fmt: skip
+    ring, star = paired_differences(rows, keys, ("algorithm", "deprl"))
+    assert ring["topology"] == "ring" and ring["algorithm"] == "local" and ring["seeds"] == 2
+    assert ring["test_acc_mean_diff"] == pytest.approx((0.02 - 0.01) / 2)
+    assert ring["test_acc_mean_diff_std"] == pytest.approx(statistics.stdev([0.02, -0.01]))
+    assert ring["test_acc_mean_positive"] == "1/2"
+    assert star["seeds"] == 1 and star["test_acc_mean_diff_std"] is None
+    assert star["test_acc_mean_positive"] == "0/1"
+    table = paired_table([ring, star], keys, ("algorithm", "deprl"))
+    assert "| ring | local | 2 | 0.005 ± 0.021 | 1/2 |" in table
+    assert "deprl - algorithm: test_acc_mean" in table.splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    ("given", "needle"),
+    [
+        ("deprl", None),
+        ("algorithm=deprl", None),
+        ("fedavg", "the grid gives algorithm=deprl,local"),
+        ("seed=0", "not a grid key other than seed"),
+        ("topology=ring", "not a grid key other than seed"),
+    ],
+)
+def test_paired_with_names_a_grid_value_and_needs_seeds(given, needle):
+    from repgossip.tables import check_reference
+
+    grid = {"algorithm": ["deprl", "local"], "seed": ["0", "1"]}
+    if needle is None:
+        assert check_reference(given, grid) == ("algorithm", "deprl")
+        with pytest.raises(UsageError, match="needs seed"):
+            check_reference(given, {"algorithm": ["deprl", "local"]})
+    else:
+        with pytest.raises(UsageError, match=needle):
+            check_reference(given, grid)
+
+
+def test_a_sweep_writes_its_paired_table_and_removes_it_when_not_asked(tmp_path, capsys):
+    out = tmp_path / "S"
+    argv = sweep_argv(out, ["algorithm=deprl,local", "seed=0,1"], flags=("--paired-with", "deprl"))
+    assert main(argv) == 0
+    printed = capsys.readouterr().out  # synthetic: a regression, so the loss is compared
+    assert "deprl - algorithm: test_loss_mean" in printed and "test_acc_mean >" not in printed
+    lines = (out / "summary_paired.csv").read_text().splitlines()
+    header = "algorithm,seeds,test_loss_mean_diff,test_loss_mean_diff_std,test_loss_mean_positive"
+    assert lines[0] == header and lines[1].startswith("local,2,")
+    assert "deprl - algorithm" in (out / "summary.md").read_text()
+    again = sweep_argv(out, ["algorithm=deprl,local", "seed=0,1"], flags=("--resume",))
+    assert main(again) == 0
+    assert not (out / "summary_paired.csv").exists()
+    assert "deprl - algorithm" not in (out / "summary.md").read_text()
+    bad = sweep_argv(tmp_path / "T", ["algorithm=deprl,local"], flags=("--paired-with", "deprl"))
+    assert main(bad) == 2
+    assert not (tmp_path / "T").exists()

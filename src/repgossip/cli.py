@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs", type=int, default=1, metavar="J",
         help="grid points run side by side, one process and one torch thread each (default 1)",
     )  # fmt: skip
+    sweep_p.add_argument(
+        "--paired-with", metavar="KEY=VALUE",
+        help="with seed in the grid: the differences of this configuration (KEY=VALUE, or an "
+        "algorithm) to each other value of KEY, seed by seed (summary.md, summary_paired.csv)",
+    )  # fmt: skip
     _add_output_options(sweep_p)
 
     from repgossip.plots import BANDS, FIGURE_FORMATS, X_AXES  # no matplotlib: cheap
@@ -222,8 +227,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     grid = parse_grid(args.grid)
     base, overrides = _config_from(args)
     result = sweep(grid, {**base, **overrides}, args.out, resume=args.resume, force=args.force,
-                   progress=None if not args.quiet else False, jobs=args.jobs)  # fmt: skip
-    print(printed_table(result.rows, result.keys), end="")
+                   progress=None if not args.quiet else False, jobs=args.jobs,
+                   paired_with=args.paired_with)  # fmt: skip
+    print(printed_table(result.rows, result.keys, result.paired), end="")
     print(f"tables in {Path(args.out) / 'summary.csv'} and summary.md")
     for name, err in result.failed.items():
         print(f"repgossip: error: grid point {name} failed: {one_line(err)}", file=sys.stderr)

@@ -49,7 +49,7 @@ from repgossip.runfolder import (
     resolve_out,
 )
 from repgossip.runner import run_experiment
-from repgossip.tables import RESULT_COLUMNS, STATUS, write_tables
+from repgossip.tables import RESULT_COLUMNS, STATUS, Reference, check_reference, write_tables
 
 GRACE_S = 30.0  # how long an interrupted worker may take to leave its run before it is killed
 PARENT_POLL_S = 0.5  # how often a worker checks that the sweep that started it is still there
@@ -175,6 +175,7 @@ class SweepResult:
     rows: list[dict[str, Any]]
     keys: list[str]
     failed: dict[str, RepgossipError] = field(default_factory=dict)
+    paired: Reference | None = None  # the reference of the paired differences, when asked for
 
     @property
     def exit_code(self) -> int:
@@ -191,24 +192,27 @@ def sweep(
     force: bool = False,
     progress: bool | None = None,
     jobs: int = 1,
+    paired_with: str | None = None,
 ) -> SweepResult:
     """Run every grid point into `out/<point>`, all checked before `out` is claimed, under its
     lock; writes summary.csv and summary.md with one row per point, failed points included.
-    `jobs` > 1 runs that many points at a time, each in its own process (see `_Workers`)."""
+    `jobs` > 1 runs that many points at a time, each in its own process (see `_Workers`).
+    `paired_with` (`key=value`, or an algorithm) adds the paired differences over seeds."""
     if jobs < 1:
         raise UsageError(f"--jobs must be >= 1, got {jobs}")
+    paired = check_reference(paired_with, grid) if paired_with is not None else None
     out = resolve_out(out, link_ok=not (resume or force))
     check_output(out, keep=resume, force=force)  # the cheap refusal before the per-point checks
     points = plan(grid, base, out, resume=resume, force=force)
     _refuse_if_locked(out)
     claim_output(out, keep=resume, force=force)
-    result = SweepResult([], list(grid))
+    result = SweepResult([], list(grid), paired=paired)
     with locked(out):
         if jobs == 1:
             result.rows = [_run_point(point, progress, result.failed) for point in points]
         else:
             result.rows = _run_parallel(points, jobs, result.failed)
-        write_tables(out, result.rows, result.keys)
+        write_tables(out, result.rows, result.keys, paired)
     return result
 
 
