@@ -5,7 +5,7 @@
 
 Builds the experiment of the config given by `--set` (the default job without it), runs one
 warm-up round, then times `--rounds-measured` rounds of `train_round`, splitting each into its
-local phases (`Population.train`: "phase 0 head" is the round's first phase, training the head)
+local phases (`training.train_phase`: "phase 0 head" is the round's first phase, training the head)
 and its communication (`Algorithm.communicate`). Prints the median seconds of each, and of the
 whole round, as one JSON object. `--bound` adds each phase's part of `repgossip bench`'s compute
 bound ("bound phase 1 body"), what that phase could cost, timed after the rounds. `--profile K`

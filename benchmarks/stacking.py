@@ -5,7 +5,7 @@
 The synthetic task's linear model at growing input dimensions, in this one process: each round is
 timed with the whole model trained stacked (repgossip.stacked) and then worker by worker, in turn,
 so a disturbance falls on both alike; medians over the measured rounds after a warm-up.
-`STACK_MAX_PARAMS` in repgossip/training.py is set from what this prints.
+`STACK_MAX_PARAMS` in repgossip/stacked.py is set from what this prints.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ for both: the gossiped part, exact resume, and the numbers of one process on two
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -130,9 +131,16 @@ def test_dispfl_masks_keep_their_density_evolve_and_pruned_weights_stay_zero():
     assert sent == int(expected) < dense  # what round 0 sent: masks before evolution
 
 
-@pytest.mark.parametrize("algorithm", ["dispfl"])
-def test_dispfl_resumes_exactly(tmp_path, algorithm):
-    test_resumes_exactly(tmp_path, algorithm)
+def test_dispfl_resumes_exactly(tmp_path, monkeypatch):
+    """Stopped at round 2 of 3 (its schedule is made for 3 rounds from the start), then resumed."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # for stoppers:at_round_2
+    sets = ["dataset=fmnist", "algorithm=dispfl", "workers=4", "samples_per_worker=30",
+            "head_epochs=1", "checkpoint_every=1", "rounds=3"]  # fmt: skip
+    assert main(["run", "--quiet", "--set", *sets, "--out", str(tmp_path / "a")]) == 0
+    stopped = ["--callback", "stoppers:at_round_2", "--out", str(tmp_path / "b")]
+    assert main(["run", "--quiet", "--set", *sets, *stopped]) == 0
+    assert main(["run", "--quiet", "--out", str(tmp_path / "b"), "--resume"]) == 0
+    assert summary(tmp_path / "a") == summary(tmp_path / "b")
 
 
 @pytest.mark.slow
@@ -200,3 +208,31 @@ def test_fedrod_sequential_trains_the_personal_head_after_the_generic_model():
         for s in ("interleaved", "sequential")
     }
     assert both["interleaved"] != both["sequential"]
+
+
+def test_a_fedrod_subclass_keeps_the_phases_it_declares_and_a_bad_schedule_is_refused():
+    """Before: the schedule overwrote a subclass's own phases, and any word passed for a
+    non-FedRoD algorithm was recorded as none."""
+    from repgossip.algorithms.base import Phase
+    from repgossip.algorithms.fedrod import GENERIC_MODEL, FedRoD
+    from repgossip.config import build_config
+
+    class GenericOnly(FedRoD):
+        phases = (Phase(GENERIC_MODEL, "head"), Phase(GENERIC_MODEL, "body"))
+
+    pop = repgossip.run({**FMNIST, "rounds": 1}, algorithm=GenericOnly).experiment.population
+    assert bool((pop.params[:, pop.layout.part("head.personal")] == 0).all())
+    with pytest.raises(repgossip.UsageError, match="unknown fedrod_schedule 'bogus'"):
+        build_config({"dataset": "synthetic", "fedrod_schedule": "bogus"})
+
+
+def test_dispfl_is_not_resumed_to_more_rounds_its_schedule_was_not_made_for(tmp_path, capsys):
+    """Before: `--resume --set rounds=3` on a 2-round DisPFL run went on with a prune rate annealed
+    over 3 rounds from round 2 on, numbers no uninterrupted run gives."""
+    sets = ["dataset=fmnist", "algorithm=dispfl", "workers=4", "samples_per_worker=30",
+            "head_epochs=1", "checkpoint_every=1"]  # fmt: skip
+    out = tmp_path / "a"
+    assert main(["run", "--quiet", "--set", *sets, "rounds=2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["run", "--quiet", "--set", "rounds=3", "--out", str(out), "--resume"]) == 2
+    assert "'rounds' (2 -> 3)" in capsys.readouterr().err

@@ -127,3 +127,48 @@ def test_a_folder_of_the_release_before_the_key_resumes_as_it_ran(tmp_path, caps
     assert main(["run", "--quiet", "--set", "rounds=3", "--out", str(part), "--resume"]) == 0
     assert summary(part)["per_worker_test_loss"] == summary(whole)["per_worker_test_loss"]
     assert yaml.safe_load((part / "config.yaml").read_text())["last_batch"] == "keep"
+
+
+def _as_older_release(folder):
+    """Delete from `folder`'s config.yaml the keys an older release did not write."""
+    saved = yaml.safe_load((folder / "config.yaml").read_text())
+    for key in ("last_batch", "fedrod_schedule", "reset_momentum"):
+        saved.pop(key, None)
+    (folder / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+
+
+OLD = {"dataset": "synthetic", "workers": 4, "samples_per_worker": 50, "checkpoint_every": 1,
+       "last_batch": "keep", "reset_momentum": False, "momentum": 0.5}  # fmt: skip
+
+
+def test_the_api_resumes_a_folder_of_an_older_release_as_it_ran(tmp_path):
+    whole = repgossip.run({**OLD, "rounds": 3}, out=tmp_path / "whole")
+    repgossip.run({**OLD, "rounds": 1}, out=tmp_path / "part")
+    _as_older_release(tmp_path / "part")
+    # the folder's own config.yaml, as a user would hand it back
+    again = repgossip.run(tmp_path / "part" / "config.yaml", out=tmp_path / "part", resume=True,
+                          rounds=3)  # fmt: skip
+    assert again.summary["per_worker_test_loss"] == whole.summary["per_worker_test_loss"]
+    with pytest.raises(repgossip.UsageError, match="'last_batch' \\('keep' -> 'merge'\\)"):
+        repgossip.run({**OLD, "rounds": 4, "last_batch": "merge"}, out=tmp_path / "part",
+                      resume=True)  # fmt: skip
+
+
+def test_a_sweep_resumes_points_of_an_older_release_as_they_ran(tmp_path, capsys):
+    sets = ["dataset=synthetic", "workers=4", "samples_per_worker=50", "momentum=0.5"]
+    old = [*sets, "last_batch=keep", "reset_momentum=false"]
+    grid = ["--grid", "lr=0.01,0.02"]
+    assert (
+        main(["sweep", "--quiet", *grid, "--set", *old, "rounds=2", "--out", str(tmp_path / "w")])
+        == 0
+    )
+    assert (
+        main(["sweep", "--quiet", *grid, "--set", *old, "rounds=1", "--out", str(tmp_path / "p")])
+        == 0
+    )
+    for point in (tmp_path / "p").glob("lr-*"):
+        _as_older_release(point)
+    assert main(["sweep", "--quiet", *grid, "--set", *sets, "rounds=2", "--out", str(tmp_path / "p"),
+                 "--resume"]) == 0, capsys.readouterr().err  # fmt: skip
+    for point in (tmp_path / "w").glob("lr-*"):
+        assert summary(tmp_path / "p" / point.name) == summary(point)

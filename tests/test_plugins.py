@@ -460,7 +460,7 @@ def test_a_plugins_traceback_is_shown_only_when_asked(tmp_path, monkeypatch, cap
     assert main([*argv, "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "KeyError: 'no such layer'" in err
-    for off in ("", "0"):
+    for off in ("", "0", "false", " Off "):
         monkeypatch.setenv("REPGOSSIP_TRACEBACK", off)
         assert main([*argv, "--out", str(tmp_path / f"b{off}")]) == 2
         assert capsys.readouterr().err.count("\n") == 1
@@ -470,3 +470,7 @@ def test_a_plugins_traceback_is_shown_only_when_asked(tmp_path, monkeypatch, cap
     assert lines[0] == "Traceback (most recent call last):"
     assert any("brokenmodel.py" in line and "in helper" in line for line in lines)
     assert lines[-1].startswith("repgossip: error: model 'brokenmodel:broken' raised KeyError")
+    # repgossip's own refusals have no user code behind them: one line, the variable set or not
+    for own in (["rounds=abc"], ["dataset=nosuch"]):
+        assert main(["run", "--quiet", "--set", *own, "--out", str(tmp_path / "d")]) == 2
+        assert capsys.readouterr().err.count("\n") == 1

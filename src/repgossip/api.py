@@ -22,13 +22,14 @@ from typing import Any
 
 from repgossip.algorithms import Algorithm
 from repgossip.callbacks import Callback
-from repgossip.config import KEYS, Config, build_config, suggest_key
+from repgossip.config import KEYS, Config, as_it_ran, build_config, suggest_key
 from repgossip.configfile import read_yaml
 from repgossip.data.datasets import GIVEN_SPLIT_KEYS
 from repgossip.data.federation import comes_per_worker, workers_of
 from repgossip.errors import UsageError
 from repgossip.experiment import Supplied
 from repgossip.registry import API_PREFIX, reference_of
+from repgossip.runfolder import CONFIG_FILE, resolve_out
 from repgossip.runner import RunResult, run_experiment
 from repgossip.text import shown
 from repgossip.topology import as_array, graph_from_object
@@ -81,6 +82,8 @@ def run(
     if unknown:
         raise UsageError(suggest_key(unknown[0]))
     given = {**base, **keys}
+    if resume and out is not None:  # a folder of an older release continues as it ran
+        given |= _as_it_ran(Path(out), given)
     references = {
         "model": model,
         "dataset": data,
@@ -161,3 +164,13 @@ def _reference(key: str, obj: Any) -> str:
     if key in ("model", "algorithm") and callable(obj):
         return reference_of(obj)
     return f"{API_PREFIX}{type(obj).__name__}"
+
+
+def _as_it_ran(out: Path, given: Mapping[str, Any]) -> dict[str, Any]:
+    """What resuming `out`, written by an older release, must keep (`config.as_it_ran`); nothing
+    where it holds no readable config.yaml (resuming says why)."""
+    try:
+        path = resolve_out(out, link_ok=True) / CONFIG_FILE
+        return as_it_ran(read_yaml(path), given) if path.is_file() else {}
+    except UsageError:
+        return {}

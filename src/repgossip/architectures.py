@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from repgossip.errors import UsageError, described
+from repgossip.errors import UsageError, described, user_code_failed
 from repgossip.models import ModelFunction, SplitModel, as_split_model, image_shape
 from repgossip.registry import Factory, Registry, call_with_accepted
 
@@ -214,5 +214,5 @@ def build_model(
     except UsageError:
         raise
     except Exception as err:
-        raise UsageError(f"model '{name}' raised {described(err)}") from None
+        raise user_code_failed(f"model '{name}' raised {described(err)}", err) from None
     return as_split_model(module, name, config)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TextIO
 
-from repgossip.errors import RepgossipError, UsageError, described
+from repgossip.errors import RepgossipError, UsageError, described, user_code_failed
 from repgossip.registry import import_object, is_plugin_ref
 from repgossip.runfolder import TENSORBOARD_DIR, atomic_write, make_folder, record_entry
 from repgossip.text import shown
@@ -384,7 +384,9 @@ def callback_from_ref(ref: str) -> Callback:
         except RepgossipError:
             raise
         except Exception as err:
-            raise UsageError(f"callback '{ref}': calling it raised {described(err)}") from None
+            raise user_code_failed(
+                f"callback '{ref}': calling it raised {described(err)}", err
+            ) from None
     if not isinstance(made, Callback):
         what = shown(found) + ("" if made is found else f", which returned {shown(made)}")
         raise UsageError(

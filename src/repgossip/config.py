@@ -298,10 +298,11 @@ def _resolve_fedrod(resolved: dict[str, Any], cls: type[Algorithm] | None) -> No
     """FedRoD's schedule (interleaved by default, as its paper trains) for FedRoD and its
     subclasses; none for every other algorithm, where it plays no part, so config.yaml says so
     (and a sweep may set it for a grid of algorithms)."""
+    given = resolved.get("fedrod_schedule")
+    if given is not None:  # a misspelt schedule is refused whatever the algorithm
+        _choice("fedrod_schedule", given, FEDROD_SCHEDULES)
     if cls is not None and issubclass(cls, FedRoD):
-        schedule = resolved.get("fedrod_schedule") or FEDROD_SCHEDULES[0]
-        _choice("fedrod_schedule", schedule, FEDROD_SCHEDULES)
-        resolved["fedrod_schedule"] = schedule
+        resolved["fedrod_schedule"] = given or FEDROD_SCHEDULES[0]
     elif cls is not None:
         resolved["fedrod_schedule"] = None
 
@@ -453,12 +454,33 @@ RESUMABLE_KEYS = (
 
 
 def changed_keys(old: Config, new: Config) -> list[str]:
-    """Keys whose change would make a resumed run differ from an uninterrupted one."""
-    return [k for k in KEYS if k not in RESUMABLE_KEYS and getattr(old, k) != getattr(new, k)]
+    """Keys whose change would make a resumed run differ from an uninterrupted one: those outside
+    RESUMABLE_KEYS, and `rounds` too for an algorithm whose schedule reads it (DisPFL anneals its
+    pruning over the run's rounds, so more rounds change every round's rate)."""
+    changed = [k for k in KEYS if k not in RESUMABLE_KEYS and getattr(old, k) != getattr(new, k)]
+    if old.rounds != new.rounds and _schedule_reads_rounds(new):
+        changed.append("rounds")
+    return changed
+
+
+def _schedule_reads_rounds(cfg: Config) -> bool:
+    """Whether `cfg`'s algorithm declares that its schedule depends on the number of rounds (an
+    object handed to repgossip.run is not looked up: it cannot be from its name)."""
+    if cfg.algorithm.startswith(API_PREFIX):
+        return False
+    return bool(algorithm_class(cfg.algorithm).schedule_reads_rounds)
 
 
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def as_it_ran(saved: Mapping[str, Any], given: Iterable[str]) -> dict[str, Any]:
+    """The values resuming a saved run must set so that it continues as it ran: each key of
+    LEGACY_VALUES that the saved config mapping lacks (an older release wrote it) and the caller
+    did not give (`given`: the keys a sweep's base and grid, or an API call, state)."""
+    stated = set(given)
+    return {k: v for k, v in LEGACY_VALUES.items() if k not in saved and k not in stated}
 
 
 def with_legacy_values(saved: Mapping[str, Any]) -> dict[str, Any]:

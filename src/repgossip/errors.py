@@ -15,6 +15,7 @@ import os
 import traceback
 
 TRACEBACK_VARIABLE = "REPGOSSIP_TRACEBACK"
+_OFF_WORDS = ("", "0", "false", "no", "off")
 
 
 class RepgossipError(Exception):
@@ -28,6 +29,9 @@ class UsageError(RepgossipError, ValueError):
     value and what would be valid; the CLI prints it without a traceback (exit code 2)."""
 
     exit_code = 2
+    # the exception that user code (a plug-in, a model's forward, a loss) raised, where that is
+    # what this error reports (`user_code_failed`): its traceback is what REPGOSSIP_TRACEBACK shows
+    user_exception: BaseException | None = None
 
 
 class DivergenceError(RepgossipError, RuntimeError):
@@ -81,19 +85,27 @@ def described(err: BaseException, limit: int = 300) -> str:
     return text if text == type(err).__name__ else f"{type(err).__name__}: {text}"
 
 
+def user_code_failed(message: str, err: BaseException) -> UsageError:
+    """The one-line UsageError for a failure in user code (a plug-in, a model's forward, a loss, a
+    callback), keeping that code's exception for REPGOSSIP_TRACEBACK (`plugin_traceback`)."""
+    failure = UsageError(message)
+    failure.user_exception = err
+    return failure
+
+
 def plugin_traceback(err: BaseException) -> str | None:
-    """The traceback of the exception in user code behind `err` (the innermost one that is not a
-    RepgossipError, on the chain of causes and contexts), when REPGOSSIP_TRACEBACK is set to
-    anything but empty or 0; else None."""
-    if os.environ.get(TRACEBACK_VARIABLE, "").strip() in ("", "0"):
+    """The traceback of the exception user code raised behind `err` (`user_code_failed`, on the
+    chain of causes and contexts), when REPGOSSIP_TRACEBACK is on (set to anything but empty, 0,
+    false, no or off); else None. repgossip's own refusals (a bad value, a missing file) have
+    none: their one line says all there is."""
+    if os.environ.get(TRACEBACK_VARIABLE, "").strip().lower() in _OFF_WORDS:
         return None
-    inner, seen = None, set()
+    seen = set()
     link: BaseException | None = err
     while link is not None and id(link) not in seen:
         seen.add(id(link))
-        if not isinstance(link, RepgossipError):
-            inner = link
+        inner = getattr(link, "user_exception", None)
+        if inner is not None:
+            return "".join(traceback.format_exception(type(inner), inner, inner.__traceback__))
         link = link.__cause__ or link.__context__
-    if inner is None:
-        return None
-    return "".join(traceback.format_exception(type(inner), inner, inner.__traceback__))
+    return None

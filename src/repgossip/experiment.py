@@ -19,7 +19,7 @@ from repgossip.config import PLUGIN_REGISTRIES, Config
 from repgossip.data.datasets import load_federation, recorded_config
 from repgossip.data.federation import Federation
 from repgossip.engines import Engine, make_engine
-from repgossip.errors import RepgossipError, UsageError, described
+from repgossip.errors import RepgossipError, UsageError, described, user_code_failed
 from repgossip.gossip import GossipSchedule
 from repgossip.layout import RowLayout, row_key
 from repgossip.models import ModelFunction, SplitModel, check_fits
@@ -221,8 +221,8 @@ def _instantiate(cls: type[Algorithm], cfg: Config) -> Algorithm:
     except RepgossipError:
         raise
     except Exception as err:
-        raise UsageError(
-            f"algorithm '{cfg.algorithm}' cannot be built from a config: {described(err)}"
+        raise user_code_failed(
+            f"algorithm '{cfg.algorithm}' cannot be built from a config: {described(err)}", err
         ) from None
 
 
@@ -277,8 +277,8 @@ def build_experiment(
     except RepgossipError:
         raise
     except Exception as err:
-        raise UsageError(
-            f"algorithm '{cfg.algorithm}': init_state raised {described(err)}"
+        raise user_code_failed(
+            f"algorithm '{cfg.algorithm}': init_state raised {described(err)}", err
         ) from None
     gap = spectral_gap(parts.schedule.base_mixing)  # of the graph without failures
     return Experiment(

@@ -28,7 +28,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from repgossip.errors import UsageError, described
+from repgossip.errors import UsageError, described, user_code_failed
 
 if TYPE_CHECKING:
     from repgossip.schema import Config
@@ -474,9 +474,10 @@ def check_fits(model: SplitModel, sample: torch.Tensor, num_classes: int, name: 
     except UsageError:
         raise
     except Exception as err:
-        raise UsageError(
+        raise user_code_failed(
             f"model '{name}' cannot take inputs of shape {tuple(sample.shape[1:])}: "
-            f"{described(err)}"
+            f"{described(err)}",
+            err,
         ) from None
     finally:
         model.train(was_training)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from repgossip.errors import RepgossipError, UsageError, described
+from repgossip.errors import RepgossipError, UsageError, described, user_code_failed
 from repgossip.registry import API_PREFIX, import_object
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -60,7 +60,7 @@ def resolve(key: str, ref: str | None, supplied: Callable[..., Any] | None = Non
 
 
 def _failed(key: str, ref: str, err: Exception) -> UsageError:
-    return UsageError(f"{key} plug-in '{ref}' raised {described(err)}")
+    return user_code_failed(f"{key} plug-in '{ref}' raised {described(err)}", err)
 
 
 def checked_loss(ref: str, function: LossFn) -> LossFn:

@@ -1,6 +1,6 @@
 """The workers one process owns: their rows (parameters, optimizer state, buffers, algorithm
-state) and data. Local training lives in repgossip.training, evaluation in repgossip.evaluation;
-`Population.train` and `Population.evaluate` are their entry points.
+state) and data. Local training (repgossip.training, `train_phase`) and evaluation
+(repgossip.evaluation, `evaluate`) sit above this module and take a Population.
 
 Every per-worker quantity is a row set: a tensor whose first dimension is this process's workers.
 The main model's are `params`, `momentum` (SGD's velocity, or Adam's first moment), `buffers`

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from repgossip.errors import UsageError, described, first_line
+from repgossip.errors import UsageError, described, first_line, user_code_failed
 
 T = TypeVar("T")
 PLUGIN_REF = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -61,8 +61,8 @@ def import_object(ref: str, kind: str) -> Any:
             f"{kind} plug-in '{ref}': importing it failed: {first_line(err)}"
         ) from None
     except Exception as err:  # the user's module raised while importing: say so in one line
-        raise UsageError(
-            f"{kind} plug-in '{ref}': importing '{module_name}' raised {described(err)}"
+        raise user_code_failed(
+            f"{kind} plug-in '{ref}': importing '{module_name}' raised {described(err)}", err
         ) from None
     target: Any = module
     for part in attribute.split("."):

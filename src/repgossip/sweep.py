@@ -34,7 +34,8 @@ from typing import Any
 
 import torch
 
-from repgossip.config import Config, build_config, changed_keys, load_resolved
+from repgossip.config import Config, as_it_ran, build_config, changed_keys, load_resolved
+from repgossip.configfile import read_yaml
 from repgossip.errors import RepgossipError, UsageError, WorkerDied, plugin_traceback
 from repgossip.experiment import preflight, resolve_device
 from repgossip.grid import grid_points, run_names
@@ -78,8 +79,11 @@ def plan(
     config, graph, data and model (`experiment.preflight`) and, on resume, its saved config."""
     values = grid_points(grid)
     names = run_names(values)
-    configs = [_config(base, v, n) for v, n in zip(values, names, strict=True)]
-    _refuse_duplicates(configs, names)
+    configs = [
+        _config({**base, **(_as_it_ran(out / n, base, v) if resume else {})}, v, n)
+        for v, n in zip(values, names, strict=True)
+    ]
+    _refuse_duplicates(configs, names, values)
     points = [
         _decide(Point(v, n, out / n, c), resume=resume, force=force)
         for v, n, c in zip(values, names, configs, strict=True)
@@ -88,6 +92,16 @@ def plan(
         if point.finished is None:  # a reused point is not built again
             _preflight(point)
     return points
+
+
+def _as_it_ran(folder: Path, base: Mapping[str, Any], values: Mapping[str, str]) -> dict[str, Any]:
+    """What a point's folder, written by an older release, must keep to continue as it ran
+    (`config.as_it_ran`); nothing where there is no readable config.yaml (`_decide` says why)."""
+    try:
+        saved = read_yaml(folder / CONFIG_FILE) if (folder / CONFIG_FILE).is_file() else None
+    except UsageError:
+        return {}
+    return as_it_ran(saved, [*base, *values]) if saved is not None else {}
 
 
 def _config(base: Mapping[str, Any], values: Mapping[str, str], name: str) -> Config:
@@ -105,16 +119,25 @@ def _preflight(point: Point) -> None:
         raise UsageError(f"grid point {point.name}: {err}") from None
 
 
-def _refuse_duplicates(configs: Sequence[Config], names: Sequence[str]) -> None:
-    """Two points that resolve to one config (`lr=0.1,0.10`) would run the same thing twice."""
-    seen: dict[str, str] = {}
-    for cfg, name in zip(configs, names, strict=True):
+def _refuse_duplicates(
+    configs: Sequence[Config], names: Sequence[str], values: Sequence[Mapping[str, str]]
+) -> None:
+    """Two points that resolve to one config (`lr=0.1,0.10`, or a key that plays no part for one
+    algorithm, recorded as none) would run the same thing twice."""
+    seen: dict[str, int] = {}
+    for index, cfg in enumerate(configs):
         key = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
         if key in seen:
-            raise UsageError(
-                f"grid points {seen[key]} and {name} give the same config; drop one of the values"
+            first = seen[key]
+            differ = [k for k in values[index] if values[index][k] != values[first][k]]
+            how = ", ".join(
+                f"{k} is {getattr(cfg, k)!r} in both" for k in differ if hasattr(cfg, k)
             )
-        seen[key] = name
+            raise UsageError(
+                f"grid points {names[first]} and {names[index]} give the same config ({how}); "
+                "drop one of the values, or split the sweep where a key plays no part"
+            )
+        seen[key] = index
 
 
 def _decide(point: Point, *, resume: bool, force: bool) -> Point:

@@ -26,7 +26,7 @@ from torch import nn
 
 from repgossip import stacked
 from repgossip.augment import crop_and_flip
-from repgossip.errors import RepgossipError, UsageError, described
+from repgossip.errors import RepgossipError, UsageError, described, user_code_failed
 from repgossip.layout import MAIN_MODEL, OPTIMIZER_STEPS, SECOND_MOMENT, RowLayout, row_key
 from repgossip.models import has_batch_norm
 from repgossip.streams import generator, global_generators, worker_seeds
@@ -329,7 +329,9 @@ def _train_worker(
 
 
 def _step_failed(pop: Population, local: int, err: Exception) -> UsageError:
-    return UsageError(f"a training step failed on worker {pop.worker_ids[local]}: {described(err)}")
+    return user_code_failed(
+        f"a training step failed on worker {pop.worker_ids[local]}: {described(err)}", err
+    )
 
 
 def _loss_of(

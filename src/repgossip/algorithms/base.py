@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from repgossip.errors import RepgossipError, UsageError, described
+from repgossip.errors import RepgossipError, UsageError, described, user_code_failed
 from repgossip.layout import MAIN_MODEL, PARTS, ROW_KINDS, RowLayout, StateSpec, row_key
 
 if TYPE_CHECKING:
@@ -103,6 +103,9 @@ class Algorithm:
     # Communicate before the local phases instead of after (the DePRL authors' code and DisPFL
     # do): a worker is then evaluated on the model it trained last, not on a fresh mix.
     communicate_first: ClassVar[bool] = False
+    # Whether a schedule reads the run's number of rounds (DisPFL anneals over them): then a run
+    # cannot be resumed to more rounds with the numbers an uninterrupted longer run would give.
+    schedule_reads_rounds: ClassVar[bool] = False
 
     def __init__(self, config: Config | None = None) -> None:
         self.config = config
@@ -237,7 +240,9 @@ class Algorithm:
         except RepgossipError:
             raise
         except Exception as err:
-            raise UsageError(f"{self._label()}: {what} raised {described(err)}") from None
+            raise user_code_failed(
+                f"{self._label()}: {what} raised {described(err)}", err
+            ) from None
 
     def check(self, layout: RowLayout) -> None:
         """Refuse in one line extra state and parts the engine cannot honour for a model of

@@ -48,6 +48,7 @@ class DisPFL(Algorithm):
     phases = JOINT
     shared = "all"
     communicate_first = True
+    schedule_reads_rounds = True  # the prune rate anneals over config.rounds
 
     @property
     def density(self) -> float:

@@ -81,8 +81,9 @@ class FedRoD(Algorithm):
 
     def __init__(self, config: Config | None = None) -> None:
         super().__init__(config)
-        schedule = (config.fedrod_schedule if config else None) or FEDROD_SCHEDULES[0]
-        self.phases = SCHEDULES[schedule]  # type: ignore[misc]  # one schedule per instance
+        if type(self).phases is FedRoD.phases:  # a subclass that declares its phases keeps them
+            schedule = (config.fedrod_schedule if config else None) or FEDROD_SCHEDULES[0]
+            self.phases = SCHEDULES[schedule]  # type: ignore[misc]  # one schedule per instance
 
     def adapt_model(self, model: SplitModel, num_classes: int) -> SplitModel:
         if num_classes == 0:

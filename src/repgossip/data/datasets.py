@@ -22,7 +22,7 @@ from repgossip.data.federation import BodyMetrics, Federation, as_federation, pa
 from repgossip.data.har import hapt_federation
 from repgossip.data.partition import NATURAL
 from repgossip.data.sources import load_fmnist, make_synthetic
-from repgossip.errors import UsageError, described
+from repgossip.errors import UsageError, described, user_code_failed
 from repgossip.memory import SYNTHETIC_DEFAULT_SAMPLES
 from repgossip.metrics import subspace_distance
 from repgossip.registry import Factory, Registry, call_with_accepted, is_plugin_ref
@@ -182,7 +182,9 @@ def load_federation(cfg: Config, data: Any = None) -> Federation:
     except UsageError:
         raise
     except Exception as err:
-        raise UsageError(f"dataset plug-in '{cfg.dataset}' raised {described(err)}") from None
+        raise user_code_failed(
+            f"dataset plug-in '{cfg.dataset}' raised {described(err)}", err
+        ) from None
     return as_federation(produced, cfg, f"plug-in '{cfg.dataset}'")
 
 

@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from repgossip.data.partition import partition, test_split
-from repgossip.errors import UsageError, described, first_line
+from repgossip.errors import UsageError, described, first_line, user_code_failed
 from repgossip.streams import global_generators, read_seed
 
 if TYPE_CHECKING:
@@ -255,9 +255,10 @@ def _read_items(
         try:
             items.append(dataset[int(i)])
         except Exception as err:
-            raise UsageError(
+            raise user_code_failed(
                 f"dataset {source}: reading item {int(i)} of the {what} Dataset raised "
-                f"{described(err)}"
+                f"{described(err)}",
+                err,
             ) from None
     if not items or not all(isinstance(it, (tuple, list)) and len(it) == 2 for it in items):
         raise UsageError(f"dataset {source}: the {what} Dataset must yield (x, y) items")
