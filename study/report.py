@@ -93,7 +93,7 @@ def load_runs(root: Path = RUNS) -> list[Run]:
             written = read_yaml(config_file)
             if not written:
                 raise UsageError("config.yaml is empty")
-            config = build_config(written).to_dict()
+            config = build_config(written, foreign="drop").to_dict()
             summary = _read_summary(folder / "summary.json")
         except (RepgossipError, ValueError, OSError) as err:
             print(f"skipped {folder}: {str(err).splitlines()[0]}", file=sys.stderr)

@@ -165,7 +165,7 @@ def test_fedrod_interleaved_is_a_generic_step_then_a_personal_head_step_on_each_
 
     cfg = build_config({**FMNIST, "algorithm": "fedrod", "samples_per_worker": 37,
                         "momentum": momentum})  # fmt: skip
-    assert cfg.fedrod_schedule == "interleaved"
+    assert cfg.param("fedrod_schedule") == "interleaved"
     exp = build_experiment(cfg)
     pop, algorithm = exp.population, exp.algorithm
     model = copy.deepcopy(pop.model)  # every worker starts from it
@@ -200,7 +200,8 @@ def test_fedrod_sequential_trains_the_personal_head_after_the_generic_model():
     cfg = build_config({**FMNIST, "algorithm": "fedrod", "fedrod_schedule": "sequential"})
     phases = build_experiment(cfg).algorithm.phases
     assert [p.part for p in phases] == ["body+head.generic"] * 2 + ["head.personal"]
-    assert build_config({**FMNIST, "fedrod_schedule": "sequential"}).fedrod_schedule is None
+    with pytest.raises(repgossip.UsageError, match="a key of algorithm 'fedrod', not of 'deprl'"):
+        build_config({**FMNIST, "fedrod_schedule": "sequential"})  # no part in deprl: refused
     with pytest.raises(repgossip.UsageError, match="valid: interleaved, sequential"):
         build_config({**FMNIST, "algorithm": "fedrod", "fedrod_schedule": "joint"})
     both = {
@@ -223,7 +224,7 @@ def test_a_fedrod_subclass_keeps_the_phases_it_declares_and_a_bad_schedule_is_re
     pop = repgossip.run({**FMNIST, "rounds": 1}, algorithm=GenericOnly).experiment.population
     assert bool((pop.params[:, pop.layout.part("head.personal")] == 0).all())
     with pytest.raises(repgossip.UsageError, match="unknown fedrod_schedule 'bogus'"):
-        build_config({"dataset": "synthetic", "fedrod_schedule": "bogus"})
+        build_config({"algorithm": "fedrod", "fedrod_schedule": "bogus"})
 
 
 def test_dispfl_is_not_resumed_to_more_rounds_its_schedule_was_not_made_for(tmp_path, capsys):

@@ -89,8 +89,8 @@ def test_bad_types_raise_usage_error_naming_the_key(key, value):
 
 
 def test_unknown_key_suggests_the_closest():
-    with pytest.raises(UsageError, match="did you mean 'workers'"):
-        parse_assignments(["wokers=4"])
+    with pytest.raises(UsageError, match="did you mean 'workers'"):  # once the algorithm is known
+        build_config(None, parse_assignments(["wokers=4"]))
     with pytest.raises(UsageError, match="wokers"):
         build_config({"wokers": 4})
 

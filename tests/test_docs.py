@@ -112,3 +112,14 @@ def test_the_readme_demo_table_has_the_columns_the_sweep_prints():
     }
     printed = printed_table([row], ["algorithm"]).splitlines()[0]
     assert printed in README.splitlines()
+
+
+def test_each_algorithms_own_parameters_have_their_generated_readme_row():
+    """The rows of an algorithm's parameters are made from their declaration (params.table_row):
+    default, range and doc are written once, next to the code."""
+    from repgossip.algorithms import ALGORITHMS
+    from repgossip.params import table_row
+
+    for name in ALGORITHMS.names():
+        for param in ALGORITHMS.get(name).params:
+            assert table_row(name, param) in README.splitlines(), param.name

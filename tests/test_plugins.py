@@ -474,3 +474,38 @@ def test_a_plugins_traceback_is_shown_only_when_asked(tmp_path, monkeypatch, cap
     for own in (["rounds=abc"], ["dataset=nosuch"]):
         assert main(["run", "--quiet", "--set", *own, "--out", str(tmp_path / "d")]) == 2
         assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_plugin_algorithm_takes_its_own_parameter(plugin_dir, capsys):
+    """`mu` is a key once proxdeprl is selected: given, checked, recorded, listed; with mu=0 the
+    proximal term does nothing and the numbers are DePRL's."""
+    prox = ["--set", "algorithm=proxdeprl:ProxDePRL", *SYNTHETIC]
+    assert cli(*prox, "mu=0.1", "--out", str(plugin_dir / "a")) == 0
+    assert yaml.safe_load((plugin_dir / "a" / "config.yaml").read_text())["mu"] == 0.1
+    assert cli(*prox, "mu=0", "--out", str(plugin_dir / "zero")) == 0
+    assert cli("--set", "algorithm=deprl", *SYNTHETIC, "--out", str(plugin_dir / "plain")) == 0
+    assert summary(plugin_dir / "zero") == summary(plugin_dir / "plain")
+    assert summary(plugin_dir / "a") != summary(plugin_dir / "plain")
+    capsys.readouterr()
+    assert cli(*prox, "mu=-1", "--out", str(plugin_dir / "b")) == 2
+    assert capsys.readouterr().err.strip() == "repgossip: error: mu must be >= 0, got -1.0"
+    assert (
+        cli("--set", "algorithm=deprl", "mu=0.1", *SYNTHETIC, "--out", str(plugin_dir / "c")) == 2
+    )
+    assert "unknown config key 'mu'" in capsys.readouterr().err
+    assert main(["keys", "proxdeprl:ProxDePRL"]) == 0
+    assert "  mu = 0.5  (>= 0)  strength of the proximal term" in capsys.readouterr().out
+    assert cli("--set", "rounds=4", "--out", str(plugin_dir / "a"), "--resume") == 0  # mu kept
+
+
+def test_a_plugin_declaring_params_wrongly_is_one_line(plugin_dir, capsys):
+    (plugin_dir / "badparams.py").write_text(
+        "import repgossip\n\nclass Bad(repgossip.Algorithm):\n    params = ('mu',)\n\n"
+        "class Clash(repgossip.Algorithm):\n    params = (repgossip.Param('lr', 0.1, 'x'),)\n"
+    )
+    for name, needle in (("Bad", "params must be a tuple of repgossip.Param"),
+                         ("Clash", "parameter 'lr' is a core config key")):  # fmt: skip
+        assert cli("--set", f"algorithm=badparams:{name}", *SYNTHETIC,
+                   "--out", str(plugin_dir / name)) == 2  # fmt: skip
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1

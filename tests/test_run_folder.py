@@ -321,3 +321,17 @@ def test_a_folder_written_before_a_key_existed_still_resumes_exactly(tmp_path, c
     config.write_text(config.read_text().replace("seed: 0", "seed: 7"))
     assert run(part, "rounds=4", flags=("--resume",)) == 2
     one_line(capsys, "seed=0", "another run")
+
+
+def test_a_folder_recording_every_algorithms_keys_still_resumes(tmp_path, capsys):
+    """Releases before algorithms declared their own parameters wrote ditto_lambda, density,
+    prune_rate and fedrod_schedule into every config.yaml: a deprl folder with them resumes (they
+    play no part in deprl and are left out), to the uninterrupted numbers."""
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert run(whole) == 0
+    assert run(part, "rounds=1") == 0
+    config = part / "config.yaml"
+    config.write_text(config.read_text() + "ditto_lambda: 0.1\nfedrod_schedule: null\n"
+                      "density: 0.5\nprune_rate: 0.5\n")  # fmt: skip
+    assert run(part, flags=("--resume",)) == 0, capsys.readouterr().err
+    assert without_time(metrics(part)) == without_time(metrics(whole))

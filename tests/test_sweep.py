@@ -549,3 +549,19 @@ def test_a_sweep_writes_its_paired_table_and_removes_it_when_not_asked(tmp_path,
     bad = sweep_argv(tmp_path / "T", ["algorithm=deprl,local"], flags=("--paired-with", "deprl"))
     assert main(bad) == 2
     assert not (tmp_path / "T").exists()
+
+
+def test_an_algorithms_parameter_goes_to_the_points_that_run_it(tmp_path, capsys):
+    out = tmp_path / "S"
+    argv = sweep_argv(out, ["algorithm=deprl,ditto"], "ditto_lambda=0.5")
+    assert main(argv) == 0
+    saved = {p.name: yaml.safe_load((p / "config.yaml").read_text()) for p in out.glob("alg*")}
+    assert (
+        saved["algorithm-ditto"]["ditto_lambda"] == 0.5
+        and "ditto_lambda" not in saved["algorithm-deprl"]
+    )
+    capsys.readouterr()
+    assert main(sweep_argv(tmp_path / "T", ["seed=0,1"], "density=0.3")) == 2
+    assert (
+        "density is a parameter of an algorithm that no grid point runs" in capsys.readouterr().err
+    )

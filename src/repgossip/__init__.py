@@ -29,6 +29,7 @@ from repgossip.errors import (
     UsageError,
 )
 from repgossip.models import SplitModel
+from repgossip.params import Param
 from repgossip.runner import RunResult
 from repgossip.version import __version__ as __version__
 
@@ -37,6 +38,7 @@ __all__ = [
     "DATASETS",
     "MODELS",
     "PARTITIONS",
+    "Param",
     "Algorithm",
     "CSVLogger",
     "Callback",

@@ -22,7 +22,7 @@ from typing import Any
 
 from repgossip.algorithms import Algorithm
 from repgossip.callbacks import Callback
-from repgossip.config import KEYS, Config, as_it_ran, build_config, suggest_key
+from repgossip.config import Config, as_it_ran, build_config
 from repgossip.configfile import read_yaml
 from repgossip.data.datasets import GIVEN_SPLIT_KEYS
 from repgossip.data.federation import comes_per_worker, workers_of
@@ -78,9 +78,6 @@ def run(
             f"graph must be a networkx graph or an (N, N) adjacency; to name a topology or a "
             f"file, use topology={str(graph)!r}"
         )
-    unknown = [k for k in keys if k not in KEYS]
-    if unknown:
-        raise UsageError(suggest_key(unknown[0]))
     given = {**base, **keys}
     if resume and out is not None:  # a folder of an older release continues as it ran
         given |= _as_it_ran(Path(out), given)
@@ -112,7 +109,7 @@ def run(
     functions = {key: given[key] for key in ("loss", "metric") if callable(given.get(key))}
     for key, function in functions.items():
         given[key] = reference_of(function)
-    cfg = build_config(given, algorithm=algorithm)
+    cfg = build_config(given, algorithm=algorithm, foreign="drop" if resume else "refuse")
     supplied = Supplied(
         model=model, data=data, graph=graph_object, algorithm=algorithm, mixing=mixing,
         loss=functions.get("loss"), metric=functions.get("metric"),

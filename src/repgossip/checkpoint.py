@@ -60,8 +60,8 @@ def _check_binding(path: Path, state: dict[str, Any], exp: Experiment, supplied:
     if changed:
         key = changed[0]
         raise UsageError(
-            f"checkpoint '{path}' was written with {key}={getattr(saved, key)!r}, not "
-            f"{getattr(exp.cfg, key)!r}; it belongs to another run (was config.yaml edited?)"
+            f"checkpoint '{path}' was written with {key}={saved.to_dict().get(key)!r}, not "
+            f"{exp.cfg.to_dict().get(key)!r}; it belongs to another run (was config.yaml edited?)"
         )
     _check_plugin_code(path, state.get(PLUGINS_KEY), exp)
     if state["data_digest"] != _data_digest(exp):
@@ -87,7 +87,7 @@ def _check_plugin_code(
             continue
         file = (code.files.get(module) if code else None) or "no file now"
         raise UsageError(
-            f"the {key} plug-in '{getattr(exp.cfg, key)}' changed since checkpoint '{path}' was "
+            f"the {key} plug-in '{exp.cfg.to_dict().get(key)}' changed since checkpoint '{path}' was "
             f"written: module '{module}' ({file}) had sha256 {_short(old.get(module))}, now "
             f"{_short(new.get(module))}; restore its code to resume, or rerun without --resume"
         )

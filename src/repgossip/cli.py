@@ -148,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also time the straightforward per-worker simulator and report the speedup",
     )  # fmt: skip
     bench_p.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads")
+    keys_p = sub.add_parser(
+        "keys", help="every config key with its default; each algorithm's own, with range and doc"
+    )
+    keys_p.add_argument(
+        "algorithm", nargs="?", help="one algorithm only (a name or package.module:ClassName)"
+    )
     list_p = sub.add_parser("list", help="the registered algorithms, datasets, models, ...")
     list_p.add_argument("kind", nargs="?", choices=list(registries()), help="one registry only")
     return parser
@@ -191,7 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if restarted_by_torchrun() and out is not None and (out / "checkpoint.pt").is_file():
         args.resume = True  # torchrun --max-restarts relaunched us: continue from the checkpoint
     base, overrides = _config_from(args, out if args.resume else None)
-    cfg = build_config(base, overrides)
+    cfg = build_config(base, overrides, foreign="drop" if args.resume else "refuse")
     if out is None:
         out = default_out(cfg.algorithm, cfg.dataset)
     result = run_experiment(
@@ -289,6 +295,28 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """The core keys with their defaults, then each algorithm's own parameters (declared next to
+    its code, repgossip.params), which are keys when it is selected."""
+    from repgossip.algorithms import ALGORITHMS, algorithm_class
+    from repgossip.config import declared_params
+    from repgossip.params import describe
+    from repgossip.schema import DEFAULTS
+
+    if args.algorithm is None:
+        print('keys of every run (README, "Config keys", says what each means):')
+        for key, default in DEFAULTS.items():
+            print(f"  {key} = {default}")
+    names = ALGORITHMS.names() if args.algorithm is None else (args.algorithm,)
+    for name in names:
+        params = declared_params(algorithm_class(name))
+        if params or args.algorithm is not None:
+            print(f"algorithm {name}:" + ("" if params else " no keys of its own"))
+            for param in params:
+                print(describe(param))
+    return 0
+
+
 def _describe(item: Any) -> str:
     """A registered item's one-line description: its summary, else its docstring's first line."""
     summary = getattr(item, "summary", "")
@@ -303,6 +331,7 @@ COMMANDS = {
     "topology": cmd_topology,
     "bench": cmd_bench,
     "list": cmd_list,
+    "keys": cmd_keys,
 }
 
 

@@ -22,7 +22,6 @@ import yaml
 
 from repgossip import footprint
 from repgossip.algorithms import ALGORITHMS, Algorithm, algorithm_class
-from repgossip.algorithms.fedrod import FEDROD_SCHEDULES, FedRoD
 from repgossip.architectures import MODELS
 from repgossip.configfile import parse_mapping, read_config_text
 from repgossip.data.datasets import DATASETS, dataset_defaults, fitting_models, split_defaults
@@ -30,6 +29,7 @@ from repgossip.data.federation import REREAD_CHOICES
 from repgossip.data.partition import PARTITIONS
 from repgossip.errors import UsageError
 from repgossip.objectives import SIGNATURES, resolve
+from repgossip.params import Param
 from repgossip.registry import API_PREFIX, Registry, is_plugin_ref
 from repgossip.schema import KEYS, LEGACY_VALUES, Config
 from repgossip.text import check_printable, quoted_path, shown
@@ -88,10 +88,12 @@ _BOUNDED_INT_KEYS = tuple(
 )
 
 
-def suggest_key(key: str) -> str:
-    """The one-line error for an unknown key, with the closest valid key when there is one."""
-    close = difflib.get_close_matches(key, KEYS, n=1) if len(key) < 100 else []
-    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(KEYS)}"
+def suggest_key(key: str, also: Iterable[str] = ()) -> str:
+    """The one-line error for an unknown key, with the closest valid key (of KEYS and `also`, the
+    selected components' parameters) when there is one."""
+    valid = [*KEYS, *also]
+    close = difflib.get_close_matches(key, valid, n=1) if len(key) < 100 else []
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
     return f"unknown config key {shown(key)}{hint}"
 
 
@@ -99,11 +101,17 @@ def coerce(key: str, value: Any) -> Any:
     """Turn a YAML value or a `--set` string into the field's type, or raise a one-line UsageError.
     A numpy scalar (an API caller's `np.int64(4)`, `np.float32(0.1)`, `np.str_`) counts as its
     Python value: np.bool_ as a bool, so it is no integer, as a Python bool is none."""
-    if key not in _FIELD_TYPES:
+    if key not in KEYS:
         raise UsageError(suggest_key(key))
+    scalar, optional = _base_type(_FIELD_TYPES[key])
+    return coerce_as(key, value, scalar, optional)
+
+
+def coerce_as(key: str, value: Any, scalar: type, optional: bool = False) -> Any:
+    """`value` as `scalar` (bool, int, float or str), None where `optional` allows it: the
+    coercion of every key, core or a component's parameter."""
     if isinstance(value, np.generic):
         value = value.item()
-    scalar, optional = _base_type(_FIELD_TYPES[key])
     if isinstance(value, str):
         check_printable(f"{key} value", value)
     if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS):
@@ -204,9 +212,12 @@ def split_assignment(pair: str, option: str, form: str) -> tuple[str, str]:
     key = key.strip()
     if not sep or not key:
         raise UsageError(f"{option} takes {form}, got {shown(pair)}")
-    if key not in KEYS:
+    if not key.isidentifier():  # whether the selected components take it is decided later
         raise UsageError(suggest_key(key))
     return key, value
+
+
+FOREIGN = ("refuse", "drop")  # what build_config does with another algorithm's parameter
 
 
 def build_config(
@@ -214,22 +225,90 @@ def build_config(
     overrides: Mapping[str, Any] | None = None,
     *,
     algorithm: type[Algorithm] | None = None,
+    foreign: str = "refuse",
 ) -> Config:
     """Merge a config-file mapping with `--set` overrides, coerce, resolve derived keys, validate.
 
     `algorithm` is the class an API caller handed over, when the `algorithm` key cannot name it.
+    A key that is not a core key must be a parameter of the selected algorithm (repgossip.params);
+    a parameter of another built-in algorithm is refused, or with `foreign="drop"` left out (a
+    saved config of an older release recorded every algorithm's keys; a sweep's grid may cross
+    algorithms).
     """
     given: dict[str, Any] = {}
+    pending: dict[str, Any] = {}  # keys of a component, coerced once it is known
     for source in (base or {}, overrides or {}):
         for key, value in source.items():
             if not isinstance(key, str):
                 raise UsageError(f"config keys must be strings, got {shown(key)}")
             check_printable("config key", key)
-            given[key] = coerce(key, value)
+            if key in KEYS:
+                given[key] = coerce(key, value)
+            else:
+                pending[key] = value
     given = _resolve(given, algorithm)
+    name = given.get("algorithm", Config.algorithm)
+    cls = algorithm or _named_class(name)
+    given["params"] = _component_params(cls, pending, foreign, name)
     cfg = Config(**given)
     validate(cfg)
     return cfg
+
+
+def _named_class(name: str) -> type[Algorithm] | None:
+    return None if name.startswith(API_PREFIX) else algorithm_class(name)
+
+
+def _component_params(
+    cls: type[Algorithm] | None, pending: dict[str, Any], foreign: str, name: str
+) -> tuple[tuple[str, Any], ...]:
+    """The selected algorithm's parameters, each the value given (coerced and checked) or its
+    default; a given key that none of them is, refused in one line (see build_config)."""
+    declared = declared_params(cls) if cls is not None else ()
+    values = []
+    for param in declared:
+        value = pending.pop(param.name, param.default)
+        value = coerce_as(param.name, value, param.kind)
+        param.check(value)
+        values.append((param.name, value))
+    for key in pending:
+        owner = _owner(key)
+        if owner is None:
+            raise UsageError(suggest_key(key, [p.name for p in declared]))
+        if foreign == "refuse":
+            raise UsageError(
+                f"{key} is a key of algorithm '{owner}', not of {shown(name)}; set "
+                f"algorithm={owner} or leave {key} out"
+            )
+    return tuple(values)
+
+
+def declared_params(cls: type[Algorithm]) -> tuple[Param, ...]:
+    """`cls.params`, refused in one line unless a tuple of Param with names apart from the core
+    keys and from each other."""
+    params = getattr(cls, "params", ())
+    label = f"algorithm '{getattr(cls, 'name', '') or cls.__name__}'"
+    if not isinstance(params, (tuple, list)) or not all(isinstance(p, Param) for p in params):
+        raise UsageError(f"{label}: params must be a tuple of repgossip.Param, got {shown(params)}")
+    names = [p.name for p in params]
+    clash = next((n for n in names if n in KEYS or names.count(n) > 1), None)
+    if clash is not None:
+        raise UsageError(
+            f"{label}: parameter '{clash}' is a core config key or declared twice; name it apart"
+        )
+    return tuple(params)
+
+
+def _owner(key: str) -> str | None:
+    """The built-in algorithm that declares parameter `key`, if any."""
+    return next(
+        (
+            name
+            for name in ALGORITHMS.names()
+            if key in {p.name for p in ALGORITHMS.get(name).params}
+        ),
+        None,
+    )
 
 
 def _resolve(given: dict[str, Any], algorithm: type[Algorithm] | None) -> dict[str, Any]:
@@ -253,7 +332,6 @@ def _resolve(given: dict[str, Any], algorithm: type[Algorithm] | None) -> dict[s
     name = resolved.get("algorithm", Config.algorithm)
     cls = algorithm or (None if name.startswith(API_PREFIX) else algorithm_class(name))
     _resolve_optimizer(resolved, cls.default_momentum if cls else 0.0)
-    _resolve_fedrod(resolved, cls)
     if cls is not None and cls.exact_average:
         topology = resolved.get("topology", "complete")
         if topology != "complete":
@@ -292,19 +370,6 @@ def _resolve_optimizer(resolved: dict[str, Any], default_momentum: float) -> Non
     for key, default in ADAM_DEFAULTS.items():
         if resolved.get(key) is None:
             resolved[key] = default
-
-
-def _resolve_fedrod(resolved: dict[str, Any], cls: type[Algorithm] | None) -> None:
-    """FedRoD's schedule (interleaved by default, as its paper trains) for FedRoD and its
-    subclasses; none for every other algorithm, where it plays no part, so config.yaml says so
-    (and a sweep may set it for a grid of algorithms)."""
-    given = resolved.get("fedrod_schedule")
-    if given is not None:  # a misspelt schedule is refused whatever the algorithm
-        _choice("fedrod_schedule", given, FEDROD_SCHEDULES)
-    if cls is not None and issubclass(cls, FedRoD):
-        resolved["fedrod_schedule"] = given or FEDROD_SCHEDULES[0]
-    elif cls is not None:
-        resolved["fedrod_schedule"] = None
 
 
 def _choice(key: str, value: str, valid: Iterable[str]) -> None:
@@ -357,8 +422,6 @@ def validate(cfg: Config) -> None:
     _check_device(cfg.device)
     _choice("reread_data", cfg.reread_data, REREAD_CHOICES)
     _choice("last_batch", cfg.last_batch, LAST_BATCH)
-    if cfg.fedrod_schedule is not None:
-        _choice("fedrod_schedule", cfg.fedrod_schedule, FEDROD_SCHEDULES)
     fitting = fitting_models(cfg.dataset)
     if fitting is not None and cfg.model in MODELS and cfg.model not in fitting:
         raise UsageError(
@@ -391,10 +454,6 @@ def validate(cfg: Config) -> None:
     _at_least(cfg, "edge_prob", 0, strict=True)
     _within(cfg, "link_failure_prob", 0.0, 1.0, high_open=True)
     _within(cfg, "worker_dropout_prob", 0.0, 1.0, high_open=True)
-    _at_least(cfg, "ditto_lambda", 0)
-    _within(cfg, "density", 0.0, 1.0)
-    _at_least(cfg, "density", 0, strict=True)
-    _within(cfg, "prune_rate", 0.0, 1.0)
     _within(cfg, "lr_decay", 0.0, 1.0)
     _at_least(cfg, "lr_decay", 0, strict=True)
     _check_limits(cfg)
@@ -457,7 +516,10 @@ def changed_keys(old: Config, new: Config) -> list[str]:
     """Keys whose change would make a resumed run differ from an uninterrupted one: those outside
     RESUMABLE_KEYS, and `rounds` too for an algorithm whose schedule reads it (DisPFL anneals its
     pruning over the run's rounds, so more rounds change every round's rate)."""
-    changed = [k for k in KEYS if k not in RESUMABLE_KEYS and getattr(old, k) != getattr(new, k)]
+    before, after = old.to_dict(), new.to_dict()
+    changed = [
+        k for k in {**before, **after} if k not in RESUMABLE_KEYS and before.get(k) != after.get(k)
+    ]
     if old.rounds != new.rounds and _schedule_reads_rounds(new):
         changed.append("rounds")
     return changed
@@ -517,7 +579,7 @@ def saved_config(
                     "another run"
                 )
     try:
-        return build_config(given, algorithm=algorithm)
+        return build_config(given, algorithm=algorithm, foreign="drop")
     except UsageError as err:
         raise UsageError(f"{name} holds a config this version cannot use: {err}") from None
 

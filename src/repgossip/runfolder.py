@@ -521,8 +521,8 @@ def refuse_changes(saved: Config, cfg: Config, what: str) -> None:
     if changed:
         key = changed[0]
         raise UsageError(
-            f"cannot {what} with a changed '{key}' ({getattr(saved, key)!r} -> "
-            f"{getattr(cfg, key)!r}); only {', '.join(RESUMABLE_KEYS)} may change"
+            f"cannot {what} with a changed '{key}' ({saved.to_dict().get(key)!r} -> "
+            f"{cfg.to_dict().get(key)!r}); only {', '.join(RESUMABLE_KEYS)} may change"
         )
 
 

@@ -6,7 +6,6 @@ parsing, resolving derived keys, checking ranges and names).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -61,10 +60,6 @@ class Config:
     noise: float = 0.1
     share_bn_stats: bool = False
     tensorboard: bool = False
-    ditto_lambda: float = 0.1
-    fedrod_schedule: str | None = None
-    density: float = 0.5
-    prune_rate: float = 0.5
     directed: bool = False
     augment: bool = False
     gossip_first: bool | None = None
@@ -72,12 +67,21 @@ class Config:
     loss: str | None = None
     metric: str | None = None
 
+    # the selected components' own parameters (repgossip.params), resolved: (key, value) pairs
+    params: tuple[tuple[str, Any], ...] = ()
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every key and value, the components' parameters last: what config.yaml records."""
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "params"}
+        return {**record, **dict(self.params)}
+
+    def param(self, name: str) -> Any:
+        """The value of a selected component's parameter `name`."""
+        return dict(self.params)[name]
 
 
-KEYS = tuple(f.name for f in fields(Config))
-DEFAULTS = {f.name: f.default for f in fields(Config)}
+KEYS = tuple(f.name for f in fields(Config) if f.name != "params")  # a component's own: params.py
+DEFAULTS = {f.name: f.default for f in fields(Config) if f.name != "params"}
 # What a key missing from an older run's config means. That release had no such key, so it ran as
 # the key's default does, except where a default changed since: those ran as below (an epoch's
 # remainder was a batch of its own; FedRoD trained its personal head after the generic model;

@@ -84,6 +84,7 @@ def plan(
         for v, n in zip(values, names, strict=True)
     ]
     _refuse_duplicates(configs, names, values)
+    _refuse_unused(configs, [*base, *grid])
     points = [
         _decide(Point(v, n, out / n, c), resume=resume, force=force)
         for v, n, c in zip(values, names, configs, strict=True)
@@ -92,6 +93,18 @@ def plan(
         if point.finished is None:  # a reused point is not built again
             _preflight(point)
     return points
+
+
+def _refuse_unused(configs: Sequence[Config], given: Sequence[str]) -> None:
+    """A component's parameter that no point of the grid takes (each point leaves out those of
+    algorithms it does not run) was given for nothing: refuse it, naming the key."""
+    taken = {key for cfg in configs for key in cfg.to_dict()}
+    unused = next((key for key in given if key not in taken), None)
+    if unused is not None:
+        raise UsageError(
+            f"{unused} is a parameter of an algorithm that no grid point runs; leave it out or "
+            "add that algorithm to the grid"
+        )
 
 
 def _as_it_ran(folder: Path, base: Mapping[str, Any], values: Mapping[str, str]) -> dict[str, Any]:
@@ -106,7 +119,7 @@ def _as_it_ran(folder: Path, base: Mapping[str, Any], values: Mapping[str, str])
 
 def _config(base: Mapping[str, Any], values: Mapping[str, str], name: str) -> Config:
     try:
-        return build_config(base, values)
+        return build_config(base, values, foreign="drop")
     except UsageError as err:
         raise UsageError(f"grid point {name}: {err}") from None
 
@@ -130,8 +143,10 @@ def _refuse_duplicates(
         if key in seen:
             first = seen[key]
             differ = [k for k in values[index] if values[index][k] != values[first][k]]
+            recorded = cfg.to_dict()
             how = ", ".join(
-                f"{k} is {getattr(cfg, k)!r} in both" for k in differ if hasattr(cfg, k)
+                f"{k} is {recorded[k]!r} in both" if k in recorded else f"{k} plays no part"
+                for k in differ
             )
             raise UsageError(
                 f"grid points {names[first]} and {names[index]} give the same config ({how}); "
@@ -155,8 +170,8 @@ def _decide(point: Point, *, resume: bool, force: bool) -> Point:
             return point
         key = changed[0]
         raise UsageError(
-            f"cannot resume '{point.folder}': it ran with another '{key}' ({getattr(saved, key)!r}"
-            f", now {getattr(point.cfg, key)!r}); pass --force too to rerun it, or use another --out"
+            f"cannot resume '{point.folder}': it ran with another '{key}' ({saved.to_dict().get(key)!r}"
+            f", now {point.cfg.to_dict().get(key)!r}); pass --force too to rerun it, or use another --out"
         )
     finished = _summary(point.folder) if saved.rounds == point.cfg.rounds else None
     if finished is not None and finished.get("rounds") == point.cfg.rounds:

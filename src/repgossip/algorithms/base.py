@@ -32,6 +32,7 @@ import torch
 
 from repgossip.errors import RepgossipError, UsageError, described, user_code_failed
 from repgossip.layout import MAIN_MODEL, PARTS, ROW_KINDS, RowLayout, StateSpec, row_key
+from repgossip.params import Param
 
 if TYPE_CHECKING:
     from repgossip.engines.base import Engine
@@ -106,9 +107,19 @@ class Algorithm:
     # Whether a schedule reads the run's number of rounds (DisPFL anneals over them): then a run
     # cannot be resumed to more rounds with the numbers an uninterrupted longer run would give.
     schedule_reads_rounds: ClassVar[bool] = False
+    # The algorithm's own parameters: config keys when it is selected (repgossip.params)
+    params: ClassVar[tuple[Param, ...]] = ()
 
     def __init__(self, config: Config | None = None) -> None:
         self.config = config
+
+    def param(self, name: str) -> Any:
+        """The value of this algorithm's parameter `name`: the config's, or without a config its
+        declared default."""
+        if self.config is not None and name in dict(self.config.params):
+            return self.config.param(name)
+        declared = {p.name: p for p in type(self).params}
+        return declared[name].default
 
     # ------------------------------------------------------------------ per-worker state
 

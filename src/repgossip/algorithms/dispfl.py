@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from repgossip.algorithms.base import JOINT, Algorithm, Phase, Rows, StateSpec
+from repgossip.params import Param
 from repgossip.streams import worker_generator
 from repgossip.training import dense_gradients
 
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
     from repgossip.population import Population
 
 MASK = "mask"
-DEFAULT_DENSITY = 0.5  # the DisPFL code's default
-DEFAULT_PRUNE_RATE = 0.5  # its anneal_factor: the share pruned and regrown in the first round
 _MASK_TAG, _REGROW_TAG = 0xD15F, 0xD160  # phase numbers of the mask streams, apart from training
 
 
@@ -49,14 +48,20 @@ class DisPFL(Algorithm):
     shared = "all"
     communicate_first = True
     schedule_reads_rounds = True  # the prune rate anneals over config.rounds
+    params = (  # the DisPFL code's defaults (prune_rate is its anneal_factor)
+        Param("density", 0.5, "share of each weight matrix or kernel a worker's mask holds",
+              low=0, low_open=True, high=1),
+        Param("prune_rate", 0.5, "share of active weights pruned and regrown in the first round, "
+              "annealed to 0 by a cosine", low=0, high=1),
+    )  # fmt: skip
 
     @property
     def density(self) -> float:
-        return self.config.density if self.config else DEFAULT_DENSITY
+        return float(self.param("density"))
 
     @property
     def prune_rate(self) -> float:
-        return self.config.prune_rate if self.config else DEFAULT_PRUNE_RATE
+        return float(self.param("prune_rate"))
 
     def extra_state(self) -> Mapping[str, StateSpec]:
         return {MASK: StateSpec(width="params", fill=1.0)}

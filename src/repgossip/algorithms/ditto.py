@@ -16,9 +16,9 @@ import torch
 
 from repgossip.algorithms.base import Algorithm, Phase, Rows
 from repgossip.layout import MAIN_MODEL
+from repgossip.params import Param
 
 PERSONAL = "personal"
-DEFAULT_LAMBDA = 0.1
 
 
 class Ditto(Algorithm):
@@ -32,10 +32,14 @@ class Ditto(Algorithm):
     )
     shared = "all"
     evaluated_model = PERSONAL
+    params = (
+        Param("ditto_lambda", 0.1, "strength of the pull of the personal model toward the global "
+              "one (0: local training)", low=0),
+    )  # fmt: skip
 
     @property
     def strength(self) -> float:
-        return self.config.ditto_lambda if self.config else DEFAULT_LAMBDA
+        return float(self.param("ditto_lambda"))
 
     def adjust_gradient(
         self, phase: Phase, grad: torch.Tensor, weights: torch.Tensor, rows: Rows

@@ -30,6 +30,7 @@ from torch import nn
 from repgossip.algorithms.base import Algorithm, Phase, Rows, StateSpec
 from repgossip.errors import UsageError
 from repgossip.models import SplitModel
+from repgossip.params import Param
 
 if TYPE_CHECKING:
     from repgossip.population import Population
@@ -79,11 +80,18 @@ class FedRoD(Algorithm):
     shared = GENERIC_MODEL
     num_classes = 0
 
+    params = (
+        Param("fedrod_schedule", FEDROD_SCHEDULES[0], "interleaved: on every batch a step of the "
+              "generic model, then one of the personal head on the same forward's detached "
+              "features and generic logits (as PFLlib and fluke train FedRoD); sequential: the "
+              "generic model for its budget, then the personal head for the head budget",
+              choices=FEDROD_SCHEDULES),
+    )  # fmt: skip
+
     def __init__(self, config: Config | None = None) -> None:
         super().__init__(config)
         if type(self).phases is FedRoD.phases:  # a subclass that declares its phases keeps them
-            schedule = (config.fedrod_schedule if config else None) or FEDROD_SCHEDULES[0]
-            self.phases = SCHEDULES[schedule]  # type: ignore[misc]  # one schedule per instance
+            self.phases = SCHEDULES[self.param("fedrod_schedule")]  # type: ignore[misc]
 
     def adapt_model(self, model: SplitModel, num_classes: int) -> SplitModel:
         if num_classes == 0:
