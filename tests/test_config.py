@@ -309,3 +309,13 @@ def test_read_yaml_unsafe_tags_are_refused(tmp_path):
     path.write_text("workers: !!python/object/apply:os.getcwd []\n")
     with pytest.raises(UsageError, match="unsafe.yaml"):
         read_yaml(path)
+
+
+def test_another_algorithms_key_is_left_out_at_its_default_and_refused_otherwise():
+    """A config.yaml of an earlier release records every algorithm's keys (ditto_lambda: 0.1,
+    fedrod_schedule: null in a deprl run): used as a fresh config it still runs; a value that asks
+    for something the run would ignore is refused."""
+    old = {"dataset": "synthetic", "ditto_lambda": 0.1, "density": "0.5", "fedrod_schedule": None}
+    assert build_config(old).params == ()
+    with pytest.raises(UsageError, match="ditto_lambda is a key of algorithm 'ditto'"):
+        build_config({"dataset": "synthetic", "ditto_lambda": 0.5})

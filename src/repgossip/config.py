@@ -271,16 +271,29 @@ def _component_params(
         value = coerce_as(param.name, value, param.kind)
         param.check(value)
         values.append((param.name, value))
-    for key in pending:
+    for key, value in pending.items():
         owner = _owner(key)
         if owner is None:
             raise UsageError(suggest_key(key, [p.name for p in declared]))
-        if foreign == "refuse":
+        if foreign == "refuse" and not _inert(owner, key, value):
             raise UsageError(
                 f"{key} is a key of algorithm '{owner}', not of {shown(name)}; set "
                 f"algorithm={owner} or leave {key} out"
             )
     return tuple(values)
+
+
+def _inert(owner: str, key: str, value: Any) -> bool:
+    """Whether another algorithm's parameter is given as none or as its default: what a config.yaml
+    of an earlier release records for every algorithm (`ditto_lambda: 0.1` in a deprl run), which
+    asks for nothing and is left out. Any other value is a request this run would ignore."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS):
+        return True
+    param = next(p for p in ALGORITHMS.get(owner).params if p.name == key)
+    try:
+        return bool(coerce_as(key, value, param.kind) == param.default)
+    except UsageError:
+        return False
 
 
 def declared_params(cls: type[Algorithm]) -> tuple[Param, ...]:
