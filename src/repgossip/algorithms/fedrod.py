@@ -119,13 +119,13 @@ class FedRoD(Algorithm):
         rows: Rows,
     ) -> torch.Tensor:
         generic, personal = halves(outputs)
-        balanced = task_loss(generic + rows(LOG_PRIOR), targets)  # the balanced softmax
-        personalized = task_loss(generic.detach() + personal, targets)
         if phase.part == PERSONAL:
-            return personalized
+            return task_loss(generic.detach() + personal, targets)
+        balanced = task_loss(generic + rows(LOG_PRIOR), targets)  # the balanced softmax
         if phase.part == GENERIC_MODEL:
             return balanced
-        return balanced + personalized  # interleaved: each loss trains only its own part
+        # interleaved: each loss trains only its own part
+        return balanced + task_loss(generic.detach() + personal, targets)
 
     def predictions(self, outputs: torch.Tensor) -> torch.Tensor:
         generic, personal = halves(outputs)
