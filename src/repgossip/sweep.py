@@ -388,7 +388,8 @@ class _Workers:
         self.pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             if process.is_alive() and process.pid is not None:
-                os.kill(process.pid, signal.SIGINT)
+                with suppress(ProcessLookupError):  # it may end and be reaped meanwhile (CI saw it)
+                    os.kill(process.pid, signal.SIGINT)
         deadline = time.monotonic() + GRACE_S
         for process in processes:
             process.join(max(0.0, deadline - time.monotonic()))
