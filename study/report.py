@@ -30,7 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from plan import ROOT, RUNS  # noqa: E402
 
-from repgossip.config import KEYS, build_config, coerce, suggest_key  # noqa: E402
+from repgossip.config import KEYS, build_config, builtin_param_names, coerce_any, suggest_key  # noqa: E402
 from repgossip.configfile import read_yaml  # noqa: E402
 from repgossip.errors import RepgossipError, UsageError  # noqa: E402
 from repgossip.runfolder import METRICS_FILE, read_metrics  # noqa: E402
@@ -151,16 +151,21 @@ def _read_table(path: Path) -> list[TableRow]:
     if STATUS not in header:
         raise UsageError(f"no '{STATUS}' column")
     keys = header[: header.index(STATUS)]
-    unknown = [k for k in keys if k not in KEYS]
+    known = {*KEYS, *builtin_param_names()}
+    unknown = [k for k in keys if k not in known]
     if not keys or unknown:
-        raise UsageError(suggest_key(unknown[0]) if unknown else f"no grid key before '{STATUS}'")
+        raise UsageError(
+            suggest_key(unknown[0], known) if unknown else f"no grid key before '{STATUS}'"
+        )
     rows = []
     for cells in (c for c in reader if c):  # a blank line is no row
         line = f"line {reader.line_num}"
         if len(cells) != len(header):
             raise UsageError(f"{line} has {len(cells)} cells where the header has {len(header)}")
         try:
-            values = {k: coerce(k, cell) for k, cell in zip(keys, cells[: len(keys)], strict=True)}
+            values = {
+                k: coerce_any(k, cell) for k, cell in zip(keys, cells[: len(keys)], strict=True)
+            }
         except UsageError as err:
             raise UsageError(f"{line}: {err}") from None
         rows.append((values, cells[len(keys)].startswith("failed")))

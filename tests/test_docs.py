@@ -114,12 +114,11 @@ def test_the_readme_demo_table_has_the_columns_the_sweep_prints():
     assert printed in README.splitlines()
 
 
-def test_each_algorithms_own_parameters_have_their_generated_readme_row():
-    """The rows of an algorithm's parameters are made from their declaration (params.table_row):
-    default, range and doc are written once, next to the code."""
-    from repgossip.algorithms import ALGORITHMS
-    from repgossip.params import table_row
+def test_each_components_own_parameters_have_their_generated_readme_row():
+    """The rows of a component's parameters (an algorithm's, a dataset's, a partition's, a
+    topology's) are made from their declaration (components.key_rows): default, range and doc are
+    written once, next to the code."""
+    from repgossip.components import key_rows
 
-    for name in ALGORITHMS.names():
-        for param in ALGORITHMS.get(name).params:
-            assert table_row(name, param) in README.splitlines(), param.name
+    for row in key_rows():
+        assert row in README.splitlines(), row

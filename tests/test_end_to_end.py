@@ -59,6 +59,6 @@ def test_thousands_of_workers_in_one_process(tmp_path):
     summary = run_experiment(cfg, tmp_path / "run", progress=False).summary
     assert summary["rounds"] == rounds
     assert summary["spectral_gap"] == pytest.approx(2 / 3 * (1 - math.cos(2 * math.pi / workers)))
-    body = cfg.dim * cfg.rank
+    body = cfg.param("dim") * cfg.param("rank")
     assert summary["bytes_sent"] == rounds * 2 * workers * body * 4  # a ring: two neighbours each
     assert len(summary["per_worker_test_loss"]) == workers

@@ -41,11 +41,12 @@ labels_st = st.lists(st.integers(0, 6), min_size=1, max_size=300).map(np.array)
     seed=st.integers(0, 2**32 - 1),
 )
 def test_partition_properties(labels, workers, scheme, alpha, k, cap, seed):
+    own = {"dirichlet": {"alpha": alpha}, "shards": {"classes_per_worker": k}}.get(scheme, {})
     if workers > len(labels):
         with pytest.raises(UsageError, match=str(workers)):
-            partition(labels, workers, scheme, alpha=alpha, classes_per_worker=k, seed=seed)
+            partition(labels, workers, scheme, seed=seed, **own)
         return
-    kwargs = dict(alpha=alpha, classes_per_worker=k, samples_per_worker=cap, seed=seed)
+    kwargs = dict(samples_per_worker=cap, seed=seed, **own)
     try:
         parts = partition(labels, workers, scheme, **kwargs)
     except UsageError as exc:
@@ -353,3 +354,10 @@ def test_natural_is_registered_and_refused_without_users():
         partition(np.repeat(np.arange(3), 10), 3, "natural")
     message = str(info.value)
     assert "hapt" in message and "dirichlet_classwise" in message and "\n" not in message
+
+
+def test_a_scheme_refuses_another_schemes_parameter_in_one_line():
+    with pytest.raises(
+        UsageError, match="partition 'shards' takes no alpha; it takes: classes_per"
+    ):
+        partition(np.arange(10) % 2, 2, "shards", alpha=0.1)

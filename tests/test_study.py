@@ -68,7 +68,8 @@ def test_runs_are_read_with_failures_counted(tmp_path: Path) -> None:
     for seed, acc in ((0, 0.8), (1, None)):
         folder = tmp_path / "sweep-a" / f"seed-{seed}"
         folder.mkdir(parents=True)
-        config = {"algorithm": "deprl", "seed": seed, "reset_momentum": False, "alpha": 0.1}
+        config = {"algorithm": "deprl", "seed": seed, "reset_momentum": False,
+                  "partition": "dirichlet", "alpha": 0.1}  # fmt: skip
         (folder / "config.yaml").write_text(yaml.safe_dump(config))
         if acc is not None:
             (folder / "summary.json").write_text(json.dumps({"test_acc_mean": acc}))

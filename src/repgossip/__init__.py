@@ -29,7 +29,7 @@ from repgossip.errors import (
     UsageError,
 )
 from repgossip.models import SplitModel
-from repgossip.params import Param
+from repgossip.params import Param, with_params
 from repgossip.runner import RunResult
 from repgossip.version import __version__ as __version__
 
@@ -61,4 +61,5 @@ __all__ = [
     "UsageError",
     "build_config",
     "run",
+    "with_params",
 ]

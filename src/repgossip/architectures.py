@@ -55,14 +55,14 @@ def mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int = 128) -> Sp
     return SplitModel(body, nn.Linear(hidden, max(num_classes, 1)), squeeze_output=not num_classes)
 
 
-def linear(input_shape: tuple[int, ...], config: Config | None = None) -> SplitModel:
+def linear(input_shape: tuple[int, ...], rank: int = 2) -> SplitModel:
     """The linear-representation model of the synthetic task: body B^T (d->k), head theta (k->1).
 
-    No biases; k is the config's `rank` (2 without a config, the config's default)."""
+    No biases; k is the synthetic dataset's `rank` (build_model passes it; 2, that key's
+    default, where no config selects it: a test checks the two agree)."""
     if len(input_shape) != 1:
         raise UsageError(f"model 'linear' needs feature vectors, got inputs of shape {input_shape}")
     (dim,) = input_shape
-    rank = config.rank if config is not None else 2
     return SplitModel(nn.Linear(dim, rank, bias=False), nn.Linear(rank, 1, bias=False), True)
 
 
@@ -208,8 +208,9 @@ def build_model(
     if not callable(fn):
         raise UsageError(f"model '{name}' must be a function returning a module, got {fn!r}")
     try:
+        own = dict(config.params) if config is not None else {}  # the selected components'
         module = call_with_accepted(
-            fn, input_shape=tuple(input_shape), num_classes=num_classes, config=config
+            fn, input_shape=tuple(input_shape), num_classes=num_classes, config=config, **own
         )
     except UsageError:
         raise

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from repgossip.config import build_config, coerce, parse_assignments, with_legacy_values
+from repgossip.config import build_config, coerce, coerce_as, parse_assignments, with_legacy_values
 from repgossip.configfile import read_yaml
 from repgossip.errors import RepgossipError, UsageError, plugin_traceback
 
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     topo_p.add_argument("--workers", type=int, required=True)
     topo_p.add_argument(
         "--set", dest="assignments", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
-        help="edge_prob, mixing, seed",
+        help="mixing, seed, directed, and the topology's own keys (erdos_renyi: edge_prob)",
     )  # fmt: skip
     bench_p = sub.add_parser("bench", help="time a training round against its compute bound (JSON)")
     _add_config_options(bench_p)
@@ -149,11 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     bench_p.add_argument("--threads", type=int, metavar="N", help="torch intra-op threads")
     keys_p = sub.add_parser(
-        "keys", help="every config key with its default; each algorithm's own, with range and doc"
+        "keys", help="every config key with its default; each component's own, with range and doc"
     )
     keys_p.add_argument(
-        "algorithm", nargs="?", help="one algorithm only (a name or package.module:ClassName)"
-    )
+        "name", nargs="?",
+        help="one component only: a registered name, or a plug-in (package.module:name)",
+    )  # fmt: skip
+    keys_p.add_argument(
+        "--kind", choices=["algorithm", "dataset", "model", "partition", "topology"],
+        help="the kind of NAME, where a plug-in could be of several (default: algorithm)",
+    )  # fmt: skip
     list_p = sub.add_parser("list", help="the registered algorithms, datasets, models, ...")
     list_p.add_argument("kind", nargs="?", choices=list(registries()), help="one registry only")
     return parser
@@ -252,20 +257,22 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_topology(args: argparse.Namespace) -> int:
+    from repgossip.components import params_of
     from repgossip.threads import single_threaded
     from repgossip.topology import describe
 
-    settings: dict[str, Any] = {
-        "edge_prob": 0.3,
-        "mixing": "metropolis",
-        "seed": 0,
-        "directed": False,
-    }
+    settings: dict[str, Any] = {"mixing": "metropolis", "seed": 0, "directed": False}
+    own = {p.name: p for p in params_of("topology", args.name)}  # erdos_renyi's edge_prob
+    settings |= {name: param.default for name, param in own.items()}
     for key, value in parse_assignments(args.assignments).items():
-        if key not in settings:
-            raise UsageError(f"topology takes --set {', '.join(settings)}, not '{key}'")
-        settings[key] = coerce(key, value)
-    build_config({"mixing": settings["mixing"], "edge_prob": settings["edge_prob"]})  # validate
+        if key in own:
+            settings[key] = coerce_as(key, value, own[key].kind)
+            own[key].check(settings[key])
+        elif key in settings:
+            settings[key] = coerce(key, value)
+        else:
+            raise UsageError(f"topology takes --set {', '.join([*settings, *own])}, not '{key}'")
+    build_config({"mixing": settings["mixing"]})  # validate
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
     with single_threaded():  # the spectral gap's eigenvalues, the same on any thread count
@@ -296,24 +303,26 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    """The core keys with their defaults, then each algorithm's own parameters (declared next to
-    its code, repgossip.params), which are keys when it is selected."""
-    from repgossip.algorithms import ALGORITHMS, algorithm_class
-    from repgossip.config import declared_params
+    """The core keys with their defaults, then each component's own parameters (declared next to
+    its code, repgossip.params), which are keys when it is selected. With a NAME (an algorithm,
+    dataset, model, partition or topology, built in or a plug-in), that component's alone."""
+    from repgossip.components import REGISTRIES, builtin_params, params_of
     from repgossip.params import describe
     from repgossip.schema import DEFAULTS
 
-    if args.algorithm is None:
+    if args.name is None:
         print('keys of every run (README, "Config keys", says what each means):')
         for key, default in DEFAULTS.items():
             print(f"  {key} = {default}")
-    names = ALGORITHMS.names() if args.algorithm is None else (args.algorithm,)
-    for name in names:
-        params = declared_params(algorithm_class(name))
-        if params or args.algorithm is not None:
-            print(f"algorithm {name}:" + ("" if params else " no keys of its own"))
-            for param in params:
-                print(describe(param))
+        listed = list(builtin_params())
+    else:  # a plug-in reference is an algorithm's unless --kind says otherwise
+        kinds = [args.kind] if args.kind else [k for k, r in REGISTRIES.items() if args.name in r]
+        kinds = kinds or ["algorithm"]
+        listed = [(kind, args.name, params_of(kind, args.name)) for kind in kinds]
+    for kind, name, params in listed:
+        print(f"{kind} {name}:" + ("" if params else " no keys of its own"))
+        for param in params:
+            print(describe(param))
     return 0
 
 

@@ -23,13 +23,13 @@ import yaml
 from repgossip import footprint
 from repgossip.algorithms import ALGORITHMS, Algorithm, algorithm_class
 from repgossip.architectures import MODELS
+from repgossip.components import REGISTRIES, builtin_params, owners, params_of, selected
 from repgossip.configfile import parse_mapping, read_config_text
 from repgossip.data.datasets import DATASETS, dataset_defaults, fitting_models, split_defaults
 from repgossip.data.federation import REREAD_CHOICES
 from repgossip.data.partition import PARTITIONS
 from repgossip.errors import UsageError
 from repgossip.objectives import SIGNATURES, resolve
-from repgossip.params import Param
 from repgossip.registry import API_PREFIX, Registry, is_plugin_ref
 from repgossip.schema import KEYS, LEGACY_VALUES, Config
 from repgossip.text import check_printable, quoted_path, shown
@@ -38,9 +38,7 @@ from repgossip.training import ADAM_DEFAULTS, LAST_BATCH, OPTIMIZERS
 
 # The keys whose values may be plug-ins (code: `package.module:name`), with their registries.
 PLUGIN_REGISTRIES: dict[str, Registry[Any]] = {
-    "algorithm": ALGORITHMS,
-    "dataset": DATASETS,
-    "model": MODELS,
+    kind: registry for kind, registry in REGISTRIES.items() if registry.plugins is not None
 }
 ENGINES = ("sim", "dist")
 DEVICES = (
@@ -105,6 +103,23 @@ def coerce(key: str, value: Any) -> Any:
         raise UsageError(suggest_key(key))
     scalar, optional = _base_type(_FIELD_TYPES[key])
     return coerce_as(key, value, scalar, optional)
+
+
+def coerce_any(key: str, value: Any) -> Any:
+    """`value` as key `key` takes it, for a core key or a built-in component's parameter (read
+    back from a table that names either, whichever component is selected)."""
+    if key in KEYS:
+        return coerce(key, value)
+    found = owners(key)
+    if not found:
+        raise UsageError(suggest_key(key, builtin_param_names()))
+    param = next(p for p in params_of(*found[0]) if p.name == key)
+    return coerce_as(key, value, param.kind)
+
+
+def builtin_param_names() -> list[str]:
+    """Every built-in component's parameter names."""
+    return list(dict.fromkeys(p.name for _, _, params in builtin_params() for p in params))
 
 
 def coerce_as(key: str, value: Any, scalar: type, optional: bool = False) -> Any:
@@ -217,7 +232,7 @@ def split_assignment(pair: str, option: str, form: str) -> tuple[str, str]:
     return key, value
 
 
-FOREIGN = ("refuse", "drop")  # what build_config does with another algorithm's parameter
+FOREIGN = ("refuse", "drop")  # what build_config does with another component's parameter
 
 
 def build_config(
@@ -230,10 +245,10 @@ def build_config(
     """Merge a config-file mapping with `--set` overrides, coerce, resolve derived keys, validate.
 
     `algorithm` is the class an API caller handed over, when the `algorithm` key cannot name it.
-    A key that is not a core key must be a parameter of the selected algorithm (repgossip.params);
-    a parameter of another built-in algorithm is refused, or with `foreign="drop"` left out (a
-    saved config of an older release recorded every algorithm's keys; a sweep's grid may cross
-    algorithms).
+    A key that is not a core key must be a parameter of a selected component (its algorithm,
+    dataset, model, partition or topology: repgossip.components); a parameter of another built-in
+    component is refused, or with `foreign="drop"` left out (a saved config of an older release
+    recorded every component's keys; a sweep's grid may cross components).
     """
     given: dict[str, Any] = {}
     pending: dict[str, Any] = {}  # keys of a component, coerced once it is known
@@ -247,81 +262,59 @@ def build_config(
             else:
                 pending[key] = value
     given = _resolve(given, algorithm)
-    name = given.get("algorithm", Config.algorithm)
-    cls = algorithm or _named_class(name)
-    given["params"] = _component_params(cls, pending, foreign, name)
+    chosen = {kind: given.get(kind, getattr(Config, kind)) for kind in REGISTRIES}
+    given["params"] = _component_params(chosen, {"algorithm": algorithm}, pending, foreign)
     cfg = Config(**given)
     validate(cfg)
     return cfg
 
 
-def _named_class(name: str) -> type[Algorithm] | None:
-    return None if name.startswith(API_PREFIX) else algorithm_class(name)
-
-
 def _component_params(
-    cls: type[Algorithm] | None, pending: dict[str, Any], foreign: str, name: str
+    chosen: Mapping[str, Any],
+    objects: Mapping[str, Any],
+    pending: dict[str, Any],
+    foreign: str,
 ) -> tuple[tuple[str, Any], ...]:
-    """The selected algorithm's parameters, each the value given (coerced and checked) or its
+    """The selected components' parameters, each the value given (coerced and checked) or its
     default; a given key that none of them is, refused in one line (see build_config)."""
-    declared = declared_params(cls) if cls is not None else ()
-    values = []
-    for param in declared:
-        value = pending.pop(param.name, param.default)
-        value = coerce_as(param.name, value, param.kind)
-        param.check(value)
-        values.append((param.name, value))
+    values: dict[str, Any] = {}
+    for kind, name, params in selected(chosen, objects):
+        for param in params:
+            if param.name in values:
+                raise UsageError(
+                    f"{kind} {shown(name)} declares parameter '{param.name}', which another "
+                    "selected component declares too; one of them must name it apart"
+                )
+            value = coerce_as(param.name, pending.pop(param.name, param.default), param.kind)
+            param.check(value)
+            values[param.name] = value
     for key, value in pending.items():
-        owner = _owner(key)
-        if owner is None:
-            raise UsageError(suggest_key(key, [p.name for p in declared]))
-        if foreign == "refuse" and not _inert(owner, key, value):
+        found = owners(key)
+        if not found:
+            raise UsageError(suggest_key(key, values))
+        if foreign == "refuse" and not _inert(found, key, value):
+            kind = found[0][0]
+            names = " or ".join(f"'{name}'" for k, name in found if k == kind)
             raise UsageError(
-                f"{key} is a key of algorithm '{owner}', not of {shown(name)}; set "
-                f"algorithm={owner} or leave {key} out"
+                f"{key} is a key of {kind} {names}, not of {shown(chosen[kind])} (got "
+                f"{key}={shown(value)}); set {kind}={found[0][1]} or leave {key} out"
             )
-    return tuple(values)
+    return tuple(values.items())
 
 
-def _inert(owner: str, key: str, value: Any) -> bool:
-    """Whether another algorithm's parameter is given as none or as its default: what a config.yaml
-    of an earlier release records for every algorithm (`ditto_lambda: 0.1` in a deprl run), which
-    asks for nothing and is left out. Any other value is a request this run would ignore."""
+def _inert(found: list[tuple[str, str]], key: str, value: Any) -> bool:
+    """Whether another component's parameter is given as none or as its default: what a
+    config.yaml of an earlier release records for every component (`ditto_lambda: 0.1` in a
+    deprl run, `alpha: 0.5` under shards), which asks for nothing and is left out. Any other
+    value is a request this run would ignore."""
     if value is None or (isinstance(value, str) and value.strip().lower() in _NONE_WORDS):
         return True
-    param = next(p for p in ALGORITHMS.get(owner).params if p.name == key)
+    kind, name = found[0]
+    param = next(p for p in params_of(kind, name) if p.name == key)
     try:
         return bool(coerce_as(key, value, param.kind) == param.default)
     except UsageError:
         return False
-
-
-def declared_params(cls: type[Algorithm]) -> tuple[Param, ...]:
-    """`cls.params`, refused in one line unless a tuple of Param with names apart from the core
-    keys and from each other."""
-    params = getattr(cls, "params", ())
-    label = f"algorithm '{getattr(cls, 'name', '') or cls.__name__}'"
-    if not isinstance(params, (tuple, list)) or not all(isinstance(p, Param) for p in params):
-        raise UsageError(f"{label}: params must be a tuple of repgossip.Param, got {shown(params)}")
-    names = [p.name for p in params]
-    clash = next((n for n in names if n in KEYS or names.count(n) > 1), None)
-    if clash is not None:
-        raise UsageError(
-            f"{label}: parameter '{clash}' is a core config key or declared twice; name it apart"
-        )
-    return tuple(params)
-
-
-def _owner(key: str) -> str | None:
-    """The built-in algorithm that declares parameter `key`, if any."""
-    return next(
-        (
-            name
-            for name in ALGORITHMS.names()
-            if key in {p.name for p in ALGORITHMS.get(name).params}
-        ),
-        None,
-    )
 
 
 def _resolve(given: dict[str, Any], algorithm: type[Algorithm] | None) -> dict[str, Any]:
@@ -446,25 +439,19 @@ def validate(cfg: Config) -> None:
         "batch_size",
         "eval_every",
         "checkpoint_every",
-        "classes_per_worker",
         "samples_per_worker",
-        "dim",
-        "rank",
         "head_steps",
         "body_steps",
         "head_epochs",
         "body_epochs",
     ):
         _at_least(cfg, key, 1)
-    for key in ("lr", "lr_head", "lr_body", "alpha"):
+    for key in ("lr", "lr_head", "lr_body"):
         _at_least(cfg, key, 0, strict=True)
     _at_least(cfg, "weight_decay", 0)
     _at_least(cfg, "dist_timeout_s", 0, strict=True)
-    _at_least(cfg, "noise", 0)
     _within(cfg, "momentum", 0.0, 1.0, high_open=True)
     _check_optimizer(cfg)
-    _within(cfg, "edge_prob", 0.0, 1.0)
-    _at_least(cfg, "edge_prob", 0, strict=True)
     _within(cfg, "link_failure_prob", 0.0, 1.0, high_open=True)
     _within(cfg, "worker_dropout_prob", 0.0, 1.0, high_open=True)
     _within(cfg, "lr_decay", 0.0, 1.0)
@@ -472,8 +459,8 @@ def validate(cfg: Config) -> None:
     _check_limits(cfg)
     for key in SIGNATURES:
         _check_plugin(key, getattr(cfg, key))
-    if cfg.rank > cfg.dim:
-        raise UsageError(f"rank must be <= dim, got rank={cfg.rank} dim={cfg.dim}")
+    if cfg.dataset in DATASETS:
+        DATASETS.get(cfg.dataset).check(dict(cfg.params))
     footprint.check_config(cfg)  # last: it needs every size checked
 
 

@@ -161,7 +161,7 @@ def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
     algorithm.check_declarations()
     # the graph first: it is cheaper than the data, and may be refused (too big, disconnected)
     graph = supplied.graph or build_graph(
-        cfg.topology, cfg.workers, edge_prob=cfg.edge_prob, seed=cfg.seed, directed=cfg.directed
+        cfg.topology, cfg.workers, seed=cfg.seed, directed=cfg.directed, **dict(cfg.params)
     )
     if graph.directed:
         _check_push_sum(algorithm, cfg)

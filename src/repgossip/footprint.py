@@ -64,7 +64,7 @@ def _data_bytes(cfg: Config) -> int:
     """The built-in datasets' arrays; 0 for a plug-in dataset, whose size only it knows."""
     if cfg.dataset == "synthetic":
         samples = cfg.samples_per_worker or SYNTHETIC_DEFAULT_SAMPLES
-        return synthetic_bytes(cfg.workers, cfg.dim, cfg.rank, samples, samples)
+        return synthetic_bytes(cfg.workers, cfg.param("dim"), cfg.param("rank"), samples, samples)
     if cfg.dataset in IMAGE_SETS:
         data = IMAGE_SETS[cfg.dataset]
         loaded = (data.train + data.test) * data.pixels * (1 + FLOAT_BYTES)  # uint8, normalized
@@ -77,7 +77,7 @@ def _data_bytes(cfg: Config) -> int:
 def _input(cfg: Config) -> tuple[tuple[int, ...], int] | None:
     """(input shape, outputs) of a built-in dataset; None for a plug-in one."""
     if cfg.dataset == "synthetic":
-        return (cfg.dim,), 0
+        return (cfg.param("dim"),), 0
     if cfg.dataset in IMAGE_SETS:
         return IMAGE_SETS[cfg.dataset].shape, IMAGE_SETS[cfg.dataset].classes
     if cfg.dataset == "hapt":
@@ -138,10 +138,15 @@ def estimate(cfg: Config) -> dict[str, int]:
     """Bytes one process of a run of `cfg` surely needs, by part: graph, data and model rows."""
     rows = model_rows_bytes(cfg, model_parameters(cfg))
     return {
-        "graph": graph_bytes(cfg.topology, cfg.workers, cfg.edge_prob),
+        "graph": graph_bytes(cfg.topology, cfg.workers, _edge_prob(cfg)),
         "data": _data_bytes(cfg),
         "model rows": rows,
     }
+
+
+def _edge_prob(cfg: Config) -> float:
+    """erdos_renyi's edge_prob; no other topology's size depends on it."""
+    return float(dict(cfg.params).get("edge_prob", 0.0))
 
 
 def check_config(cfg: Config) -> None:
@@ -150,7 +155,7 @@ def check_config(cfg: Config) -> None:
     The graph is checked first with its own message (it says which topology is too dense); then
     the sum of all parts, naming the largest so the user knows which knob to turn.
     """
-    check_graph_fits(cfg.topology, cfg.workers, cfg.edge_prob)
+    check_graph_fits(cfg.topology, cfg.workers, _edge_prob(cfg))
     parts = estimate(cfg)
     largest = max(parts, key=lambda k: parts[k])
     shown = ", ".join(f"{name} {format_bytes(size)}" for name, size in parts.items())

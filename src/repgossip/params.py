@@ -1,22 +1,26 @@
 """A component's own parameters: each one's config key, default, range and one line of doc, declared
 next to the code that reads it.
 
-An algorithm lists its parameters (`Algorithm.params`); when a config selects it, they become config
-keys: given with `--set`, in a config file or to `repgossip.run`, checked against their range,
-recorded in config.yaml, listed by `repgossip keys`. A plug-in declares them the same way, so
+A component (an algorithm, dataset, model, partition or topology) lists its parameters in a `params`
+attribute: a class attribute of an algorithm, a field of a built-in dataset's spec, an attribute of
+a function (`with_params`). When a config selects the component they become config keys: given
+with `--set`, in a config file or to `repgossip.run`, checked against their range, recorded in
+config.yaml, listed by `repgossip keys`. A plug-in declares them the same way, so
 `--set algorithm=proxdeprl:ProxDePRL mu=0.1` works. The default is written here and nowhere else.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from repgossip.errors import UsageError
 from repgossip.text import shown
 
 KINDS = (bool, int, float, str)
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -101,3 +105,25 @@ def table_row(owner: str, param: Param) -> str:
 def describe(param: Param) -> str:
     """One line of `repgossip keys`."""
     return f"  {param.name} = {shown_default(param)}  ({param.range_text()})  {param.doc}"
+
+
+def with_params(function: F, *params: Param) -> F:
+    """`function` declaring `params` (its `params` attribute): how a function-shaped component
+    (a partition scheme, a topology builder, a plug-in dataset or model factory) takes keys."""
+    function.params = params  # type: ignore[attr-defined]
+    return function
+
+
+def declared(component: Any, label: str, reserved: Collection[str]) -> tuple[Param, ...]:
+    """`component.params` (none when it has no such attribute), refused in one line unless a
+    tuple of Param whose names are apart from the `reserved` keys and from each other."""
+    params = getattr(component, "params", ())
+    if not isinstance(params, (tuple, list)) or not all(isinstance(p, Param) for p in params):
+        raise UsageError(f"{label}: params must be a tuple of repgossip.Param, got {shown(params)}")
+    names = [p.name for p in params]
+    clash = next((n for n in names if n in reserved or names.count(n) > 1), None)
+    if clash is not None:
+        raise UsageError(
+            f"{label}: parameter '{clash}' is a core config key or declared twice; name it apart"
+        )
+    return tuple(params)

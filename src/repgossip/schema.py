@@ -21,12 +21,9 @@ class Config:
     head: str | None = None
     workers: int = 16
     partition: str = "shards"
-    alpha: float = 0.5
-    classes_per_worker: int = 2
     samples_per_worker: int | None = 100
     reread_data: str = "auto"
     topology: str = "ring"
-    edge_prob: float = 0.3
     mixing: str = "metropolis"
     link_failure_prob: float = 0.0
     worker_dropout_prob: float = 0.0
@@ -55,9 +52,6 @@ class Config:
     dist_timeout_s: float = 300.0
     device: str = "auto"
     checkpoint_every: int = 10
-    dim: int = 20
-    rank: int = 2
-    noise: float = 0.1
     share_bn_stats: bool = False
     tensorboard: bool = False
     directed: bool = False

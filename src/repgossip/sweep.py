@@ -97,13 +97,13 @@ def plan(
 
 def _refuse_unused(configs: Sequence[Config], given: Sequence[str]) -> None:
     """A component's parameter that no point of the grid takes (each point leaves out those of
-    algorithms it does not run) was given for nothing: refuse it, naming the key."""
+    components it does not select) was given for nothing: refuse it, naming the key."""
     taken = {key for cfg in configs for key in cfg.to_dict()}
     unused = next((key for key in given if key not in taken), None)
     if unused is not None:
         raise UsageError(
-            f"{unused} is a parameter of an algorithm that no grid point runs; leave it out or "
-            "add that algorithm to the grid"
+            f"{unused} is a parameter of a component (an algorithm, dataset, model, partition or "
+            "topology) that no grid point selects; leave it out or add that component to the grid"
         )
 
 

@@ -9,7 +9,7 @@ that fit them and their default learning rate; `--set dataset=package.module:fun
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ from repgossip.data.sources import load_fmnist, make_synthetic
 from repgossip.errors import UsageError, described, user_code_failed
 from repgossip.memory import SYNTHETIC_DEFAULT_SAMPLES
 from repgossip.metrics import subspace_distance
+from repgossip.params import Param
 from repgossip.registry import Factory, Registry, call_with_accepted, is_plugin_ref
 
 if TYPE_CHECKING:
@@ -46,6 +47,23 @@ class DatasetSpec:
     default_lr: float
     models: tuple[str, ...]  # built-in models that fit its inputs
     summary: str = ""
+    params: tuple[Param, ...] = ()  # its own config keys (repgossip.params)
+    # refuses, in one line, values of `params` that are valid alone but not together
+    check: Callable[[Mapping[str, Any]], None] = lambda values: None
+
+
+SYNTHETIC_PARAMS = (
+    Param("dim", 20, "x in R^d", low=1),
+    Param(
+        "rank", 2, "B* is d x k: the shared representation's rank, the linear body's width", low=1
+    ),
+    Param("noise", 0.1, "label noise std", low=0),
+)
+
+
+def _check_synthetic(values: Mapping[str, Any]) -> None:
+    if values["rank"] > values["dim"]:
+        raise UsageError(f"rank must be <= dim, got rank={values['rank']} dim={values['dim']}")
 
 
 def _fmnist(cfg: Config) -> Federation:
@@ -57,13 +75,14 @@ def _fmnist(cfg: Config) -> Federation:
 
 def _synthetic(cfg: Config) -> Federation:
     samples = cfg.samples_per_worker or SYNTHETIC_DEFAULT_SAMPLES  # what memory.py counts too
-    task = make_synthetic(cfg.workers, cfg.dim, cfg.rank, samples, cfg.noise, seed=cfg.seed)
+    dim, rank = cfg.param("dim"), cfg.param("rank")
+    task = make_synthetic(cfg.workers, dim, rank, samples, cfg.param("noise"), seed=cfg.seed)
     train_x, train_y, test_x, test_y = (
         [torch.from_numpy(a) for a in arrays]
         for arrays in (task.x_train, task.y_train, task.x_test, task.y_test)
     )
-    return Federation(train_x, train_y, test_x, test_y, (cfg.dim,), 0,
-                      body_metrics=_subspace_metric(task.b_star, cfg.rank, cfg.dim),
+    return Federation(train_x, train_y, test_x, test_y, (dim,), 0,
+                      body_metrics=_subspace_metric(task.b_star, rank, dim),
                       split="generated per worker (synthetic)")  # fmt: skip
 
 
@@ -115,7 +134,15 @@ DATASETS.register(
 )
 DATASETS.register(
     "synthetic",
-    DatasetSpec(_synthetic, "linear", 0.01, ("linear",), "linear representation, regression"),
+    DatasetSpec(
+        _synthetic,
+        "linear",
+        0.01,
+        ("linear",),
+        "linear representation, regression",
+        SYNTHETIC_PARAMS,
+        _check_synthetic,
+    ),  # fmt: skip
 )
 _IMAGE_MODELS = ("vgg11", "resnet18", "alexnet", "mlp")  # 3x32x32 inputs; cnn needs 28x28
 DATASETS.register(
@@ -176,8 +203,9 @@ def load_federation(cfg: Config, data: Any = None) -> Federation:
         )
     function: Any = DATASETS.get(cfg.dataset)  # a plug-in: a function, checked by the registry
     try:
+        own = dict(cfg.params)  # the selected components' parameters, by the names it takes
         produced = call_with_accepted(
-            function, config=cfg, workers=cfg.workers, seed=cfg.seed, data_dir=cfg.data_dir
+            function, config=cfg, workers=cfg.workers, seed=cfg.seed, data_dir=cfg.data_dir, **own
         )
     except UsageError:
         raise

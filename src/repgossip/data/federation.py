@@ -40,7 +40,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from repgossip.data.partition import partition, test_split
+from repgossip.data.partition import PARTITIONS, partition, test_split
 from repgossip.errors import UsageError, described, first_line, user_code_failed
 from repgossip.streams import global_generators, read_seed
 
@@ -406,11 +406,15 @@ def partitioned(
     return fed
 
 
+def _scheme_params(cfg: Config) -> dict[str, Any]:
+    """The configured partition scheme's own parameters and their values."""
+    return {p.name: cfg.param(p.name) for p in getattr(PARTITIONS.get(cfg.partition), "params", ())}
+
+
 def _scheme_keys(cfg: Config) -> str:
     """The keys the configured partition scheme reads, as a note shows them."""
-    if cfg.partition == "shards":
-        return f" (classes_per_worker={cfg.classes_per_worker})"
-    return f" (alpha={cfg.alpha})" if cfg.partition.startswith("dirichlet") else ""
+    own = ", ".join(f"{k}={v}" for k, v in _scheme_params(cfg).items())
+    return f" ({own})" if own else ""
 
 
 def _cap(cfg: Config) -> str:
@@ -427,10 +431,9 @@ def _classification_split(
         y_train,
         cfg.workers,
         cfg.partition,
-        alpha=cfg.alpha,
-        classes_per_worker=cfg.classes_per_worker,
         samples_per_worker=cfg.samples_per_worker,
         seed=cfg.seed,
+        **_scheme_params(cfg),
     )
     if len(y_test) < cfg.workers:
         raise UsageError(

@@ -10,7 +10,8 @@ arrays are int64 and SORTED ascending: the order carries no information (each wo
 own batches from its own random stream), and sorted output makes results easy to compare and hash.
 
 Schemes are registered in PARTITIONS by name; a scheme is a function
-`(labels, workers, n, rng, *, alpha, classes_per_worker) -> list of index arrays`.
+`(labels, workers, n, rng, **params) -> list of index arrays` that declares its own parameters
+(`alpha`, `classes_per_worker`: repgossip.params), which are config keys when it is selected.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ from typing import Any
 import numpy as np
 
 from repgossip.errors import UsageError
+from repgossip.params import Param, with_params
 from repgossip.registry import Registry
+
+ALPHA = Param("alpha", 0.5, "Dirichlet concentration (smaller: more skewed)", low=0, low_open=True)
+CLASSES_PER_WORKER = Param("classes_per_worker", 2, "distinct classes per worker", low=1)
 
 
 def partition(
@@ -29,13 +34,13 @@ def partition(
     workers: int,
     scheme: str,
     *,
-    alpha: float = 0.5,
-    classes_per_worker: int = 2,
     samples_per_worker: int | None = None,
     seed: int = 0,
+    **params: Any,
 ) -> list[np.ndarray]:
     """Indices into `labels` for each worker: sorted int64 arrays, of equal length n (at most
-    `samples_per_worker`) except under dirichlet_classwise, whose sizes average n.
+    `samples_per_worker`) except under dirichlet_classwise, whose sizes average n. `params` are
+    the scheme's own (`alpha=0.1`); one left out takes its declared default.
 
     No index is used twice, no worker is empty, and the result is a pure function of the arguments
     (the seed fixes all randomness), so a run can be reproduced and resumed.
@@ -44,9 +49,14 @@ def partition(
     split = PARTITIONS.get(scheme)
     if scheme == NATURAL:
         raise _no_users()
+    declared = {p.name: p.default for p in split.params}  # type: ignore[attr-defined]
+    unknown = next((k for k in params if k not in declared), None)
+    if unknown is not None:
+        takes = ", ".join(declared) or "nothing"
+        raise UsageError(f"partition '{scheme}' takes no {unknown}; it takes: {takes}")
     n = _equal_size(len(labels), workers, samples_per_worker)
     rng = np.random.default_rng(seed)
-    return split(labels, workers, n, rng, alpha=alpha, classes_per_worker=classes_per_worker)
+    return split(labels, workers, n, rng, **{**declared, **params})
 
 
 def _iid(
@@ -124,11 +134,11 @@ CLASSWISE_TRIES = 100  # seeded redraws before giving up: bounded, never an endl
 PartitionScheme = Callable[..., list[np.ndarray]]
 PARTITIONS: Registry[PartitionScheme] = Registry("partition")
 for _name, _scheme in (
-    ("dirichlet", _dirichlet),
-    ("shards", _shards),
-    ("iid", _iid),
-    ("dirichlet_classwise", _dirichlet_classwise),
-    (NATURAL, _natural),
+    ("dirichlet", with_params(_dirichlet, ALPHA)),
+    ("shards", with_params(_shards, CLASSES_PER_WORKER)),
+    ("iid", with_params(_iid)),
+    ("dirichlet_classwise", with_params(_dirichlet_classwise, ALPHA)),
+    (NATURAL, with_params(_natural)),
 ):
     PARTITIONS.register(_name, _scheme)
 EQUAL_SIZE = ("dirichlet", "shards", "iid")  # the schemes that give every worker n samples

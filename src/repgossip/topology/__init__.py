@@ -20,6 +20,8 @@ networkx object), `mixing` (W), `spectrum` (the spectral gap); `describe` here p
 
 from __future__ import annotations
 
+from typing import Any
+
 from repgossip.topology.builders import (
     DIRECTED_TOPOLOGIES,
     TOPOLOGIES,
@@ -68,10 +70,10 @@ def describe(
     name: str,
     workers: int,
     *,
-    edge_prob: float = 0.3,
     mixing: str = "metropolis",
     seed: int = 0,
     directed: bool = False,
+    **params: Any,
 ) -> dict:
     """JSON-able summary of a topology and its mixing matrix, for `repgossip topology` and logs;
     `name` and `mixing` may be files (an edge list or adjacency, a W matrix) as everywhere else.
@@ -80,7 +82,7 @@ def describe(
     time-varying graph repeats); its `edges` are directed links (of the union over a period), its
     degrees out-degrees, its `connected` strong connectivity, its `mixing` "out_degree" (see
     `_out_split`) and its `spectral_gap` the per-round rate of `_directed_gap`."""
-    graph = build_graph(name, workers, edge_prob=edge_prob, seed=seed, directed=directed)
+    graph = build_graph(name, workers, seed=seed, directed=directed, **params)
     w = mixing_matrix(graph, mixing)
     deg = graph.degrees
     info = {

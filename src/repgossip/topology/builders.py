@@ -1,6 +1,7 @@
-"""The named topologies (`TOPOLOGIES`), a graph from a name, a file or a networkx object
+"""The named topologies (`TOPOLOGIES`), a graph from a name, a plug-in, a file or a networkx object
 (`build_graph`, `graph_from_object`), and the memory a graph of N workers will take, checked
-before it is built."""
+before it is built. A topology declares its own parameters (erdos_renyi's `edge_prob`:
+repgossip.params), which are config keys when it is selected."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from repgossip import memory
-from repgossip.errors import UsageError
-from repgossip.registry import Registry, call_with_accepted
+from repgossip.errors import UsageError, described, user_code_failed
+from repgossip.params import Param, with_params
+from repgossip.registry import Factory, Registry, call_with_accepted, is_plugin_ref
 from repgossip.topology.files import (
     ADJACENCY_SUFFIXES,
     EDGE_LIST_BYTES_PER_FILE_BYTE,
@@ -197,11 +199,20 @@ def _edge_list(path: Path, workers: int, directed: bool = False) -> Graph:
     return Graph.from_pairs(workers, edges, directed=directed)
 
 
-# Named topologies: builders called with whichever of `workers`, `edge_prob`, `seed` they name.
+EDGE_PROB = Param(
+    "edge_prob", 0.3, "probability of each link (redrawn until connected)",
+    low=0, low_open=True, high=1,
+)  # fmt: skip
+# Named topologies: builders called with whichever of `workers`, `seed` and their own parameters
+# they name. A plug-in is a function of the same arguments returning a networkx graph or an
+# (N, N) adjacency (`graph_from_object`), or a Graph.
 TOPOLOGIES: Registry[Callable[..., Graph]] = Registry(
-    "topology", extra="a path to an edge-list file or a .npy/.npz adjacency"
+    "topology",
+    plugins=Factory(returns=" that returns a networkx graph or an (N, N) adjacency"),
+    extra="a path to an edge-list file or a .npy/.npz adjacency",
 )
-for _name, _builder in (("ring", _ring), ("torus", _torus), ("erdos_renyi", _erdos_renyi),
+for _name, _builder in (("ring", _ring), ("torus", _torus),
+                        ("erdos_renyi", with_params(_erdos_renyi, EDGE_PROB)),
                         ("complete", _complete), ("exponential", _exponential), ("star", _star),
                         ("directed_ring", _directed_ring),
                         ("directed_exponential", _directed_exponential),
@@ -212,10 +223,12 @@ DIRECTED_TOPOLOGIES = ("directed_ring", "directed_exponential", "one_peer_expone
 
 
 def build_graph(
-    name: str, workers: int, *, edge_prob: float = 0.3, seed: int = 0, directed: bool = False
+    name: str, workers: int, *, seed: int = 0, directed: bool = False, **params: Any
 ) -> Graph:
-    """The communication graph: `name` is one of TOPOLOGIES or a path to an edge-list or adjacency
-    file, read as directed links (i -> j) when `directed`.
+    """The communication graph: `name` is one of TOPOLOGIES, a plug-in (`package.module:function`)
+    or a path to an edge-list or adjacency file, read as directed links (i -> j) when `directed`.
+    `params` are the topology's own (`edge_prob=0.5`); those of other topologies are ignored, so
+    one call serves every name.
 
     Raises UsageError if the graph is disconnected (for N > 1; a directed graph must be strongly
     connected, a time-varying one over a period): gossip on a disconnected graph never reaches
@@ -224,16 +237,45 @@ def build_graph(
     workers = _check_workers(workers)
     seed = _check_nonneg_int("seed", seed)
     name = str(name)
-    check_graph_fits(name, workers, edge_prob)
+    check_graph_fits(name, workers, params.get("edge_prob", EDGE_PROB.default))
     if name in TOPOLOGIES:
         _check_directed_name(name, directed)
+        builder = TOPOLOGIES.get(name)
         graph = call_with_accepted(
-            TOPOLOGIES.get(name), workers=workers, edge_prob=edge_prob, seed=seed
+            builder, workers=workers, seed=seed, **_with_defaults(builder, params)
         )
+    elif is_plugin_ref(name):
+        graph = _plugin_graph(name, workers, seed, params)
     else:
         graph = _graph_file(_topology_file(name), workers, directed)
     _require_connected(graph, f"topology {name!r}")
     return graph
+
+
+def _with_defaults(builder: Callable[..., Any], params: dict[str, Any]) -> dict[str, Any]:
+    """`params` with the builder's own parameters it lacks at their declared defaults."""
+    return {**{p.name: p.default for p in getattr(builder, "params", ())}, **params}
+
+
+def _plugin_graph(name: str, workers: int, seed: int, params: dict[str, Any]) -> Graph:
+    """The graph a topology plug-in returns, checked as a graph handed over in Python is; a
+    directed plug-in returns a directed Graph."""
+    builder = TOPOLOGIES.get(name)
+    try:
+        made = call_with_accepted(
+            builder, workers=workers, seed=seed, **_with_defaults(builder, params)
+        )
+    except UsageError:
+        raise
+    except Exception as err:
+        raise user_code_failed(f"topology plug-in '{name}' raised {described(err)}", err) from None
+    if not isinstance(made, Graph):
+        return graph_from_object(made, workers)
+    if made.workers != workers:
+        raise UsageError(
+            f"topology plug-in '{name}' returned {made.workers} nodes but workers={workers}"
+        )
+    return made
 
 
 def _check_directed_name(name: str, directed: bool) -> None:
