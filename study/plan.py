@@ -147,7 +147,7 @@ def _noise() -> list[Sweep]:
               ("fedrod_schedule=interleaved,sequential", LAST_BATCH_POLICIES, f"seed={SEEDS3}"),
               ("algorithm=fedrod",)),
         # Hsu's class-wise Dirichlet split, where workers hold 68 to 304 samples (seed 0), so
-        # remainders of 1 to 15: the setting where the peer's FedAvg and FedRoD were higher.
+        # remainders of 0 to 15: the setting where the peer's FedAvg and FedRoD were higher.
         Sweep("noise", "noise-classwise-fedavg", "noise.yaml",
               (LAST_BATCH_POLICIES, "seed=0,1"), ("algorithm=fedavg", *CLASSWISE)),
         Sweep("noise", "noise-classwise-fedrod", "noise.yaml",

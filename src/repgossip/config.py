@@ -302,6 +302,13 @@ def _component_params(
     return tuple(values.items())
 
 
+def inert(key: str, value: Any) -> bool:
+    """Whether `value` for built-in component parameter `key` asks for nothing: none or its
+    default (False for a core key or a key no built-in declares)."""
+    found = [] if key in KEYS else owners(key)
+    return bool(found) and _inert(found, key, value)
+
+
 def _inert(found: list[tuple[str, str]], key: str, value: Any) -> bool:
     """Whether another component's parameter is given as none or as its default: what a
     config.yaml of an earlier release records for every component (`ditto_lambda: 0.1` in a

@@ -34,7 +34,14 @@ from typing import Any
 
 import torch
 
-from repgossip.config import Config, as_it_ran, build_config, changed_keys, load_resolved
+from repgossip.config import (
+    Config,
+    as_it_ran,
+    build_config,
+    changed_keys,
+    inert,
+    load_resolved,
+)
 from repgossip.configfile import read_yaml
 from repgossip.errors import RepgossipError, UsageError, WorkerDied, plugin_traceback
 from repgossip.experiment import preflight, resolve_device
@@ -84,7 +91,7 @@ def plan(
         for v, n in zip(values, names, strict=True)
     ]
     _refuse_duplicates(configs, names, values)
-    _refuse_unused(configs, [*base, *grid])
+    _refuse_unused(configs, [*(k for k, v in base.items() if not inert(k, v)), *grid])
     points = [
         _decide(Point(v, n, out / n, c), resume=resume, force=force)
         for v, n, c in zip(values, names, configs, strict=True)
@@ -97,7 +104,9 @@ def plan(
 
 def _refuse_unused(configs: Sequence[Config], given: Sequence[str]) -> None:
     """A component's parameter that no point of the grid takes (each point leaves out those of
-    components it does not select) was given for nothing: refuse it, naming the key."""
+    components it does not select) was given for nothing: refuse it, naming the key. The base's
+    keys at none or their default ask for nothing (a config file shared by several sweeps) and
+    are not given here."""
     taken = {key for cfg in configs for key in cfg.to_dict()}
     unused = next((key for key in given if key not in taken), None)
     if unused is not None:
