@@ -102,8 +102,18 @@ def _pays() -> list[Sweep]:
     ]  # fmt: skip
 
 
+# The theorem's quantity against N; a full-batch control (batch = all 100 samples: no gradient
+# noise) shows which part of the floor is the stochastic term.
+STATIONARITY_WORKERS = "4,8,16,32,64,128,256"
+
+
 def _speedup() -> list[Sweep]:
     return [
+        Sweep("speedup", "stationarity", "stationarity.yaml",
+              (f"workers={STATIONARITY_WORKERS}", "topology=complete,ring", f"seed={SEEDS3}")),
+        Sweep("speedup", "stationarity-fullbatch", "stationarity.yaml",
+              (f"workers={STATIONARITY_WORKERS}", f"seed={SEEDS3}"),
+              ("topology=complete", "batch_size=100")),
         Sweep("speedup", "speedup-synthetic", "speedup-synthetic.yaml",
               (f"workers={WORKER_COUNTS}", "topology=ring,complete", f"seed={SEEDS5}")),
         Sweep("speedup", "speedup-fmnist", "speedup-fmnist.yaml",

@@ -15,6 +15,7 @@ import argparse
 import csv
 import io
 import json
+import math
 import re
 import statistics
 import sys
@@ -574,6 +575,105 @@ def speedup_figure(runs: list[Run]) -> Path | None:
     return _save(fig, "speedup.png") if drawn else None
 
 
+# The theorem's quantity (stationarity=true) against N: each setting's sweep, grid topology, label.
+@dataclass(frozen=True)
+class Floors:
+    sweep: str
+    topology: str
+    label: str
+
+
+STATIONARITY_SETTINGS = (
+    Floors("stationarity", "complete", "complete, batch 16"),
+    Floors("stationarity", "ring", "ring, batch 16"),
+    Floors("stationarity-fullbatch", "complete", "complete, full batch"),
+)
+STATIONARITY_TERMS = ("stationarity_body", "stationarity_head")
+
+
+def floor(run: Run, key: str) -> float | None:
+    """The mean of `key` over the evaluations of the second half of the run: the level the
+    stochastic and consensus terms hold it at once the initial decrease is over."""
+    records = run.metrics()
+    last = max((int(r["round"]) for r in records), default=0)
+    late = [float(r[key]) for r in records if int(r["round"]) > last / 2 and key in r]
+    return statistics.mean(late) if late else None
+
+
+def floors(runs: list[Run], setting: Floors, key: str) -> dict[int, list[float]]:
+    """Each worker count's floors of `key`, one per seed that ran."""
+    by: dict[int, list[float]] = defaultdict(list)
+    own = [r for r in runs if r.sweep == setting.sweep and r.matches(topology=setting.topology)]
+    for run in own:  # the sweep itself: "stationarity" is a prefix of the full-batch control's
+        value = floor(run, key) if run.summary else None
+        if value is not None:
+            by[int(run.config["workers"])].append(value)
+    return dict(sorted(by.items()))
+
+
+def fitted_slope(by_workers: dict[int, list[float]]) -> float | None:
+    """Least-squares slope of log(floor) against log(N) over every seed's point: -1 is the
+    theorem's 1/N, 0 no dependence on N."""
+    points = [(math.log(n), math.log(v)) for n, vs in by_workers.items() for v in vs if v > 0]
+    if len({x for x, _ in points}) < 2:
+        return None
+    mean_x = statistics.mean(x for x, _ in points)
+    mean_y = statistics.mean(y for _, y in points)
+    num = sum((x - mean_x) * (y - mean_y) for x, y in points)
+    return num / sum((x - mean_x) ** 2 for x, _ in points)
+
+
+def _sci(xs: list[float]) -> str:
+    if not xs:
+        return "n/a"
+    if len(xs) == 1:
+        return f"{xs[0]:.3g}"
+    return f"{statistics.mean(xs):.3g} ± {statistics.stdev(xs):.2g}"
+
+
+def stationarity_block(runs: list[Run]) -> str:
+    columns = [(s, k) for s in STATIONARITY_SETTINGS for k in STATIONARITY_TERMS]
+    data = {column: floors(runs, *column) for column in columns}
+    workers = sorted({n for by in data.values() for n in by})
+    rows = [[n, *(_sci(data[c].get(n, [])) for c in columns)] for n in workers]
+    slopes = [fitted_slope(data[c]) for c in columns]
+    rows.append(["fitted slope", *(f"{s:+.2f}" if s is not None else "n/a" for s in slopes)])
+    header = ["workers N"] + [f"{s.label}: {k.removeprefix('stationarity_')}" for s, k in columns]
+    return table(header, rows)
+
+
+def stationarity_figure(runs: list[Run]) -> Path | None:
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    drawn = False
+    for ax, key in zip(axes, STATIONARITY_TERMS, strict=True):
+        for setting in STATIONARITY_SETTINGS:
+            by = floors(runs, setting, key)
+            if not by:
+                continue
+            drawn = True
+            ns = list(by)
+            means = [statistics.mean(by[n]) for n in ns]
+            line = ax.plot(ns, means, marker="o", label=setting.label)[0]
+            for n in ns:
+                ax.scatter([n] * len(by[n]), by[n], s=8, color=line.get_color(), alpha=0.5)
+            slope = fitted_slope(by)
+            if slope is not None:
+                anchor = math.exp(statistics.mean(math.log(m) for m in means if m > 0))
+                middle = math.exp(statistics.mean(math.log(n) for n in ns))
+                fit = [anchor * (n / middle) ** slope for n in ns]
+                ax.plot(ns, fit, linestyle=":", color=line.get_color(),
+                        label=f"fit: slope {slope:+.2f}")  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("workers N")
+        ax.set_ylabel(f"{key}, second-half mean")
+        ax.set_title(key.replace("stationarity_", "") + " term", fontsize=9)
+        ax.grid(alpha=0.3)
+        if drawn:
+            ax.legend(fontsize=7)
+    return _save(fig, "stationarity.png") if drawn else None
+
+
 # ---------------------------------------------------------------- part 4: topology
 
 
@@ -768,6 +868,7 @@ def blocks(runs: list[Run]) -> dict[str, str]:
         "pays-long": pays_long_block(runs),
         "knobs": knobs_block(runs),
         "speedup": speedup_block(runs),
+        "stationarity": stationarity_block(runs),
         "topology": topology_block(runs),
         "ablations": ablations_block(runs),
         "noise": noise_block(runs),
@@ -786,7 +887,8 @@ def main(argv: list[str] | None = None) -> int:
     text = RESULTS.read_text()
     for name, body in blocks(runs).items():
         text = fill(text, name, body)  # first: a missing block stops before anything is written
-    for figure in (pays_figure, pays_long_figure, speedup_figure, topology_figure):
+    figures = (pays_figure, pays_long_figure, speedup_figure, stationarity_figure, topology_figure)
+    for figure in figures:
         path = figure(runs)
         if path:
             print(f"wrote {path.relative_to(ROOT)}")

@@ -173,3 +173,31 @@ def test_the_noise_block_reads_the_late_rounds_spread(tmp_path: Path) -> None:
     row = next(line for line in report.noise_block(runs).splitlines() if "| drop |" in line)
     # per seed: mean 0.80 and 0.70, round-to-round std 0.02 and 0
     assert row == "| ditto | drop | 2 | 0.750 ± 0.071 | 0.0100 ± 0.0141 | n/a |"
+
+
+def test_stationarity_floors_and_their_fitted_slope(tmp_path: Path) -> None:
+    """The floor is the mean of the second half's evaluations; the slope is fitted on log-log
+    over every seed: floors of c/N give -1 exactly, floors independent of N give 0."""
+    for workers in (4, 16, 64):
+        for seed in (0, 1):
+            folder = tmp_path / "stationarity" / f"w{workers}-s{seed}"
+            folder.mkdir(parents=True)
+            config = {"dataset": "synthetic", "workers": workers, "topology": "complete",
+                      "seed": seed}  # fmt: skip
+            (folder / "config.yaml").write_text(yaml.safe_dump(config))
+            (folder / "summary.json").write_text(json.dumps({"subspace_dist": 0.1}))
+            records = [
+                {"round": r, "stationarity_body": (9.0 if r <= 2 else 8.0 / workers),
+                 "stationarity_head": (5.0 if r <= 2 else 0.5 + 0.1 * seed)}
+                for r in (0, 1, 2, 3, 4)
+            ]  # fmt: skip
+            (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    runs = report.load_runs(tmp_path)
+    setting = report.STATIONARITY_SETTINGS[0]
+    body = report.floors(runs, setting, "stationarity_body")
+    assert body == {4: [2.0, 2.0], 16: [0.5, 0.5], 64: [0.125, 0.125]}  # rounds 3 and 4 only
+    assert report.fitted_slope(body) == pytest.approx(-1.0)
+    head = report.floors(runs, setting, "stationarity_head")
+    assert report.fitted_slope(head) == pytest.approx(0.0, abs=1e-12)
+    row = report.stationarity_block(runs).splitlines()[-1]
+    assert row.startswith("| fitted slope | -1.00 | +0.00 | n/a |")

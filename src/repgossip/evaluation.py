@@ -105,3 +105,48 @@ def _worker(pop: Population, scratch: Scratch, local: int, model: str, predict: 
         len(pop.test_y[local]),
         _metric(pop, test_out, pop.test_y[local]),
     )
+
+
+def gradients_at_mean_body(
+    pop: Population, mean_body: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(body gradients, squared head-gradient norms) of this process's workers: each worker's
+    full-batch gradient of its training loss at the parameters (mean_body, its own head), in eval
+    mode, in float64 (local workers x body width, and local workers).
+
+    These are the two terms of the stationarity DePRL's theorem bounds (`stationarity=true`): the
+    gradient of the global objective in the shared representation at the workers' average body,
+    and each worker's head gradient there. Full-batch, so no sampling noise enters the measure."""
+    body, head = pop.layout.part("body"), pop.layout.part("head")
+    everyone = list(range(len(pop)))
+    with pop.pool.one_thread_per_worker() as threads:
+        grads = pop.pool.each(
+            everyone, lambda scratch, local: _full_gradient(pop, scratch, local, mean_body), threads
+        )
+    stacked_grads = torch.stack(grads) if grads else torch.zeros(0, pop.layout.size)
+    body_grads = stacked_grads[:, body].double()
+    head_norms = stacked_grads[:, head].double().square().sum(dim=1)
+    return body_grads, head_norms
+
+
+def _full_gradient(
+    pop: Population, scratch: Scratch, local: int, mean_body: torch.Tensor
+) -> torch.Tensor:
+    """Worker `local`'s gradient (one flat row) of its mean training loss over all its samples,
+    with the body replaced by `mean_body`: chunk losses weighted by their share of the samples."""
+    own = pop.worker_rows(local)
+    params = own.params.clone()
+    params[pop.layout.part("body")] = mean_body.to(params.dtype)
+    scratch.bind(
+        type(own)(params, own.buffers.clone(), own.int_buffers.clone()), slice(0, len(params))
+    )
+    scratch.start(None, training=False)
+    scratch.grad.zero_()
+    x, y = pop.train_x[local], pop.train_y[local]
+    total = len(y)
+    for xs, ys in zip(x.split(FULL_BATCH_CHUNK), y.split(FULL_BATCH_CHUNK), strict=True):
+        (pop.loss(scratch.module(xs), ys) * (len(ys) / total)).backward()
+    return scratch.grad.clone()
+
+
+FULL_BATCH_CHUNK = 1024  # samples per forward of a full-batch gradient: bounded activation memory

@@ -121,6 +121,8 @@ def evaluate(exp: Experiment, round_done: int) -> tuple[dict[str, float], dict[s
     if exp.federation.body_metrics is not None:  # the task's own (synthetic: subspace_dist)
         mean_body = shared_mean(exp, "body")
         record.update(exp.federation.body_metrics(mean_body, exp.population.model.body))
+    if exp.cfg.stationarity:
+        record.update(stationarity(exp))
     if not exp.federation.regression:
         record.update(accuracy_summary(stats["correct"], stats["count"]))
         per_worker["per_worker_acc"] = (stats["correct"] / stats["count"]).tolist()
@@ -130,6 +132,22 @@ def evaluate(exp: Experiment, round_done: int) -> tuple[dict[str, float], dict[s
         record["test_metric_mean"] = float(stats["metric"].mean())
         per_worker["per_worker_metric"] = stats["metric"].tolist()
     return record, per_worker
+
+
+def stationarity(exp: Experiment) -> dict[str, float]:
+    """The quantity DePRL's theorem bounds, at the current parameters: `stationarity_body`, the
+    squared norm of the average over workers of each worker's full-batch body gradient at the
+    workers' average body, and `stationarity_head`, the mean over workers of each one's squared
+    head gradient there. Sums run in worker order in float64, so no process layout or thread
+    count changes a bit."""
+    mean_body = shared_mean(exp, "body")
+    body_grads, head_norms = evaluation.gradients_at_mean_body(exp.population, mean_body)
+    average = exp.engine.ordered_sum(body_grads) / exp.cfg.workers
+    heads = exp.engine.assemble(head_norms.unsqueeze(1)).squeeze(1)
+    return {
+        "stationarity_body": float(average.square().sum()),
+        "stationarity_head": math.fsum(heads.tolist()) / exp.cfg.workers,
+    }
 
 
 def _check_metrics(record: dict[str, float], stats: dict[str, np.ndarray], round_done: int) -> None:

@@ -60,6 +60,7 @@ class Config:
     reset_momentum: bool = True
     loss: str | None = None
     metric: str | None = None
+    stationarity: bool = False
 
     # the selected components' own parameters (repgossip.params), resolved: (key, value) pairs
     params: tuple[tuple[str, Any], ...] = ()
