@@ -63,6 +63,20 @@ def chain(workers, hops):
 
 
 with_params(chain, Param("hops", 1, "neighbours on each side", low=1))
+
+
+def named(workers, name):
+    return np.ones((workers, workers))
+
+
+with_params(named, Param("name", 1, "a parameter named as a builder's argument"))
+
+
+def given(workers):
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(20, 4, generator=gen) for _ in range(workers)]
+    ys = [torch.randint(0, 2, (20,), generator=gen) for _ in range(workers)]
+    return xs, ys, xs, ys
 '''
 TOYS = ("algorithm=toykit:Scaled", "dataset=toykit:blobs", "model=toykit:narrow",
         "topology=toykit:chain", "workers=6", "rounds=2")  # fmt: skip
@@ -149,3 +163,52 @@ def test_the_linear_models_rank_without_a_config_is_the_synthetic_datasets_defau
 
     rank = next(p.default for p in SYNTHETIC_PARAMS if p.name == "rank")
     assert build_model("linear", (20,), 0).body.out_features == rank
+
+
+@pytest.mark.parametrize(
+    ("sets", "needles"),
+    [
+        (("topology=toykit:named",), ("parameter 'name'", "argument components are called with")),
+        (("directed=true",), ("directed=true", "undirected graph")),
+        (("hops=" + "9" * 30,), ("hops must be <= 9223372036854775807", "64-bit")),
+    ],
+    ids=["param-named-like-an-argument", "directed-undirected-plugin", "huge-integer"],
+)
+def test_what_a_hostile_review_found_is_one_line_and_exit_2(toykit, capsys, sets, needles):
+    argv = ["run", "--quiet", "--set", *TOYS, *sets, "--out", str(toykit / "x")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(n in err for n in needles), err
+
+
+def test_resuming_checks_the_keys_given_now(toykit, capsys):
+    """A saved config's keys of components not selected are left out on resume; a key the user
+    gives now is checked as in a fresh run."""
+    assert _run(toykit / "r", *TOYS)[0] == 0
+    resumed = ["run", "--quiet", "--resume", "--out", str(toykit / "r"), "--set", "rounds=3"]
+    assert main([*resumed, "alpha=banana"]) == 2
+    assert "alpha is a key of partition" in capsys.readouterr().err
+    assert main(resumed) == 0
+
+
+def test_data_given_per_worker_records_no_split_key_and_reruns_from_its_config(toykit):
+    code, saved, _ = _run(toykit / "g", "dataset=toykit:given", "workers=4", "rounds=1",
+                          "partition=dirichlet", "alpha=0.1")  # fmt: skip
+    assert code == 0 and saved["partition"] == "natural" and "alpha" not in saved
+    again = ["run", "--quiet", "--config", str(toykit / "g" / "config.yaml")]
+    assert main([*again, "--out", str(toykit / "g2")]) == 0
+
+
+def test_a_sweep_crosses_a_plugin_and_a_builtin_with_the_plugins_key(toykit):
+    sets = ["--set", "workers=4", "samples_per_worker=20", "rounds=1", "gain=2"]
+    argv = ["sweep", "--quiet", *sets, "--grid", "algorithm=deprl,toykit:Scaled"]
+    assert main([*argv, "--out", str(toykit / "s")]) == 0
+    saved = {p.name: yaml.safe_load((p / "config.yaml").read_text()) for p in (toykit / "s").iterdir()
+             if p.is_dir()}  # fmt: skip
+    assert sorted(str(c.get("gain")) for c in saved.values()) == ["2.0", "None"]
+
+
+@pytest.mark.parametrize("argv", [["keys", "nosuch"], ["keys", "dirichlet", "--kind", "topology"]])
+def test_keys_refuses_a_name_that_is_no_component(capsys, argv):
+    assert main(argv) == 2
+    assert "valid:" in capsys.readouterr().err

@@ -109,7 +109,12 @@ def run(
     functions = {key: given[key] for key in ("loss", "metric") if callable(given.get(key))}
     for key, function in functions.items():
         given[key] = reference_of(function)
-    cfg = build_config(given, algorithm=algorithm, foreign="drop" if resume else "refuse")
+    # resuming, a saved config's keys of other components are left out; the caller's are checked
+    stated = {k: v for k, v in given.items() if k in keys}
+    cfg = build_config(
+        {k: v for k, v in given.items() if k not in keys}, stated, algorithm=algorithm,
+        foreign="drop" if resume else "refuse", foreign_overrides="refuse",
+    )  # fmt: skip
     supplied = Supplied(
         model=model, data=data, graph=graph_object, algorithm=algorithm, mixing=mixing,
         loss=functions.get("loss"), metric=functions.get("metric"),

@@ -202,7 +202,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if restarted_by_torchrun() and out is not None and (out / "checkpoint.pt").is_file():
         args.resume = True  # torchrun --max-restarts relaunched us: continue from the checkpoint
     base, overrides = _config_from(args, out if args.resume else None)
-    cfg = build_config(base, overrides, foreign="drop" if args.resume else "refuse")
+    # resuming, the saved config's keys of other components are left out; the user's are checked
+    cfg = build_config(
+        base, overrides, foreign="drop" if args.resume else "refuse", foreign_overrides="refuse"
+    )
     if out is None:
         out = default_out(cfg.algorithm, cfg.dataset)
     result = run_experiment(
@@ -271,7 +274,7 @@ def cmd_topology(args: argparse.Namespace) -> int:
         elif key in settings:
             settings[key] = coerce(key, value)
         else:
-            raise UsageError(f"topology takes --set {', '.join([*settings, *own])}, not '{key}'")
+            raise UsageError(f"topology takes --set {', '.join(settings)}, not '{key}'")
     build_config({"mixing": settings["mixing"]})  # validate
     if args.workers < 1:
         raise UsageError(f"--workers must be >= 1, got {args.workers}")
@@ -318,6 +321,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
     else:  # a plug-in reference is an algorithm's unless --kind says otherwise
         kinds = [args.kind] if args.kind else [k for k, r in REGISTRIES.items() if args.name in r]
         kinds = kinds or ["algorithm"]
+        for kind in kinds:
+            REGISTRIES[kind].get(args.name)  # an unknown name: one line with the valid choices
         listed = [(kind, args.name, params_of(kind, args.name)) for kind in kinds]
     for kind, name, params in listed:
         print(f"{kind} {name}:" + ("" if params else " no keys of its own"))

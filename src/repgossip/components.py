@@ -21,6 +21,9 @@ from repgossip.registry import API_PREFIX, Registry, is_plugin_ref
 from repgossip.schema import KEYS
 from repgossip.topology import TOPOLOGIES
 
+# The arguments components are called with besides their parameters (a dataset function's
+# `config`, a topology builder's `name`, ...): no parameter may take one of these names.
+CALL_ARGUMENTS = ("config", "name", "input_shape", "num_classes", "params")
 # Each kind of component: the config key that selects it, and its registry.
 REGISTRIES: dict[str, Registry[Any]] = {
     "algorithm": ALGORITHMS,
@@ -40,7 +43,8 @@ def params_of(kind: str, name: str, component: Any = None) -> tuple[Param, ...]:
         if name.startswith(API_PREFIX) or not (name in registry or is_plugin_ref(name)):
             return ()
         component = registry.get(name)
-    return declared(component, f"{kind} '{getattr(component, 'name', '') or name}'", KEYS)
+    label = f"{kind} '{getattr(component, 'name', '') or name}'"
+    return declared(component, label, (*KEYS, *CALL_ARGUMENTS))
 
 
 def selected(

@@ -13,7 +13,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +241,8 @@ def build_config(
     *,
     algorithm: type[Algorithm] | None = None,
     foreign: str = "refuse",
+    foreign_overrides: str | None = None,
+    droppable: Collection[str] = (),
 ) -> Config:
     """Merge a config-file mapping with `--set` overrides, coerce, resolve derived keys, validate.
 
@@ -248,11 +250,15 @@ def build_config(
     A key that is not a core key must be a parameter of a selected component (its algorithm,
     dataset, model, partition or topology: repgossip.components); a parameter of another built-in
     component is refused, or with `foreign="drop"` left out (a saved config of an older release
-    recorded every component's keys; a sweep's grid may cross components).
+    recorded every component's keys; a sweep's grid may cross components). `foreign_overrides`
+    is the policy for `overrides` when it differs (a resumed run drops the saved config's, and
+    refuses the user's); `droppable` are plug-ins' parameter names that another point of a sweep
+    selects, dropped like a built-in's under "drop".
     """
     given: dict[str, Any] = {}
     pending: dict[str, Any] = {}  # keys of a component, coerced once it is known
-    for source in (base or {}, overrides or {}):
+    policy: dict[str, str] = {}  # the foreign-key policy of each pending key
+    for source, rule in ((base or {}, foreign), (overrides or {}, foreign_overrides or foreign)):
         for key, value in source.items():
             if not isinstance(key, str):
                 raise UsageError(f"config keys must be strings, got {shown(key)}")
@@ -260,10 +266,12 @@ def build_config(
             if key in KEYS:
                 given[key] = coerce(key, value)
             else:
-                pending[key] = value
+                pending[key], policy[key] = value, rule
     given = _resolve(given, algorithm)
     chosen = {kind: given.get(kind, getattr(Config, kind)) for kind in REGISTRIES}
-    given["params"] = _component_params(chosen, {"algorithm": algorithm}, pending, foreign)
+    given["params"] = _component_params(
+        chosen, {"algorithm": algorithm}, pending, policy, droppable
+    )
     cfg = Config(**given)
     validate(cfg)
     return cfg
@@ -273,7 +281,8 @@ def _component_params(
     chosen: Mapping[str, Any],
     objects: Mapping[str, Any],
     pending: dict[str, Any],
-    foreign: str,
+    policy: Mapping[str, str],
+    droppable: Collection[str] = (),
 ) -> tuple[tuple[str, Any], ...]:
     """The selected components' parameters, each the value given (coerced and checked) or its
     default; a given key that none of them is, refused in one line (see build_config)."""
@@ -290,9 +299,11 @@ def _component_params(
             values[param.name] = value
     for key, value in pending.items():
         found = owners(key)
+        if not found and policy[key] == "drop" and key in droppable:
+            continue  # a plug-in's parameter, for the sweep points that select that plug-in
         if not found:
             raise UsageError(suggest_key(key, values))
-        if foreign == "refuse" and not _inert(found, key, value):
+        if policy[key] == "refuse" and not _inert(found, key, value):
             kind = found[0][0]
             names = " or ".join(f"'{name}'" for k, name in found if k == kind)
             raise UsageError(

@@ -20,6 +20,7 @@ from repgossip.errors import UsageError
 from repgossip.text import shown
 
 KINDS = (bool, int, float, str)
+INT_MAX = 2**63 - 1  # sizes and counts end up in int64 arrays and tensors
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -59,6 +60,10 @@ class Param:
                 f"unknown {self.name} {shown(value)}; valid: {', '.join(self.choices)}"
             )
         number = self.kind in (int, float) and not isinstance(value, bool)
+        if number and isinstance(value, int) and abs(value) > INT_MAX:  # before any float()
+            raise UsageError(
+                f"{self.name} must be <= {INT_MAX} (a 64-bit integer), got {shown(value)}"
+            )
         if number and (not math.isfinite(value) or not self._within(value)):
             raise UsageError(f"{self.name} must be {self.range_text()}, got {shown(value)}")
 
@@ -124,6 +129,7 @@ def declared(component: Any, label: str, reserved: Collection[str]) -> tuple[Par
     clash = next((n for n in names if n in reserved or names.count(n) > 1), None)
     if clash is not None:
         raise UsageError(
-            f"{label}: parameter '{clash}' is a core config key or declared twice; name it apart"
+            f"{label}: parameter '{clash}' is a core config key, an argument components are "
+            "called with, or declared twice; name it apart"
         )
     return tuple(params)

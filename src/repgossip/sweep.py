@@ -34,7 +34,9 @@ from typing import Any
 
 import torch
 
+from repgossip.components import params_of
 from repgossip.config import (
+    PLUGIN_REGISTRIES,
     Config,
     as_it_ran,
     build_config,
@@ -46,6 +48,7 @@ from repgossip.configfile import read_yaml
 from repgossip.errors import RepgossipError, UsageError, WorkerDied, plugin_traceback
 from repgossip.experiment import preflight, resolve_device
 from repgossip.grid import grid_points, run_names
+from repgossip.registry import is_plugin_ref
 from repgossip.runfolder import (
     CHECKPOINT_FILE,
     CONFIG_FILE,
@@ -86,8 +89,9 @@ def plan(
     config, graph, data and model (`experiment.preflight`) and, on resume, its saved config."""
     values = grid_points(grid)
     names = run_names(values)
+    droppable = _plugin_params(grid, base)
     configs = [
-        _config({**base, **(_as_it_ran(out / n, base, v) if resume else {})}, v, n)
+        _config({**base, **(_as_it_ran(out / n, base, v) if resume else {})}, v, n, droppable)
         for v, n in zip(values, names, strict=True)
     ]
     _refuse_duplicates(configs, names, values)
@@ -126,9 +130,23 @@ def _as_it_ran(folder: Path, base: Mapping[str, Any], values: Mapping[str, str])
     return as_it_ran(saved, [*base, *values]) if saved is not None else {}
 
 
-def _config(base: Mapping[str, Any], values: Mapping[str, str], name: str) -> Config:
+def _plugin_params(grid: Mapping[str, list[str]], base: Mapping[str, Any]) -> set[str]:
+    """The parameter names of every plug-in component the grid or the base selects: a point that
+    selects another component leaves them out, as it leaves out a built-in's."""
+    refs = [
+        (kind, value)
+        for kind in PLUGIN_REGISTRIES
+        for value in [*grid.get(kind, []), base.get(kind)]
+        if isinstance(value, str) and is_plugin_ref(value)
+    ]
+    return {p.name for kind, ref in refs for p in params_of(kind, ref)}
+
+
+def _config(
+    base: Mapping[str, Any], values: Mapping[str, str], name: str, droppable: set[str]
+) -> Config:
     try:
-        return build_config(base, values, foreign="drop")
+        return build_config(base, values, foreign="drop", droppable=droppable)
     except UsageError as err:
         raise UsageError(f"grid point {name}: {err}") from None
 

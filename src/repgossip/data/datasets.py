@@ -20,7 +20,7 @@ from torch import nn
 from repgossip.data import cifar
 from repgossip.data.federation import BodyMetrics, Federation, as_federation, partitioned
 from repgossip.data.har import hapt_federation
-from repgossip.data.partition import NATURAL
+from repgossip.data.partition import NATURAL, PARTITIONS
 from repgossip.data.sources import load_fmnist, make_synthetic
 from repgossip.errors import UsageError, described, user_code_failed
 from repgossip.memory import SYNTHETIC_DEFAULT_SAMPLES
@@ -222,4 +222,6 @@ def recorded_config(cfg: Config, fed: Federation) -> Config:
     and config.yaml names no split that played no part."""
     if not fed.given:
         return cfg
-    return dataclasses.replace(cfg, **GIVEN_SPLIT_KEYS)
+    split_keys = {p.name for p in getattr(PARTITIONS.get(cfg.partition), "params", ())}
+    params = tuple((k, v) for k, v in cfg.params if k not in split_keys)  # they played no part
+    return dataclasses.replace(cfg, **GIVEN_SPLIT_KEYS, params=params)

@@ -246,6 +246,11 @@ def build_graph(
         )
     elif is_plugin_ref(name):
         graph = _plugin_graph(name, workers, seed, params)
+        if directed and not graph.directed:
+            raise UsageError(
+                f"directed=true, but topology plug-in '{name}' returned an undirected graph; a "
+                "plug-in gives directed links by returning a directed networkx graph or Graph"
+            )
     else:
         graph = _graph_file(_topology_file(name), workers, directed)
     _require_connected(graph, f"topology {name!r}")
@@ -422,6 +427,7 @@ def check_graph_fits(name: str, workers: int, edge_prob: float) -> None:
     if need <= have:
         return
     dense = name in ("complete", "erdos_renyi")
+    links = _expected_links(name, workers, edge_prob)
     advice = (
         "use a sparser graph (ring, torus, exponential, or erdos_renyi with a smaller edge_prob)"
         if dense
@@ -429,7 +435,7 @@ def check_graph_fits(name: str, workers: int, edge_prob: float) -> None:
     )
     raise UsageError(
         f"topology {name!r} with {memory.int_text(workers)} workers has "
-        f"~{memory.count_text(_expected_links(name, workers, edge_prob))} links; planning gossip "
+        f"~{memory.count_text(links).lstrip('~')} links; planning gossip "
         f"over them needs ~{memory.format_bytes(need)}, more than this machine's "
         f"{memory.format_bytes(have)}; {advice}"
     )
