@@ -95,3 +95,23 @@ def test_batchnorm_statistics_stay_private_per_worker():
     assert key in state[0] and int(state[0]["body.features.1.num_batches_tracked"]) > 0
     means = [tuple(s[key].tolist()) for s in state]
     assert len(set(means)) == 3
+
+
+@pytest.mark.parametrize(("name", "shape"), [("alexnet", (1, 28, 28)), ("vgg11", (3, 32, 32))])
+def test_head_layers_moves_the_classifier_into_the_head_from_the_same_weights(name, shape):
+    """head_layers=1 is the model as it always was; 2 and 3 move hidden layers of the classifier
+    into the private head, starting from the same weights and computing the same outputs."""
+    from repgossip.architectures import MODELS
+
+    models = []
+    for head_layers in (1, 2, 3):
+        torch.manual_seed(0)
+        models.append(MODELS.get(name)(shape, 10, head_layers=head_layers).eval())
+    flat = [torch.cat([p.flatten() for p in m.parameters()]) for m in models]
+    assert all(torch.equal(flat[0], f) for f in flat[1:])
+    x = torch.randn(2, *shape)
+    assert all(torch.equal(models[0](x), m(x)) for m in models[1:])
+    heads = [sum(p.numel() for p in m.head.parameters()) for m in models]
+    assert heads[0] == 512 * 10 + 10 and heads[0] < heads[1] < heads[2]
+    if name == "vgg11":
+        assert heads[2] == 530_442  # the DePRL authors' VGG-11 head

@@ -122,3 +122,23 @@ def test_each_components_own_parameters_have_their_generated_readme_row():
 
     for row in key_rows():
         assert row in README.splitlines(), row
+
+
+def test_each_core_keys_readme_default_is_its_default_in_the_schema():
+    """The default column of every core key's row says the schema's default (`none`, `true`, a
+    number, a name), or describes a default that depends on other keys."""
+    from repgossip.schema import DEFAULTS
+
+    described = {"model", "partition", "samples_per_worker", "lr", "momentum", "head_epochs",
+                 "body_epochs", "beta1", "beta2", "eps", "lr_head", "lr_body", "gossip_first"}  # fmt: skip
+    rows = table_rows("| key | default")
+    for key, default in DEFAULTS.items():
+        if key in described or f"`{key}`" not in rows:
+            continue
+        cell = rows[f"`{key}`"].split("|")[2].strip().strip("`")
+        if default is None or isinstance(default, bool):
+            assert cell == {None: "none", True: "true", False: "false"}[default], key
+        elif isinstance(default, (int, float)):
+            assert float(cell) == default, (key, cell, default)
+        else:
+            assert cell == default, (key, cell, default)

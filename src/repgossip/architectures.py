@@ -21,6 +21,7 @@ from torch import nn
 
 from repgossip.errors import UsageError, described, user_code_failed
 from repgossip.models import ModelFunction, SplitModel, as_split_model, image_shape
+from repgossip.params import Param, with_params
 from repgossip.registry import Factory, Registry, call_with_accepted
 
 if TYPE_CHECKING:
@@ -66,14 +67,15 @@ def linear(input_shape: tuple[int, ...], rank: int = 2) -> SplitModel:
     return SplitModel(nn.Linear(dim, rank, bias=False), nn.Linear(rank, 1, bias=False), True)
 
 
-def alexnet(input_shape: tuple[int, ...], num_classes: int) -> SplitModel:
+def alexnet(input_shape: tuple[int, ...], num_classes: int, head_layers: int = 1) -> SplitModel:
     """AlexNet for 32x32 images, as commonly adapted to CIFAR in federated-learning papers.
 
     Five 3x3 convolutions (64, 192, 384, 256, 256 channels; the first with stride 2) with ReLU and
     three 2x2 max-pools leave 256x2x2 features; the classifier of Krizhevsky et al. (2012),
     Dropout-Linear-ReLU-Dropout-Linear-ReLU-Linear, is scaled down for 32x32 inputs from
     4096-4096 to 1024-512 hidden units. 28x28 images (Fashion-MNIST) are zero-padded to 32x32
-    inside the body. Body: up to the 512-unit hidden layer; head: Linear(512, num_classes).
+    inside the body. Body: up to the 512-unit hidden layer; head: Linear(512, num_classes), or
+    more of the classifier with `head_layers` (`_split_classifier`).
     """
     channels, height, width = image_shape(input_shape, "alexnet")
     if (height, width) not in ((28, 28), (32, 32)):
@@ -94,22 +96,19 @@ def alexnet(input_shape: tuple[int, ...], num_classes: int) -> SplitModel:
         nn.Dropout(), nn.Linear(256 * 2 * 2, 1024), nn.ReLU(),
         nn.Dropout(), nn.Linear(1024, 512), nn.ReLU(),
     )  # fmt: skip
-    body = nn.Sequential(
-        OrderedDict(features=features, flatten=nn.Flatten(), classifier=classifier)
-    )
-    return SplitModel(body, nn.Linear(512, num_classes))
+    return _split_classifier(features, classifier, nn.Linear(512, num_classes), head_layers)
 
 
 VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")  # configuration A
 
 
-def vgg11(input_shape: tuple[int, ...], num_classes: int) -> SplitModel:
+def vgg11(input_shape: tuple[int, ...], num_classes: int, head_layers: int = 1) -> SplitModel:
     """VGG-11 (configuration A of Simonyan and Zisserman, 2015) with BatchNorm, for 32x32 images.
 
     Eight 3x3 convolutions, each followed by BatchNorm and ReLU, and five 2x2 max-pools leave
     512x1x1 features; the classifier is the small one of the common CIFAR VGGs,
     Dropout-Linear(512, 512)-ReLU twice. Body: up to that last 512-unit hidden layer; head:
-    Linear(512, num_classes).
+    Linear(512, num_classes), or more of the classifier with `head_layers` (`_split_classifier`).
     """
     channels, height, width = image_shape(input_shape, "vgg11")
     if (height, width) != (32, 32):
@@ -128,10 +127,40 @@ def vgg11(input_shape: tuple[int, ...], num_classes: int) -> SplitModel:
         nn.Dropout(), nn.Linear(512, 512), nn.ReLU(),
         nn.Dropout(), nn.Linear(512, 512), nn.ReLU(),
     )  # fmt: skip
-    body = nn.Sequential(
-        OrderedDict(features=nn.Sequential(*layers), flatten=nn.Flatten(), classifier=classifier)
+    return _split_classifier(
+        nn.Sequential(*layers), classifier, nn.Linear(512, num_classes), head_layers
     )
-    return SplitModel(body, nn.Linear(512, num_classes))
+
+
+# The private head's depth in the classifier MLP: the DePRL authors' code keeps the whole
+# classifier of its AlexNet and VGG-11 private (every key containing "classifier").
+HEAD_LAYERS = Param(
+    "head_layers", 1,
+    "Linear layers of alexnet's or vgg11's classifier kept private: 1 the last one; 3 the whole "
+    "classifier MLP, as the DePRL authors' code does",
+    low=1, high=3,
+)  # fmt: skip
+BLOCK = 3  # Dropout, Linear, ReLU: one hidden layer of a classifier
+
+
+def _split_classifier(
+    features: nn.Module, classifier: nn.Sequential, last: nn.Linear, head_layers: int
+) -> SplitModel:
+    """Features, flatten and the classifier's hidden layers, the last `head_layers - 1` of them
+    moved with the final Linear into the private head. Modules are built before this split, so
+    every split starts from the same weights; head_layers=1 is the model as it always was."""
+    keep = len(classifier) - (head_layers - 1) * BLOCK
+    if head_layers == 1:
+        body = nn.Sequential(
+            OrderedDict(features=features, flatten=nn.Flatten(), classifier=classifier)
+        )
+        return SplitModel(body, last)
+    shared, private = classifier[:keep], classifier[keep:]
+    parts = OrderedDict(features=features, flatten=nn.Flatten())
+    if len(shared):
+        parts["classifier"] = shared
+    head = nn.Sequential(OrderedDict(classifier=private, out=last))
+    return SplitModel(nn.Sequential(parts), head)
 
 
 class BasicBlock(nn.Module):
@@ -185,6 +214,8 @@ def resnet18(input_shape: tuple[int, ...], num_classes: int) -> SplitModel:
     return SplitModel(nn.Sequential(stages), nn.Linear(512, num_classes))
 
 
+with_params(alexnet, HEAD_LAYERS)
+with_params(vgg11, HEAD_LAYERS)
 for _fn in (cnn, mlp, linear, alexnet, vgg11, resnet18):
     MODELS.register(_fn.__name__, _fn)
 
