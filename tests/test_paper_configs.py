@@ -33,6 +33,8 @@ def test_each_paper_config_is_the_authors_recipe(path):
     assert {k: recorded[k] for k in RECIPE} == RECIPE
     # Hsu's class-wise split where labels are split, never the equal-size dirichlet
     assert recorded["partition"] in ("dirichlet_classwise", "natural")
+    # their private head: the whole classifier MLP where the model has one
+    assert recorded.get("head_layers", 3) == 3
 
 
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST not installed (make data)")
