@@ -33,6 +33,7 @@ class Sweep:
     config: str
     grid: tuple[str, ...]
     sets: tuple[str, ...] = field(default=())
+    flags: tuple[str, ...] = field(default=())  # more options of `repgossip sweep`
 
     @property
     def out(self) -> Path:
@@ -45,6 +46,7 @@ class Sweep:
         cmd += ["--grid", *self.grid]
         if self.sets:
             cmd += ["--set", *self.sets]
+        cmd += list(self.flags)
         return [*cmd, "--jobs", str(jobs), "--resume", "--quiet"]
 
 
@@ -170,7 +172,20 @@ def _hapt() -> list[Sweep]:
     return [Sweep("hapt", "hapt", "hapt.yaml", ("algorithm=deprl,local,dpsgd", f"seed={SEEDS3}"))]
 
 
+# Part 7: the authors' recipe, every algorithm that runs on their graph, paired seed by seed.
+PAPER_ALGORITHMS = "deprl,fedper,local,dpsgd,dfedavgm,ditto,fedrod,dispfl"
+
+
+def _paper() -> list[Sweep]:
+    return [
+        Sweep("paper", "paper-paired", "paper.yaml",
+              (f"algorithm={PAPER_ALGORITHMS}", f"seed={SEEDS3}"),
+              flags=("--paired-with", "algorithm=deprl")),
+    ]  # fmt: skip
+
+
 SWEEPS: list[Sweep] = [
-    *_accuracy(), *_pays(), *_speedup(), *_topology(), *_ablations(), *_noise(), *_hapt()
+    *_accuracy(), *_pays(), *_speedup(), *_topology(), *_ablations(), *_noise(), *_hapt(),
+    *_paper(),
 ]  # fmt: skip
 PARTS = tuple(dict.fromkeys(s.part for s in SWEEPS))

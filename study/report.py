@@ -35,6 +35,7 @@ from repgossip.config import KEYS, build_config, builtin_param_names, coerce_any
 from repgossip.configfile import read_yaml  # noqa: E402
 from repgossip.errors import RepgossipError, UsageError  # noqa: E402
 from repgossip.runfolder import METRICS_FILE, read_metrics  # noqa: E402
+from repgossip.tables import paired_differences  # noqa: E402
 from repgossip.text import shown  # noqa: E402
 
 RESULTS = ROOT / "docs" / "results.md"
@@ -191,12 +192,14 @@ def values(runs: Iterable[Run], key: str) -> list[float]:
     return [float(r.summary[key]) for r in runs if r.summary and r.summary.get(key) is not None]
 
 
-def mean_std(xs: Sequence[float], digits: int = 3) -> str:
+def mean_std(xs: Sequence[float], digits: int = 3, kind: str = "f") -> str:
+    """Mean ± sample std, with `digits` decimals (`kind` "f") or significant digits ("g")."""
     if not xs:
         return "n/a"
+    spec = f".{digits}{kind}"
     if len(xs) == 1:
-        return f"{xs[0]:.{digits}f}"
-    return f"{statistics.mean(xs):.{digits}f} ± {statistics.stdev(xs):.{digits}f}"
+        return f"{xs[0]:{spec}}"
+    return f"{statistics.mean(xs):{spec}} ± {statistics.stdev(xs):{spec}}"
 
 
 def failed_note(runs: Sequence[Run]) -> str:
@@ -623,19 +626,11 @@ def fitted_slope(by_workers: dict[int, list[float]]) -> float | None:
     return num / sum((x - mean_x) ** 2 for x, _ in points)
 
 
-def _sci(xs: list[float]) -> str:
-    if not xs:
-        return "n/a"
-    if len(xs) == 1:
-        return f"{xs[0]:.3g}"
-    return f"{statistics.mean(xs):.3g} ± {statistics.stdev(xs):.2g}"
-
-
 def stationarity_block(runs: list[Run]) -> str:
     columns = [(s, k) for s in STATIONARITY_SETTINGS for k in STATIONARITY_TERMS]
     data = {column: floors(runs, *column) for column in columns}
     workers = sorted({n for by in data.values() for n in by})
-    rows = [[n, *(_sci(data[c].get(n, [])) for c in columns)] for n in workers]
+    rows = [[n, *(mean_std(data[c].get(n, []), 3, "g") for c in columns)] for n in workers]
     slopes = [fitted_slope(data[c]) for c in columns]
     rows.append(["fitted slope", *(f"{s:+.2f}" if s is not None else "n/a" for s in slopes)])
     header = ["workers N"] + [f"{s.label}: {k.removeprefix('stationarity_')}" for s, k in columns]
@@ -839,6 +834,48 @@ def hapt_block(runs: list[Run]) -> str:
     return table(["algorithm", "seeds", "mean acc", "p10 acc", "worst worker"], rows)
 
 
+# ---------------------------------------------------------------- part 7: the authors' setting
+
+
+PAPER_SWEEP = "paper-paired"
+
+
+def paper_block(runs: list[Run]) -> str:
+    """Each algorithm under the authors' recipe, and DePRL minus it seed by seed (the sweep's own
+    pairing, tables.paired_differences): mean ± std over the seeds both ran, and how many of
+    those differences are above zero."""
+    own = [r for r in runs if r.sweep == PAPER_SWEEP]
+    rows = [
+        {"algorithm": r.config["algorithm"], "seed": r.config["seed"],
+         STATUS: "ok" if r.summary else "failed", **(r.summary or {})}
+        for r in own
+    ]  # fmt: skip
+    pairs = {
+        d["algorithm"]: d
+        for d in paired_differences(rows, ["algorithm", "seed"], ("algorithm", "deprl"))
+    }
+    lines = []
+    for algorithm in (a for a in ALGORITHM_ORDER if any(r["algorithm"] == a for r in rows)):
+        mine = [r for r in own if r.config["algorithm"] == algorithm]
+        cells = [algorithm, f"{sum(r.summary is not None for r in mine)}{failed_note(mine)}",
+                 mean_std(values(mine, "test_acc_mean")), mean_std(values(mine, "test_acc_p10"))]  # fmt: skip
+        for metric in ("test_acc_mean", "test_acc_p10"):
+            pair = pairs.get(algorithm)
+            cells.append(_paired_cell(pair, metric) if pair else "reference")
+        lines.append(cells)
+    header = ["algorithm", "seeds", "mean acc", "p10 acc",
+              "DePRL minus it: mean acc", "DePRL minus it: p10 acc"]  # fmt: skip
+    return table(header, lines)
+
+
+def _paired_cell(pair: dict[str, Any], metric: str) -> str:
+    diff, std = pair.get(f"{metric}_diff"), pair.get(f"{metric}_diff_std")
+    if diff is None:
+        return "n/a"
+    spread = f" ± {std:.3f}" if std is not None else ""
+    return f"{diff:+.3f}{spread} ({pair[f'{metric}_positive']} seeds above 0)"
+
+
 # ---------------------------------------------------------------- writing
 
 
@@ -874,6 +911,7 @@ def blocks(runs: list[Run]) -> dict[str, str]:
         "noise": noise_block(runs),
         "noise-classwise": noise_block(runs, "noise-classwise", ("fedavg",)),
         "hapt": hapt_block(runs),
+        "paper": paper_block(runs),
     }
 
 

@@ -201,3 +201,20 @@ def test_stationarity_floors_and_their_fitted_slope(tmp_path: Path) -> None:
     assert report.fitted_slope(head) == pytest.approx(0.0, abs=1e-12)
     row = report.stationarity_block(runs).splitlines()[-1]
     assert row.startswith("| fitted slope | -1.00 | +0.00 | n/a |")
+
+
+def test_the_paper_block_pairs_each_algorithm_with_deprl_seed_by_seed(tmp_path: Path) -> None:
+    accs = {("deprl", 0): 0.80, ("deprl", 1): 0.70, ("local", 0): 0.75, ("local", 1): 0.72}
+    for (algorithm, seed), acc in accs.items():
+        folder = tmp_path / report.PAPER_SWEEP / f"{algorithm}-{seed}"
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text(yaml.safe_dump({"algorithm": algorithm, "seed": seed}))
+        (folder / "summary.json").write_text(
+            json.dumps({"test_acc_mean": acc, "test_acc_p10": acc})
+        )
+    lines = report.paper_block(report.load_runs(tmp_path)).splitlines()
+    deprl = next(line for line in lines if line.startswith("| deprl |"))
+    local = next(line for line in lines if line.startswith("| local |"))
+    assert deprl.endswith("| reference | reference |")
+    # differences 0.05 and -0.02: mean 0.015, sample std 0.0495, one of two above zero
+    assert "| +0.015 ± 0.049 (1/2 seeds above 0) |" in local
