@@ -9,7 +9,7 @@ algorithm that declares it.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from repgossip.algorithms import ALGORITHMS
@@ -87,9 +87,3 @@ def key_rows() -> list[str]:
         for param in params:
             rows.setdefault(param.name, (param, []))[1].append(name)
     return [table_row(", ".join(names), param) for param, names in rows.values()]
-
-
-def own_values(params: Collection[Param], values: Mapping[str, Any]) -> dict[str, Any]:
-    """The values, of `values` (a config's resolved parameters), that `params` name."""
-    names = {p.name for p in params}
-    return {key: value for key, value in values.items() if key in names}
