@@ -155,10 +155,10 @@ def _split_classifier(
             OrderedDict(features=features, flatten=nn.Flatten(), classifier=classifier)
         )
         return SplitModel(body, last)
-    shared, private = classifier[:keep], classifier[keep:]
-    parts = OrderedDict(features=features, flatten=nn.Flatten())
-    if len(shared):
-        parts["classifier"] = shared
+    parts: OrderedDict[str, nn.Module] = OrderedDict(features=features, flatten=nn.Flatten())
+    if keep > 0:  # hidden layers left in the body
+        parts["classifier"] = classifier[:keep]
+    private = classifier[keep:]
     head = nn.Sequential(OrderedDict(classifier=private, out=last))
     return SplitModel(nn.Sequential(parts), head)
 
