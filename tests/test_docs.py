@@ -142,3 +142,14 @@ def test_each_core_keys_readme_default_is_its_default_in_the_schema():
             assert float(cell) == default, (key, cell, default)
         else:
             assert cell == default, (key, cell, default)
+
+
+def test_the_core_keys_readme_rows_are_their_docs_in_the_schema():
+    """README's row of every core key is made from schema.KEY_DOCS, which `repgossip keys`
+    prints: the doc of a key is written once, in the code."""
+    from repgossip.schema import KEY_DOCS, key_doc
+
+    lines = README.splitlines()
+    for cell, default, meaning in KEY_DOCS:
+        assert f"| {cell} | {default} | {meaning} |" in lines, cell
+    assert all(key_doc(key) for key in KEYS), [k for k in KEYS if not key_doc(k)]

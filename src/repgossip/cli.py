@@ -311,12 +311,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
     dataset, model, partition or topology, built in or a plug-in), that component's alone."""
     from repgossip.components import REGISTRIES, builtin_params, params_of
     from repgossip.params import describe
-    from repgossip.schema import DEFAULTS
+    from repgossip.schema import DEFAULTS, key_doc
 
     if args.name is None:
-        print('keys of every run (README, "Config keys", says what each means):')
+        print("keys of every run:")
         for key, default in DEFAULTS.items():
-            print(f"  {key} = {default}")
+            print(f"  {key} = {default}  {key_doc(key)}")
         listed = list(builtin_params())
     else:  # a plug-in reference is an algorithm's unless --kind says otherwise
         kinds = [args.kind] if args.kind else [k for k, r in REGISTRIES.items() if args.name in r]
