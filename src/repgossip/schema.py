@@ -348,7 +348,8 @@ KEY_DOCS: tuple[tuple[str, str, str], ...] = (
         'false',
         'true: every evaluation also reports `stationarity_body` and `stationarity_head`, the '
         "gradient norms DePRL's theorem bounds (see Outputs); it costs one full-batch forward "
-        'and backward pass per worker per evaluation',
+        'and backward pass per worker per evaluation: the default job cut to 10 rounds took 1.18 '
+        'times as long with it (median of 4 paired whole-process runs, 2-core AMD EPYC)',
     ),
     (
         '`metric`',
