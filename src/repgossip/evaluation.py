@@ -8,6 +8,7 @@ by side on threads, as in training.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -137,9 +138,8 @@ def _full_gradient(
     own = pop.worker_rows(local)
     params = own.params.clone()
     params[pop.layout.part("body")] = mean_body.to(params.dtype)
-    scratch.bind(
-        type(own)(params, own.buffers.clone(), own.int_buffers.clone()), slice(0, len(params))
-    )
+    # eval mode writes no buffer (BatchNorm uses its running statistics): the worker's own serve
+    scratch.bind(dataclasses.replace(own, params=params), slice(0, len(params)))
     scratch.start(None, training=False)
     scratch.grad.zero_()
     x, y = pop.train_x[local], pop.train_y[local]

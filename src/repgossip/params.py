@@ -119,6 +119,11 @@ def with_params(function: F, *params: Param) -> F:
     return function
 
 
+def defaults(component: Any) -> dict[str, Any]:
+    """The declared default of each of `component`'s parameters, by name."""
+    return {p.name: p.default for p in getattr(component, "params", ())}
+
+
 def declared(component: Any, label: str, reserved: Collection[str]) -> tuple[Param, ...]:
     """`component.params` (none when it has no such attribute), refused in one line unless a
     tuple of Param whose names are apart from the `reserved` keys and from each other."""

@@ -118,11 +118,12 @@ def evaluate(exp: Experiment, round_done: int) -> tuple[dict[str, float], dict[s
         "consensus_dist": consensus(exp, exp.algorithm.shared or "all"),
     }
     per_worker = {"per_worker_test_loss": stats["test_loss"].tolist()}
-    if exp.federation.body_metrics is not None:  # the task's own (synthetic: subspace_dist)
+    if exp.federation.body_metrics is not None or exp.cfg.stationarity:
         mean_body = shared_mean(exp, "body")
+    if exp.federation.body_metrics is not None:  # the task's own (synthetic: subspace_dist)
         record.update(exp.federation.body_metrics(mean_body, exp.population.model.body))
     if exp.cfg.stationarity:
-        record.update(stationarity(exp))
+        record.update(stationarity(exp, mean_body))
     if not exp.federation.regression:
         record.update(accuracy_summary(stats["correct"], stats["count"]))
         per_worker["per_worker_acc"] = (stats["correct"] / stats["count"]).tolist()
@@ -134,13 +135,12 @@ def evaluate(exp: Experiment, round_done: int) -> tuple[dict[str, float], dict[s
     return record, per_worker
 
 
-def stationarity(exp: Experiment) -> dict[str, float]:
+def stationarity(exp: Experiment, mean_body: torch.Tensor) -> dict[str, float]:
     """The quantity DePRL's theorem bounds, at the current parameters: `stationarity_body`, the
     squared norm of the average over workers of each worker's full-batch body gradient at the
     workers' average body, and `stationarity_head`, the mean over workers of each one's squared
     head gradient there. Sums run in worker order in float64, so no process layout or thread
-    count changes a bit."""
-    mean_body = shared_mean(exp, "body")
+    count changes a bit. `mean_body` is `shared_mean(exp, "body")`."""
     body_grads, head_norms = evaluation.gradients_at_mean_body(exp.population, mean_body)
     average = exp.engine.ordered_sum(body_grads) / exp.cfg.workers
     heads = exp.engine.assemble(head_norms.unsqueeze(1)).squeeze(1)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from repgossip.errors import UsageError
-from repgossip.params import Param, with_params
+from repgossip.params import Param, defaults, with_params
 from repgossip.registry import Registry
 
 ALPHA = Param("alpha", 0.5, "Dirichlet concentration (smaller: more skewed)", low=0, low_open=True)
@@ -49,7 +49,7 @@ def partition(
     split = PARTITIONS.get(scheme)
     if scheme == NATURAL:
         raise _no_users()
-    declared = {p.name: p.default for p in split.params}  # type: ignore[attr-defined]
+    declared = defaults(split)
     unknown = next((k for k in params if k not in declared), None)
     if unknown is not None:
         takes = ", ".join(declared) or "nothing"

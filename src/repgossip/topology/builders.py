@@ -15,7 +15,7 @@ import numpy as np
 
 from repgossip import memory
 from repgossip.errors import UsageError, described, user_code_failed
-from repgossip.params import Param, with_params
+from repgossip.params import Param, defaults, with_params
 from repgossip.registry import Factory, Registry, call_with_accepted, is_plugin_ref
 from repgossip.topology.files import (
     ADJACENCY_SUFFIXES,
@@ -259,7 +259,7 @@ def build_graph(
 
 def _with_defaults(builder: Callable[..., Any], params: dict[str, Any]) -> dict[str, Any]:
     """`params` with the builder's own parameters it lacks at their declared defaults."""
-    return {**{p.name: p.default for p in getattr(builder, "params", ())}, **params}
+    return {**defaults(builder), **params}
 
 
 def _plugin_graph(name: str, workers: int, seed: int, params: dict[str, Any]) -> Graph:
