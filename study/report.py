@@ -868,6 +868,50 @@ def paper_block(runs: list[Run]) -> str:
     return table(header, lines)
 
 
+# Each knob of the recipe (study/plan.py PAPER_KNOBS), as the table names it
+KNOB_LABELS = {
+    "momentum-kept": "momentum kept across rounds",
+    "no-momentum": "no momentum (plain SGD)",
+    "adam": "Adam, lr 0.001",
+    "no-clipping": "no gradient clipping",
+    "gossip-after": "gossip after local training",
+    "eval-average": "evaluated on the average body",
+}
+RECIPE = "the recipe"
+
+
+def paper_knobs_block(runs: list[Run]) -> str:
+    """Each algorithm of the knob sweeps under the recipe and under each knob turned, with the
+    recipe minus the knob seed by seed (paired with paper-paired's run of the same algorithm and
+    seed): positive where the authors' choice helps."""
+    variants = {RECIPE: [r for r in runs if r.sweep == PAPER_SWEEP]}
+    variants |= {label: [r for r in runs if r.sweep == f"paper-knob-{name}"]
+                 for name, label in KNOB_LABELS.items()}  # fmt: skip
+    knobbed = {r.config["algorithm"] for label in KNOB_LABELS.values() for r in variants[label]}
+    algorithms = [a for a in ALGORITHM_ORDER if a in knobbed]
+    lines = []
+    for algorithm in algorithms:
+        rows = [
+            {"variant": label, "seed": r.config["seed"],
+             STATUS: "ok" if r.summary else "failed", **(r.summary or {})}
+            for label, rs in variants.items() for r in rs if r.config["algorithm"] == algorithm
+        ]  # fmt: skip
+        differences = paired_differences(rows, ["variant", "seed"], ("variant", RECIPE))
+        pairs = {d["variant"]: d for d in differences}
+        for label, rs in variants.items():
+            mine = [r for r in rs if r.config["algorithm"] == algorithm]
+            pair = pairs.get(label)
+            lines.append([
+                algorithm, label, f"{sum(r.summary is not None for r in mine)}{failed_note(mine)}",
+                mean_std(values(mine, "test_acc_mean")), mean_std(values(mine, "test_acc_p10")),
+                _paired_cell(pair, "test_acc_mean") if pair else "reference",
+                mean_std(values(mine, "consensus_dist"), 2, "g"),
+            ])  # fmt: skip
+    header = ["algorithm", "variant", "seeds", "mean acc", "p10 acc",
+              "the recipe minus it: mean acc", "consensus dist"]  # fmt: skip
+    return table(header, lines)
+
+
 def _paired_cell(pair: dict[str, Any], metric: str) -> str:
     diff, std = pair.get(f"{metric}_diff"), pair.get(f"{metric}_diff_std")
     if diff is None:
@@ -912,6 +956,7 @@ def blocks(runs: list[Run]) -> dict[str, str]:
         "noise-classwise": noise_block(runs, "noise-classwise", ("fedavg",)),
         "hapt": hapt_block(runs),
         "paper": paper_block(runs),
+        "paper-knobs": paper_knobs_block(runs),
     }
 
 

@@ -29,6 +29,7 @@ from repgossip.data.datasets import DATASETS, dataset_defaults, fitting_models, 
 from repgossip.data.federation import REREAD_CHOICES
 from repgossip.data.partition import PARTITIONS
 from repgossip.errors import UsageError
+from repgossip.evaluation import EVAL_MODELS
 from repgossip.objectives import SIGNATURES, resolve
 from repgossip.registry import API_PREFIX, Registry, is_plugin_ref
 from repgossip.schema import KEYS, LEGACY_VALUES, Config
@@ -446,6 +447,7 @@ def validate(cfg: Config) -> None:
     _check_device(cfg.device)
     _choice("reread_data", cfg.reread_data, REREAD_CHOICES)
     _choice("last_batch", cfg.last_batch, LAST_BATCH)
+    _choice("eval_model", cfg.eval_model, EVAL_MODELS)
     fitting = fitting_models(cfg.dataset)
     if fitting is not None and cfg.model in MODELS and cfg.model not in fitting:
         raise UsageError(

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 Stats = tuple[float, float, int, int, float]
 METRIC_NAN = float("nan")
 Predict = Callable[[torch.Tensor], torch.Tensor]  # model outputs -> class scores or values
+# `eval_model`: each worker's own model, or its model with the gossiped part averaged over workers
+EVAL_MODELS = ("own", "average")
 
 
 def _identity(outputs: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from repgossip import footprint
-from repgossip.algorithms import Algorithm, algorithm_class
+from repgossip.algorithms import MAIN_MODEL, Algorithm, algorithm_class
 from repgossip.architectures import build_model
 from repgossip.config import PLUGIN_REGISTRIES, Config
 from repgossip.data.datasets import load_federation, recorded_config
@@ -165,6 +165,8 @@ def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
     )
     if graph.directed:
         _check_push_sum(algorithm, cfg)
+    if cfg.eval_model == "average":
+        _check_averaged_evaluation(algorithm, cfg)
     federation = load_federation(cfg, supplied.data)
     cfg = recorded_config(cfg, federation)
     mixing = cfg.mixing if supplied.mixing is None else supplied.mixing
@@ -195,6 +197,20 @@ def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
     algorithm.check(layout)  # extra state is valid: the memory check may size it
     footprint.check_model_rows(cfg, layout.size, algorithm)
     return Parts(algorithm, federation, schedule, model, cfg)
+
+
+def _check_averaged_evaluation(algorithm: Algorithm, cfg: Config) -> None:
+    """eval_model=average averages the part an algorithm gossips within the copy it evaluates:
+    one without a gossiped part (local), or evaluating another copy (ditto's personal model,
+    which is never gossiped), has no such average to evaluate."""
+    label = f"eval_model=average: algorithm '{cfg.algorithm}'"
+    if algorithm.shared is None:
+        raise UsageError(f"{label} gossips nothing, so there is no average to evaluate; use own")
+    if algorithm.evaluated_model != MAIN_MODEL:
+        raise UsageError(
+            f"{label} evaluates its model copy '{algorithm.evaluated_model}', which it does not "
+            "gossip; use own"
+        )
 
 
 def _check_push_sum(algorithm: Algorithm, cfg: Config) -> None:

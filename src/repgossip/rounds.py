@@ -107,7 +107,7 @@ def evaluate(exp: Experiment, round_done: int) -> tuple[dict[str, float], dict[s
     predict = (
         None if type(algorithm).predictions is Algorithm.predictions else algorithm.predictions
     )
-    local = evaluation.evaluate(exp.population, algorithm.evaluated_model, predict)
+    local = _evaluate_workers(exp, predict)
     keys = ("test_loss", "train_loss", "correct", "count", "metric")
     names = [k for k in keys if len(local[k])]
     table = exp.engine.assemble(torch.from_numpy(np.stack([local[k] for k in names], axis=1)))
@@ -133,6 +133,24 @@ def evaluate(exp: Experiment, round_done: int) -> tuple[dict[str, float], dict[s
         record["test_metric_mean"] = float(stats["metric"].mean())
         per_worker["per_worker_metric"] = stats["metric"].tolist()
     return record, per_worker
+
+
+def _evaluate_workers(exp: Experiment, predict: evaluation.Predict | None) -> dict[str, np.ndarray]:
+    """evaluation.evaluate of the algorithm's evaluated copy; under eval_model=average with its
+    gossiped part set to the average over all workers for the measurement, then put back bit for
+    bit, so training goes on from where it was."""
+    pop, model = exp.population, exp.algorithm.evaluated_model
+    if exp.cfg.eval_model == "own":
+        return evaluation.evaluate(pop, model, predict)
+    shared = str(exp.algorithm.shared)  # checked at build: gossips a part of this copy
+    columns = pop.layout.part(shared)
+    rows = pop.rows[row_key(model, "params")]
+    own = rows[:, columns].clone()
+    rows[:, columns] = shared_mean(exp, shared).to(rows.dtype)
+    try:
+        return evaluation.evaluate(pop, model, predict)
+    finally:
+        rows[:, columns] = own
 
 
 def stationarity(exp: Experiment, mean_body: torch.Tensor) -> dict[str, float]:

@@ -48,6 +48,7 @@ class Config:
     lr_decay: float = 1.0
     seed: int = 0
     eval_every: int = 1
+    eval_model: str = "own"
     engine: str = "sim"
     dist_timeout_s: float = 300.0
     device: str = "auto"
@@ -269,6 +270,16 @@ KEY_DOCS: tuple[tuple[str, str, str], ...] = (
         '`eval_every`',
         '1',
         'rounds between evaluations (and the last round)',
+    ),
+    (
+        '`eval_model`',
+        '`own`',
+        "which model each worker's accuracy and losses are measured on: own (the worker's model "
+        'as the round left it: DePRL, its head on its locally trained body), average (the part the '
+        'algorithm gossips replaced by its average over all workers: DePRL, each head on the '
+        "workers' average body, the averaged representation of its theorem; D-PSGD, the average "
+        'model). Training is the same under both. average needs an algorithm that gossips the '
+        'model it evaluates (not local or ditto)',
     ),
     (
         '`worker_dropout_prob`',
