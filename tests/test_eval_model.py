@@ -11,6 +11,8 @@ import torch
 import repgossip
 from repgossip.cli import main
 
+from launch import assert_same_numbers, summary, torchrun
+
 SMALL = dict(
     dataset="synthetic", workers=6, samples_per_worker=20, rounds=3, batch_size=10,
     head_steps=2, body_steps=1, topology="ring",
@@ -85,3 +87,11 @@ def test_an_unknown_value_names_the_choices(tmp_path, capsys):
     code = main(["run", "--set", "eval_model=mean", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "unknown eval_model 'mean'; valid: own, average" in err
+
+
+def test_two_ranks_measure_the_numbers_of_one_process(tmp_path):
+    sets = [f"{k}={v}" for k, v in SMALL.items()] + ["algorithm=deprl", "eval_model=average"]
+    done = torchrun(2, tmp_path / "dist", *sets)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert main(["run", "--quiet", "--set", *sets, "--out", str(tmp_path / "sim")]) == 0
+    assert_same_numbers(summary(tmp_path / "dist"), summary(tmp_path / "sim"))
