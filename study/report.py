@@ -840,11 +840,11 @@ def hapt_block(runs: list[Run]) -> str:
 PAPER_SWEEP = "paper-paired"
 
 
-def paper_block(runs: list[Run]) -> str:
-    """Each algorithm under the authors' recipe, and DePRL minus it seed by seed (the sweep's own
-    pairing, tables.paired_differences): mean ± std over the seeds both ran, and how many of
-    those differences are above zero."""
-    own = [r for r in runs if r.sweep == PAPER_SWEEP]
+def paper_block(runs: list[Run], sweep: str = PAPER_SWEEP) -> str:
+    """Each algorithm of `sweep` under the authors' recipe, and DePRL minus it seed by seed (the
+    sweep's own pairing, tables.paired_differences): mean ± std over the seeds both ran, and how
+    many of those differences are above zero."""
+    own = [r for r in runs if r.sweep == sweep]
     rows = [
         {"algorithm": r.config["algorithm"], "seed": r.config["seed"],
          STATUS: "ok" if r.summary else "failed", **(r.summary or {})}
@@ -904,7 +904,7 @@ def paper_knobs_block(runs: list[Run]) -> str:
             lines.append([
                 algorithm, label, f"{sum(r.summary is not None for r in mine)}{failed_note(mine)}",
                 mean_std(values(mine, "test_acc_mean")), mean_std(values(mine, "test_acc_p10")),
-                _paired_cell(pair, "test_acc_mean") if pair else "reference",
+                "reference" if label == RECIPE else _paired_cell(pair or {}, "test_acc_mean"),
                 mean_std(values(mine, "consensus_dist"), 2, "g"),
             ])  # fmt: skip
     header = ["algorithm", "variant", "seeds", "mean acc", "p10 acc",
@@ -957,6 +957,7 @@ def blocks(runs: list[Run]) -> dict[str, str]:
         "hapt": hapt_block(runs),
         "paper": paper_block(runs),
         "paper-knobs": paper_knobs_block(runs),
+        "paper-128": paper_block(runs, "paper-paired-128"),
     }
 
 

@@ -203,18 +203,46 @@ def test_stationarity_floors_and_their_fitted_slope(tmp_path: Path) -> None:
     assert row.startswith("| fitted slope | -1.00 | +0.00 | n/a |")
 
 
-def test_the_paper_block_pairs_each_algorithm_with_deprl_seed_by_seed(tmp_path: Path) -> None:
-    accs = {("deprl", 0): 0.80, ("deprl", 1): 0.70, ("local", 0): 0.75, ("local", 1): 0.72}
+def _finished_runs(root: Path, sweep: str, accs: dict[tuple[str, int], float]) -> None:
+    """A finished run of `sweep` for each (algorithm, seed), with that accuracy."""
     for (algorithm, seed), acc in accs.items():
-        folder = tmp_path / report.PAPER_SWEEP / f"{algorithm}-{seed}"
+        folder = root / sweep / f"{algorithm}-{seed}"
         folder.mkdir(parents=True)
         (folder / "config.yaml").write_text(yaml.safe_dump({"algorithm": algorithm, "seed": seed}))
         (folder / "summary.json").write_text(
-            json.dumps({"test_acc_mean": acc, "test_acc_p10": acc})
+            json.dumps({"test_acc_mean": acc, "test_acc_p10": acc, "consensus_dist": 0.5})
         )
+
+
+def test_the_paper_block_pairs_each_algorithm_with_deprl_seed_by_seed(tmp_path: Path) -> None:
+    accs = {("deprl", 0): 0.80, ("deprl", 1): 0.70, ("local", 0): 0.75, ("local", 1): 0.72}
+    _finished_runs(tmp_path, report.PAPER_SWEEP, accs)
     lines = report.paper_block(report.load_runs(tmp_path)).splitlines()
     deprl = next(line for line in lines if line.startswith("| deprl |"))
     local = next(line for line in lines if line.startswith("| local |"))
     assert deprl.endswith("| reference | reference |")
     # differences 0.05 and -0.02: mean 0.015, sample std 0.0495, one of two above zero
     assert "| +0.015 ± 0.049 (1/2 seeds above 0) |" in local
+
+
+def test_every_knob_of_the_plan_has_a_label_in_the_report() -> None:
+    assert list(report.KNOB_LABELS) == list(plan.PAPER_KNOBS)
+
+
+def test_the_knobs_block_pairs_each_knob_with_the_recipe_of_its_algorithm(tmp_path: Path) -> None:
+    recipe = {("deprl", 0): 0.80, ("deprl", 1): 0.70, ("fedper", 0): 0.9, ("fedper", 1): 0.9}
+    _finished_runs(tmp_path, report.PAPER_SWEEP, recipe)
+    knob = {("deprl", 0): 0.75, ("deprl", 1): 0.72, ("fedper", 0): 0.95}
+    _finished_runs(tmp_path, "paper-knob-no-clipping", knob)
+    lines = report.paper_knobs_block(report.load_runs(tmp_path)).splitlines()
+    row = lambda algorithm, label: next(  # noqa: E731
+        line for line in lines if line.startswith(f"| {algorithm} | {label} |")
+    )
+    assert "| reference |" in row("deprl", report.RECIPE)
+    # the recipe minus the knob, seed by seed: 0.05 and -0.02; FedPer's against its own recipe
+    assert "| +0.015 ± 0.049 (1/2 seeds above 0) |" in row("deprl", "no gradient clipping")
+    assert "| -0.050 (0/1 seeds above 0) |" in row("fedper", "no gradient clipping")
+    assert row("deprl", "no momentum (plain SGD)").startswith(
+        "| deprl | no momentum (plain SGD) | 0 |"
+    )
+    assert not any(line.startswith("| local |") for line in lines)  # in no knob sweep
