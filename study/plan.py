@@ -7,6 +7,7 @@ docs/results.md. Sizes are chosen to fit the whole study in a few hours on a 2-c
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,8 +110,33 @@ def _pays() -> list[Sweep]:
 STATIONARITY_WORKERS = "4,8,16,32,64,128,256"
 
 
+# The theorem's step size, eta proportional to sqrt(N/K) (K = 400 rounds fixed), anchored at the
+# fixed-lr sweep's lr 0.02 for N = 4, beside that fixed lr; every round evaluated, since its
+# quantity is the average over all rounds, the early ones included.
+STEP_ANCHOR = (4, 0.02)
+
+
+def theorem_lr(workers: int) -> float:
+    """eta = c sqrt(N/K), with c so that the anchor's N gets the anchor's lr."""
+    n, lr = STEP_ANCHOR
+    return round(lr * math.sqrt(workers / n), 6)
+
+
+def _steps() -> list[Sweep]:
+    sweeps = []
+    for n in map(int, STATIONARITY_WORKERS.split(",")):
+        rates = ",".join(str(r) for r in sorted({STEP_ANCHOR[1], theorem_lr(n)}))
+        sweeps.append(
+            Sweep("speedup", f"stationarity-step-n{n}", "stationarity.yaml",
+                  (f"lr={rates}", f"seed={SEEDS3}"),
+                  ("topology=complete", f"workers={n}", "eval_every=1"))
+        )  # fmt: skip
+    return sweeps
+
+
 def _speedup() -> list[Sweep]:
     return [
+        *_steps(),
         Sweep("speedup", "stationarity", "stationarity.yaml",
               (f"workers={STATIONARITY_WORKERS}", "topology=complete,ring", f"seed={SEEDS3}")),
         Sweep("speedup", "stationarity-fullbatch", "stationarity.yaml",

@@ -29,7 +29,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from plan import ROOT, RUNS  # noqa: E402
+from plan import ROOT, RUNS, STEP_ANCHOR, theorem_lr  # noqa: E402
 
 from repgossip.config import KEYS, build_config, builtin_param_names, coerce_any, suggest_key  # noqa: E402
 from repgossip.configfile import read_yaml  # noqa: E402
@@ -669,6 +669,70 @@ def stationarity_figure(runs: list[Run]) -> Path | None:
     return _save(fig, "stationarity.png") if drawn else None
 
 
+def round_average(run: Run, key: str) -> float | None:
+    """The theorem's own average: the mean of `key` over the iterates of rounds 0 to K - 1 (the
+    records before the last round), every round evaluated."""
+    records = run.metrics()
+    last = max((int(r["round"]) for r in records), default=0)
+    chosen = [float(r[key]) for r in records if int(r["round"]) < last and key in r]
+    return statistics.mean(chosen) if chosen and run.summary else None
+
+
+STEP_RULES = ("fixed", "theorem")  # lr 0.02 at every N, or plan.theorem_lr(N)
+
+
+def step_averages(runs: list[Run], rule: str, key: str) -> dict[int, list[float]]:
+    """Per worker count, each seed's round average of `key` under the step rule."""
+    by: dict[int, list[float]] = defaultdict(list)
+    for run in (r for r in runs if r.sweep.startswith("stationarity-step-n")):
+        workers = int(run.config["workers"])
+        lr = STEP_ANCHOR[1] if rule == "fixed" else theorem_lr(workers)
+        value = round_average(run, key) if math.isclose(run.config["lr"], lr) else None
+        if value is not None:
+            by[workers].append(value)
+    return dict(sorted(by.items()))
+
+
+def step_block(runs: list[Run]) -> str:
+    columns = [(rule, key) for rule in STEP_RULES for key in STATIONARITY_TERMS]
+    data = {column: step_averages(runs, *column) for column in columns}
+    workers = sorted({n for by in data.values() for n in by})
+    rows = [[n, f"{theorem_lr(n):g}", *(mean_std(data[c].get(n, []), 3, "g") for c in columns)]
+            for n in workers]  # fmt: skip
+    slopes = [fitted_slope(data[c]) for c in columns]
+    rows.append(["fitted slope", "", *(f"{s:+.2f}" if s is not None else "n/a" for s in slopes)])
+    header = ["workers N", "theorem's lr"] + [
+        f"lr {'0.02' if rule == 'fixed' else 'sqrt(N/K) rule'}: {key.removeprefix('stationarity_')}"
+        for rule, key in columns
+    ]
+    return table(header, rows)
+
+
+def step_figure(runs: list[Run]) -> Path | None:
+    fig, ax = plt.subplots(figsize=(4.8, 3.6))
+    drawn = False
+    for rule in STEP_RULES:
+        by = step_averages(runs, rule, "stationarity_body")
+        if not by:
+            continue
+        drawn = True
+        ns = list(by)
+        slope = fitted_slope(by)
+        label = "lr 0.02" if rule == "fixed" else "lr proportional to sqrt(N/K)"
+        if slope is not None:
+            label += f" (slope {slope:+.2f})"
+        ax.plot(ns, [statistics.mean(by[n]) for n in ns], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("workers N")
+    ax.set_ylabel("stationarity_body, mean over rounds")
+    ax.set_title("the theorem's average, complete graph, K = 400", fontsize=9)
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=7)
+    return _save(fig, "stationarity-step.png") if drawn else None
+
+
 # ---------------------------------------------------------------- part 4: topology
 
 
@@ -950,6 +1014,7 @@ def blocks(runs: list[Run]) -> dict[str, str]:
         "knobs": knobs_block(runs),
         "speedup": speedup_block(runs),
         "stationarity": stationarity_block(runs),
+        "stationarity-step": step_block(runs),
         "topology": topology_block(runs),
         "ablations": ablations_block(runs),
         "noise": noise_block(runs),
@@ -971,7 +1036,8 @@ def main(argv: list[str] | None = None) -> int:
     text = RESULTS.read_text()
     for name, body in blocks(runs).items():
         text = fill(text, name, body)  # first: a missing block stops before anything is written
-    figures = (pays_figure, pays_long_figure, speedup_figure, stationarity_figure, topology_figure)
+    figures = (pays_figure, pays_long_figure, speedup_figure, stationarity_figure, step_figure,
+               topology_figure)  # fmt: skip
     for figure in figures:
         path = figure(runs)
         if path:

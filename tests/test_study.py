@@ -246,3 +246,27 @@ def test_the_knobs_block_pairs_each_knob_with_the_recipe_of_its_algorithm(tmp_pa
         "| deprl | no momentum (plain SGD) | 0 |"
     )
     assert not any(line.startswith("| local |") for line in lines)  # in no knob sweep
+
+
+def test_the_theorem_step_rule_and_its_round_average(tmp_path: Path) -> None:
+    """lr = 0.02 sqrt(N/4); the round average is over rounds 0 to K - 1, the last record left out."""
+    assert plan.theorem_lr(4) == 0.02 and plan.theorem_lr(256) == 0.16
+    for workers in (4, 16):
+        for lr in sorted({0.02, plan.theorem_lr(workers)}):
+            folder = tmp_path / f"stationarity-step-n{workers}" / f"lr-{lr}"
+            folder.mkdir(parents=True)
+            config = {"workers": workers, "lr": lr, "seed": 0, "topology": "complete"}
+            (folder / "config.yaml").write_text(yaml.safe_dump(config))
+            (folder / "summary.json").write_text(json.dumps({"subspace_dist": 0.1}))
+            scale = 1.0 if lr == 0.02 else 2.0
+            records = [{"round": r, "stationarity_body": scale * v / workers,
+                        "stationarity_head": 1.0} for r, v in enumerate((3.0, 1.0, 99.0))]  # fmt: skip
+            (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    runs = report.load_runs(tmp_path)
+    fixed = report.step_averages(runs, "fixed", "stationarity_body")
+    theorem = report.step_averages(runs, "theorem", "stationarity_body")
+    # N = 4: both rules are lr 0.02, the same run; N = 16: the rules are two runs
+    assert fixed == {4: [0.5], 16: [0.125]} and theorem == {4: [0.5], 16: [0.25]}
+    assert report.fitted_slope(fixed) == pytest.approx(-1.0)
+    last = report.step_block(runs).splitlines()[-1]
+    assert last.startswith("| fitted slope |  | -1.00 | +0.00 | -0.50 | +0.00 |")
