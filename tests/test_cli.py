@@ -93,6 +93,8 @@ BAD_INPUTS = [
     pytest.param(_run("algorithm=nosuch"), id="unknown-algorithm"),
     pytest.param(_run("dataset=nosuch"), id="unknown-dataset"),
     pytest.param(_run("model=nosuch"), id="unknown-model"),
+    pytest.param(_run("eval_model=mean"), id="unknown-eval-model"),
+    pytest.param(_run("algorithm=local", "eval_model=average"), id="eval-average-of-local"),
     pytest.param(_run("topology=nosuch"), id="unknown-topology"),
     pytest.param(_run("mixing=nosuch"), id="unknown-mixing"),
     pytest.param(_run("partition=nosuch"), id="unknown-partition"),

@@ -212,3 +212,12 @@ def test_a_sweep_crosses_a_plugin_and_a_builtin_with_the_plugins_key(toykit):
 def test_keys_refuses_a_name_that_is_no_component(capsys, argv):
     assert main(argv) == 2
     assert "valid:" in capsys.readouterr().err
+
+
+def test_keys_looks_up_one_key_core_or_a_components(capsys):
+    assert main(["keys", "eval_model"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("key of every run:\n  eval_model = own  which model")
+    assert main(["keys", "alpha"]) == 0
+    out = capsys.readouterr().out
+    assert "partition dirichlet:\n  alpha = 0.5" in out and "partition dirichlet_classwise:" in out

@@ -4,6 +4,7 @@ algorithms with nothing gossiped in their evaluated copy are refused."""
 
 from __future__ import annotations
 
+import networkx as nx
 import numpy as np
 import pytest
 import torch
@@ -61,6 +62,40 @@ def test_average_measures_each_head_on_the_average_body():
     assert np.isclose(result.summary["test_loss_mean"], np.mean(losses), rtol=1e-5)
 
 
+class BatchNormNet(torch.nn.Module):
+    def __init__(self, input_shape, num_classes):
+        super().__init__()
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(input_shape[0], 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU()
+        )
+        self.head = torch.nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_shared_batchnorm_statistics_are_averaged_with_the_body():
+    gen = torch.Generator().manual_seed(0)
+    data = [[torch.randn(24, 5, generator=gen) + w for w in range(4)],
+            [torch.randint(0, 3, (24,), generator=gen) for _ in range(4)]] * 2  # fmt: skip
+    result = repgossip.run(
+        {"rounds": 2, "lr": 0.05, "batch_size": 8, "share_bn_stats": True,
+         "eval_model": "average"},
+        model=BatchNormNet, data=tuple(data), graph=nx.cycle_graph(4),
+    )  # fmt: skip
+    states = [result.worker_state(w) for w in range(4)]
+    shared = [k for k in states[0] if k.startswith("body.") and "num_batches" not in k]
+    assert any("running_mean" in k for k in shared)
+    losses = []
+    for w, state in enumerate(states):
+        averaged = {k: torch.stack([s[k].double() for s in states]).mean(0).float() for k in shared}
+        model = BatchNormNet((5,), 3).eval()
+        model.load_state_dict({**state, **averaged})
+        with torch.no_grad():
+            losses.append(float(torch.nn.functional.cross_entropy(model(data[2][w]), data[3][w])))
+    assert np.isclose(result.summary["test_loss_mean"], np.mean(losses), rtol=1e-5)
+
+
 def test_on_exact_averaging_both_evaluations_agree():
     # a complete graph with Metropolis weights averages exactly after training: D-PSGD's models
     # are already the average, so measuring the average changes nothing (up to rounding)
@@ -71,7 +106,11 @@ def test_on_exact_averaging_both_evaluations_agree():
 
 @pytest.mark.parametrize(
     ("algorithm", "why"),
-    [("local", "gossips nothing"), ("ditto", "evaluates its model copy 'personal'")],
+    [
+        ("local", "gossips nothing"),
+        ("ditto", "evaluates its model copy 'personal'"),
+        ("dispfl", "communicates in its own way"),  # masked: the plain mean is no model of it
+    ],
 )
 def test_an_algorithm_without_a_gossiped_evaluated_copy_is_refused(
     algorithm, why, tmp_path, capsys

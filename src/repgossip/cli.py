@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keys_p.add_argument(
         "name", nargs="?",
-        help="one component only: a registered name, or a plug-in (package.module:name)",
+        help="one component only (a registered name, or a plug-in package.module:name), or one "
+        "key (where it comes from, its default and doc)",
     )  # fmt: skip
     keys_p.add_argument(
         "--kind", choices=["algorithm", "dataset", "model", "partition", "topology"],
@@ -308,7 +309,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     """The core keys with their defaults, then each component's own parameters (declared next to
     its code, repgossip.params), which are keys when it is selected. With a NAME (an algorithm,
-    dataset, model, partition or topology, built in or a plug-in), that component's alone."""
+    dataset, model, partition or topology, built in or a plug-in), that component's alone; with a
+    key's name, that key alone (a component's: with each component that declares it)."""
     from repgossip.components import REGISTRIES, builtin_params, params_of
     from repgossip.params import describe
     from repgossip.schema import DEFAULTS, key_doc
@@ -318,6 +320,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
         for key, default in DEFAULTS.items():
             print(f"  {key} = {default}  {key_doc(key)}")
         listed = list(builtin_params())
+    elif (
+        args.kind is None
+        and not any(args.name in r for r in REGISTRIES.values())
+        and (args.name in DEFAULTS or _component_key(args.name))
+    ):  # a key, not a component: where it comes from, its default and doc
+        if args.name in DEFAULTS:
+            print(f"key of every run:\n  {args.name} = {DEFAULTS[args.name]}  {key_doc(args.name)}")
+        listed = _component_key(args.name)
     else:  # a plug-in reference is an algorithm's unless --kind says otherwise
         kinds = [args.kind] if args.kind else [k for k, r in REGISTRIES.items() if args.name in r]
         kinds = kinds or ["algorithm"]
@@ -329,6 +339,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
         for param in params:
             print(describe(param))
     return 0
+
+
+def _component_key(key: str) -> list[tuple[str, str, tuple[Any, ...]]]:
+    """Each built-in component that declares a parameter named `key`, with that parameter."""
+    from repgossip.components import builtin_params
+
+    return [(kind, name, tuple(p for p in params if p.name == key))
+            for kind, name, params in builtin_params() if any(p.name == key for p in params)]  # fmt: skip
 
 
 def _describe(item: Any) -> str:

@@ -200,9 +200,10 @@ def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
 
 
 def _check_averaged_evaluation(algorithm: Algorithm, cfg: Config) -> None:
-    """eval_model=average averages the part an algorithm gossips within the copy it evaluates:
-    one without a gossiped part (local), or evaluating another copy (ditto's personal model,
-    which is never gossiped), has no such average to evaluate."""
+    """eval_model=average averages the part an algorithm gossips within the copy it evaluates, as
+    the default gossip mixes it: one without a gossiped part (local), evaluating another copy
+    (ditto's personal model, which is never gossiped) or communicating its own way (dispfl's
+    masks) has no such average to evaluate."""
     label = f"eval_model=average: algorithm '{cfg.algorithm}'"
     if algorithm.shared is None:
         raise UsageError(f"{label} gossips nothing, so there is no average to evaluate; use own")
@@ -210,6 +211,11 @@ def _check_averaged_evaluation(algorithm: Algorithm, cfg: Config) -> None:
         raise UsageError(
             f"{label} evaluates its model copy '{algorithm.evaluated_model}', which it does not "
             "gossip; use own"
+        )
+    if type(algorithm).communicate is not Algorithm.communicate:
+        raise UsageError(
+            f"{label} communicates in its own way (dispfl: masked averaging), so the plain "
+            "average over workers is no model it would hold; use own"
         )
 
 

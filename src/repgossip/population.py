@@ -188,7 +188,12 @@ class Population:
     def gossiped_blocks(self, part: str) -> list[torch.Tensor]:
         """The column blocks that gossip of `part` mixes: the parameters, and the BatchNorm
         statistics of the same part when they are shared (`share_bn_stats`)."""
-        blocks = [self.params[:, self.layout.part(part)]]
-        if self.share_buffers and self.buffer_layout.size:
-            blocks.append(self.rows["buffers"][:, self.buffer_layout.part(part)])
+        blocks = [self.params[:, self.layout.part(part)], *self.shared_buffer_blocks(part)]
         return [b for b in blocks if b.shape[1]] or blocks[:1]
+
+    def shared_buffer_blocks(self, part: str) -> list[torch.Tensor]:
+        """The BatchNorm statistics of `part` that gossip mixes with its parameters: one block
+        when `share_bn_stats` shares them, none otherwise."""
+        if not (self.share_buffers and self.buffer_layout.size):
+            return []
+        return [self.rows["buffers"][:, self.buffer_layout.part(part)]]

@@ -88,15 +88,22 @@ def check_finite(exp: Experiment, round_index: int) -> None:
 
 def shared_mean(exp: Experiment, part: str) -> torch.Tensor:
     """The average over all workers of the `part` block, in float64, added in worker order."""
-    rows = exp.population.params[:, exp.population.layout.part(part)]
-    return exp.engine.ordered_sum(rows) / exp.cfg.workers
+    return block_mean(exp, exp.population.params[:, exp.population.layout.part(part)])
 
 
-def consensus(exp: Experiment, part: str) -> float:
-    """Mean over all workers of ||x_i - x_bar||^2 of the `part` block: each worker's term on its
-    own, all of them summed exactly (math.fsum), so no process layout changes a bit."""
+def block_mean(exp: Experiment, block: torch.Tensor) -> torch.Tensor:
+    """The average over all workers of a column block of this process's rows, in float64, added
+    in worker order (so no process layout changes a bit)."""
+    return exp.engine.ordered_sum(block) / exp.cfg.workers
+
+
+def consensus(exp: Experiment, part: str, mean: torch.Tensor | None = None) -> float:
+    """Mean over all workers of ||x_i - x_bar||^2 of the `part` block (x_bar: `mean`, if the caller
+    has it, is `shared_mean(exp, part)`): each worker's term on its own, all of them summed
+    exactly (math.fsum), so no process layout changes a bit."""
     rows = exp.population.params[:, exp.population.layout.part(part)]
-    deviations = exp.engine.assemble(squared_deviations(rows, shared_mean(exp, part)).cpu())
+    mean = shared_mean(exp, part) if mean is None else mean
+    deviations = exp.engine.assemble(squared_deviations(rows, mean).cpu())
     return math.fsum(deviations.tolist()) / exp.cfg.workers
 
 
@@ -107,7 +114,9 @@ def evaluate(exp: Experiment, round_done: int) -> tuple[dict[str, float], dict[s
     predict = (
         None if type(algorithm).predictions is Algorithm.predictions else algorithm.predictions
     )
-    local = _evaluate_workers(exp, predict)
+    gossiped = algorithm.shared or "all"
+    means = {gossiped: shared_mean(exp, gossiped)}  # each part's average, computed once
+    local = _evaluate_workers(exp, predict, means[gossiped])
     keys = ("test_loss", "train_loss", "correct", "count", "metric")
     names = [k for k in keys if len(local[k])]
     table = exp.engine.assemble(torch.from_numpy(np.stack([local[k] for k in names], axis=1)))
@@ -115,11 +124,11 @@ def evaluate(exp: Experiment, round_done: int) -> tuple[dict[str, float], dict[s
     record = {
         "train_loss": float(stats["train_loss"].mean()),
         "test_loss_mean": float(stats["test_loss"].mean()),
-        "consensus_dist": consensus(exp, exp.algorithm.shared or "all"),
+        "consensus_dist": consensus(exp, gossiped, means[gossiped]),
     }
     per_worker = {"per_worker_test_loss": stats["test_loss"].tolist()}
     if exp.federation.body_metrics is not None or exp.cfg.stationarity:
-        mean_body = shared_mean(exp, "body")
+        mean_body = means["body"] if "body" in means else shared_mean(exp, "body")
     if exp.federation.body_metrics is not None:  # the task's own (synthetic: subspace_dist)
         record.update(exp.federation.body_metrics(mean_body, exp.population.model.body))
     if exp.cfg.stationarity:
@@ -135,22 +144,28 @@ def evaluate(exp: Experiment, round_done: int) -> tuple[dict[str, float], dict[s
     return record, per_worker
 
 
-def _evaluate_workers(exp: Experiment, predict: evaluation.Predict | None) -> dict[str, np.ndarray]:
-    """evaluation.evaluate of the algorithm's evaluated copy; under eval_model=average with its
-    gossiped part set to the average over all workers for the measurement, then put back bit for
-    bit, so training goes on from where it was."""
+def _evaluate_workers(
+    exp: Experiment, predict: evaluation.Predict | None, shared_average: torch.Tensor
+) -> dict[str, np.ndarray]:
+    """evaluation.evaluate of the algorithm's evaluated copy; under eval_model=average with every
+    block its gossip mixes set to the plain average over all workers for the measurement (the
+    shared part's parameters, whose average is `shared_average`, and its BatchNorm statistics
+    when `share_bn_stats` shares them), then put back bit for bit, so training goes on from
+    where it was."""
     pop, model = exp.population, exp.algorithm.evaluated_model
     if exp.cfg.eval_model == "own":
         return evaluation.evaluate(pop, model, predict)
-    shared = str(exp.algorithm.shared)  # checked at build: gossips a part of this copy
-    columns = pop.layout.part(shared)
-    rows = pop.rows[row_key(model, "params")]
-    own = rows[:, columns].clone()
-    rows[:, columns] = shared_mean(exp, shared).to(rows.dtype)
+    shared = str(exp.algorithm.shared)  # checked at build: the default gossip of the main copy
+    averaged = [(pop.params[:, pop.layout.part(shared)], shared_average)]
+    averaged += [(block, block_mean(exp, block)) for block in pop.shared_buffer_blocks(shared)]
+    own = [block.clone() for block, _ in averaged]
     try:
+        for block, average in averaged:
+            block.copy_(average.to(block.dtype).expand_as(block))
         return evaluation.evaluate(pop, model, predict)
     finally:
-        rows[:, columns] = own
+        for (block, _), kept in zip(averaged, own, strict=True):
+            block.copy_(kept)
 
 
 def stationarity(exp: Experiment, mean_body: torch.Tensor) -> dict[str, float]:

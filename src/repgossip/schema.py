@@ -275,11 +275,12 @@ KEY_DOCS: tuple[tuple[str, str, str], ...] = (
         '`eval_model`',
         '`own`',
         "which model each worker's accuracy and losses are measured on: own (the worker's model "
-        'as the round left it: DePRL, its head on its locally trained body), average (the part the '
-        'algorithm gossips replaced by its average over all workers: DePRL, each head on the '
-        "workers' average body, the averaged representation of its theorem; D-PSGD, the average "
-        'model). Training is the same under both. average needs an algorithm that gossips the '
-        'model it evaluates (not local or ditto)',
+        'as the round left it), average (every block the gossip mixes, the shared part and its '
+        'BatchNorm statistics under `share_bn_stats`, replaced by its plain mean over all '
+        "workers: DePRL, each head on the workers' average body, the averaged representation of "
+        "its theorem; D-PSGD, the average model). Training is the same under both. average needs "
+        'an algorithm that gossips the model it evaluates with the default gossip (not local, '
+        'ditto or dispfl)',
     ),
     (
         '`worker_dropout_prob`',
