@@ -209,6 +209,8 @@ NEEDLES = {
     "unknown-algorithm": ("nosuch", "deprl"),
     "unknown-dataset": ("nosuch", "synthetic"),
     "unknown-model": ("nosuch", "linear"),
+    "unknown-eval-model": ("'mean'", "own, average"),
+    "eval-average-of-local": ("eval_model=average", "'local'", "use own"),
     "unknown-topology": ("nosuch", "ring"),
     "unknown-mixing": ("nosuch", "metropolis"),
     "unknown-partition": ("nosuch", "dirichlet"),
