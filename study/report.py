@@ -981,7 +981,8 @@ def _paired_cell(pair: dict[str, Any], metric: str) -> str:
     if diff is None:
         return "n/a"
     spread = f" ± {std:.3f}" if std is not None else ""
-    return f"{diff:+.3f}{spread} ({pair[f'{metric}_positive']} seeds above 0)"
+    shown = round(diff, 3) or 0.0  # a difference that rounds to zero shows as +0.000, not -0.000
+    return f"{shown:+.3f}{spread} ({pair[f'{metric}_positive']} seeds above 0)"
 
 
 # ---------------------------------------------------------------- writing
