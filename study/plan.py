@@ -200,7 +200,6 @@ def _hapt() -> list[Sweep]:
 
 # Part 7: the authors' recipe, every algorithm that runs on their graph, paired seed by seed.
 PAPER_ALGORITHMS = "deprl,fedper,local,dpsgd,dfedavgm,ditto,fedrod,dispfl"
-PAPER_LARGE_ALGORITHMS = "deprl,fedper,local,dpsgd"
 
 
 # One choice of the recipe changed at a time, for DePRL and for FedPer (which beat it under the
@@ -226,11 +225,7 @@ def _paper() -> list[Sweep]:
               (f"algorithm={KNOB_ALGORITHMS}", f"seed={SEEDS3}"), sets)
         for name, sets in PAPER_KNOBS.items()
     ]  # fmt: skip
-    # the authors' 128 workers, for the algorithms the issue names: four times the 32-worker runs
-    large = Sweep("paper", "paper-paired-128", "paper.yaml",
-                  (f"algorithm={PAPER_LARGE_ALGORITHMS}", f"seed={SEEDS3}"), ("workers=128",),
-                  flags=("--paired-with", "algorithm=deprl"))  # fmt: skip
-    return [paired, *knobs, large]
+    return [paired, *knobs]
 
 
 SWEEPS: list[Sweep] = [

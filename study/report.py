@@ -904,11 +904,11 @@ def hapt_block(runs: list[Run]) -> str:
 PAPER_SWEEP = "paper-paired"
 
 
-def paper_block(runs: list[Run], sweep: str = PAPER_SWEEP) -> str:
-    """Each algorithm of `sweep` under the authors' recipe, and DePRL minus it seed by seed (the
-    sweep's own pairing, tables.paired_differences): mean ± std over the seeds both ran, and how
-    many of those differences are above zero."""
-    own = [r for r in runs if r.sweep == sweep]
+def paper_block(runs: list[Run]) -> str:
+    """Each algorithm under the authors' recipe, and DePRL minus it seed by seed (the sweep's own
+    pairing, tables.paired_differences): mean ± std over the seeds both ran, and how many of
+    those differences are above zero."""
+    own = [r for r in runs if r.sweep == PAPER_SWEEP]
     rows = [
         {"algorithm": r.config["algorithm"], "seed": r.config["seed"],
          STATUS: "ok" if r.summary else "failed", **(r.summary or {})}
@@ -1023,7 +1023,6 @@ def blocks(runs: list[Run]) -> dict[str, str]:
         "hapt": hapt_block(runs),
         "paper": paper_block(runs),
         "paper-knobs": paper_knobs_block(runs),
-        "paper-128": paper_block(runs, "paper-paired-128"),
     }
 
 
