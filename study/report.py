@@ -674,15 +674,20 @@ def round_average(run: Run, key: str) -> float | None:
     records before the last round), every round evaluated."""
     records = run.metrics()
     last = max((int(r["round"]) for r in records), default=0)
-    chosen = [float(r[key]) for r in records if int(r["round"]) < last and key in r]
-    return statistics.mean(chosen) if chosen and run.summary else None
+    chosen = {
+        int(r["round"]): float(r[key]) for r in records if int(r["round"]) < last and key in r
+    }
+    if not run.summary or sorted(chosen) != list(range(last)):  # unfinished, or rounds missing
+        return None
+    return statistics.mean(chosen.values())
 
 
 STEP_RULES = ("fixed", "theorem")  # lr 0.02 at every N, or plan.theorem_lr(N)
 
 
 def step_averages(runs: list[Run], rule: str, key: str) -> dict[int, list[float]]:
-    """Per worker count, each seed's round average of `key` under the step rule."""
+    """Per worker count, each seed's round average of `key` under the step rule (a run that did
+    not finish, or missed a round's record, is left out: the seeds column counts what is in)."""
     by: dict[int, list[float]] = defaultdict(list)
     for run in (r for r in runs if r.sweep.startswith("stationarity-step-n")):
         workers = int(run.config["workers"])
@@ -697,11 +702,15 @@ def step_block(runs: list[Run]) -> str:
     columns = [(rule, key) for rule in STEP_RULES for key in STATIONARITY_TERMS]
     data = {column: step_averages(runs, *column) for column in columns}
     workers = sorted({n for by in data.values() for n in by})
-    rows = [[n, f"{theorem_lr(n):g}", *(mean_std(data[c].get(n, []), 3, "g") for c in columns)]
+    seeds = {rule: step_averages(runs, rule, STATIONARITY_TERMS[0]) for rule in STEP_RULES}
+    rows = [[n, f"{theorem_lr(n):g}", " / ".join(str(len(seeds[r].get(n, []))) for r in STEP_RULES),
+             *(mean_std(data[c].get(n, []), 3, "g") for c in columns)]
             for n in workers]  # fmt: skip
     slopes = [fitted_slope(data[c]) for c in columns]
-    rows.append(["fitted slope", "", *(f"{s:+.2f}" if s is not None else "n/a" for s in slopes)])
-    header = ["workers N", "theorem's lr"] + [
+    rows.append(
+        ["fitted slope", "", "", *(f"{s:+.2f}" if s is not None else "n/a" for s in slopes)]
+    )
+    header = ["workers N", "theorem's lr", "seeds (fixed / theorem)"] + [
         f"lr {'0.02' if rule == 'fixed' else 'sqrt(N/K) rule'}: {key.removeprefix('stationarity_')}"
         for rule, key in columns
     ]

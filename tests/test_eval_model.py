@@ -109,7 +109,10 @@ def test_on_exact_averaging_both_evaluations_agree():
     [
         ("local", "gossips nothing"),
         ("ditto", "evaluates its model copy 'personal'"),
-        ("dispfl", "communicates in its own way"),  # masked: the plain mean is no model of it
+        (
+            "dispfl",
+            "communicates through its own communicate()",
+        ),  # masked: the plain mean is no model of it
     ],
 )
 def test_an_algorithm_without_a_gossiped_evaluated_copy_is_refused(

@@ -269,4 +269,16 @@ def test_the_theorem_step_rule_and_its_round_average(tmp_path: Path) -> None:
     assert fixed == {4: [0.5], 16: [0.125]} and theorem == {4: [0.5], 16: [0.25]}
     assert report.fitted_slope(fixed) == pytest.approx(-1.0)
     last = report.step_block(runs).splitlines()[-1]
-    assert last.startswith("| fitted slope |  | -1.00 | +0.00 | -0.50 | +0.00 |")
+    assert last.startswith("| fitted slope |  |  | -1.00 | +0.00 | -0.50 | +0.00 |")
+    assert "| 16 | 0.04 | 1 / 1 |" in report.step_block(runs)
+
+
+def test_a_round_average_needs_every_round(tmp_path: Path) -> None:
+    folder = tmp_path / "stationarity-step-n4" / "a"
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"workers": 4, "lr": 0.02, "seed": 0}))
+    (folder / "summary.json").write_text(json.dumps({"subspace_dist": 0.1}))
+    records = [{"round": r, "stationarity_body": 1.0} for r in (0, 2, 3)]  # round 1 missing
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run,) = report.load_runs(tmp_path)
+    assert report.round_average(run, "stationarity_body") is None

@@ -13,6 +13,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -566,3 +567,28 @@ def test_an_algorithms_parameter_goes_to_the_points_that_run_it(tmp_path, capsys
     # at its default it asks for nothing: a base config shared by sweeps of several components
     assert main(sweep_argv(tmp_path / "U", ["partition=dirichlet"], "classes_per_worker=2")) == 0
     assert main(sweep_argv(tmp_path / "V", ["partition=dirichlet"], "classes_per_worker=5")) == 2
+
+
+def test_sigint_to_another_thread_interrupts_the_wait_on_workers():
+    """The kernel may hand SIGINT to any thread of the sweep (the pool has helper threads); the
+    main thread must still raise KeyboardInterrupt soon, not when a point ends (an untimed wait
+    stays asleep until then)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from repgossip.sweep import completed
+
+    helper = threading.Thread(target=time.sleep, args=(30,), daemon=True)
+    helper.start()
+    with ThreadPoolExecutor(1) as pool:
+        release = threading.Event()
+        future = pool.submit(release.wait, 30)
+        timer = threading.Timer(0.3, signal.pthread_kill, (helper.ident, signal.SIGINT))
+        timer.start()
+        start = time.monotonic()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                list(completed({future: 0}))
+            assert time.monotonic() - start < 5
+        finally:
+            release.set()
+            timer.cancel()

@@ -7,6 +7,7 @@ or hung peer of the distributed engine in exit code 4.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import re
@@ -313,6 +314,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     key's name, that key alone (a component's: with each component that declares it)."""
     from repgossip.components import REGISTRIES, builtin_params, params_of
     from repgossip.params import describe
+    from repgossip.registry import is_plugin_ref
     from repgossip.schema import DEFAULTS, key_doc
 
     if args.name is None:
@@ -330,6 +332,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
         listed = _component_key(args.name)
     else:  # a plug-in reference is an algorithm's unless --kind says otherwise
         kinds = [args.kind] if args.kind else [k for k, r in REGISTRIES.items() if args.name in r]
+        if not kinds and not is_plugin_ref(args.name):
+            _refuse_unknown_key_or_component(args.name)
         kinds = kinds or ["algorithm"]
         for kind in kinds:
             REGISTRIES[kind].get(args.name)  # an unknown name: one line with the valid choices
@@ -339,6 +343,20 @@ def cmd_keys(args: argparse.Namespace) -> int:
         for param in params:
             print(describe(param))
     return 0
+
+
+def _refuse_unknown_key_or_component(name: str) -> None:
+    """`keys NAME` where NAME is no key and no component: the closest key if one is near (a
+    misspelt key), else the algorithms (a misspelt component's most likely kind)."""
+    from repgossip.components import REGISTRIES, builtin_params
+    from repgossip.schema import KEYS
+    from repgossip.text import shown
+
+    keys = [*KEYS, *(p.name for _, _, params in builtin_params() for p in params)]
+    close = difflib.get_close_matches(name, keys, n=1) if len(name) < 100 else []
+    if close:
+        raise UsageError(f"no key or component {shown(name)}; did you mean '{close[0]}'?")
+    REGISTRIES["algorithm"].get(name)  # one line with the valid choices
 
 
 def _component_key(key: str) -> list[tuple[str, str, tuple[Any, ...]]]:

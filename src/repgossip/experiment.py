@@ -205,17 +205,17 @@ def _check_averaged_evaluation(algorithm: Algorithm, cfg: Config) -> None:
     (ditto's personal model, which is never gossiped) or communicating its own way (dispfl's
     masks) has no such average to evaluate."""
     label = f"eval_model=average: algorithm '{cfg.algorithm}'"
+    if type(algorithm).communicate is not Algorithm.communicate:
+        raise UsageError(
+            f"{label} communicates through its own communicate(), so the plain average over "
+            "workers need not be a model it would hold (dispfl's masks); use own"
+        )
     if algorithm.shared is None:
         raise UsageError(f"{label} gossips nothing, so there is no average to evaluate; use own")
     if algorithm.evaluated_model != MAIN_MODEL:
         raise UsageError(
             f"{label} evaluates its model copy '{algorithm.evaluated_model}', which it does not "
             "gossip; use own"
-        )
-    if type(algorithm).communicate is not Algorithm.communicate:
-        raise UsageError(
-            f"{label} communicates in its own way (dispfl: masked averaging), so the plain "
-            "average over workers is no model it would hold; use own"
         )
 
 

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
@@ -64,6 +64,11 @@ from repgossip.tables import RESULT_COLUMNS, STATUS, Reference, check_reference,
 
 GRACE_S = 30.0  # how long an interrupted worker may take to leave its run before it is killed
 PARENT_POLL_S = 0.5  # how often a worker checks that the sweep that started it is still there
+# How often the sweep wakes while it waits on its workers. A SIGINT that the kernel hands to one
+# of the pool's helper threads sets Python's flag but does not wake the main thread from an
+# untimed wait; only a timed one returns to the interpreter, which then raises KeyboardInterrupt
+# (CI saw `kill -INT` of the sweep hang for a minute on a point a million rounds long).
+SIGNAL_POLL_S = 0.2
 PR_SET_PDEATHSIG = 1  # Linux prctl(2): the signal a process gets when its parent dies
 
 
@@ -380,7 +385,7 @@ class _Workers:
         with _sigint_ignored():  # workers start with Ctrl-C ignored: no traceback from a child
             futures = {self.pool.submit(_point_in_worker, points[i]): i for i in todo}
         self.processes = list((self.pool._processes or {}).values())  # all started by submit
-        for future in as_completed(futures):
+        for future in completed(futures):
             try:
                 outcome = future.result()
             except BrokenProcessPool:
@@ -424,6 +429,16 @@ class _Workers:
             if process.is_alive():
                 process.kill()
                 process.join()
+
+
+def completed(futures: Mapping[Future[Any], int]) -> Iterator[Future[Any]]:
+    """The futures as they finish (those finishing together in the order of their values), in
+    timed waits, so that Ctrl-C stops the sweep even when the kernel hands SIGINT to another
+    thread than the main one (SIGNAL_POLL_S)."""
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=SIGNAL_POLL_S, return_when=FIRST_COMPLETED)
+        yield from sorted(done, key=futures.__getitem__)
 
 
 @contextmanager
