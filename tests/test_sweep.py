@@ -401,12 +401,20 @@ def ended_within(pids: list[int], seconds: float) -> bool:
     return not running(pids)
 
 
+def default_sigint() -> None:
+    """SIGINT's default disposition in a child: a shell that starts the tests in the background
+    without job control (`make test &` in a script) hands them SIGINT ignored, which Python
+    then leaves ignored, so no signal test would mean anything."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_parallel_sweep(out: Path, seeds: str, rounds: int) -> tuple[subprocess.Popen, list[int]]:
     """A `--jobs 2` sweep of `seeds` in its own session, once both its workers are inside a
     run, and its worker processes (not multiprocessing's resource tracker)."""
     argv = sweep_argv(out, [f"seed={seeds}"], f"rounds={rounds}", flags=("--jobs", "2"))
     proc = subprocess.Popen([sys.executable, "-m", "repgossip", *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=default_sigint)  # fmt: skip
     deadline = time.monotonic() + 120
     while len(list(out.glob("seed-*/metrics.jsonl"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)  # both workers are inside a run
@@ -579,6 +587,7 @@ def test_sigint_to_another_thread_interrupts_the_wait_on_workers():
 
     helper = threading.Thread(target=time.sleep, args=(30,), daemon=True)
     helper.start()
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # see default_sigint
     with ThreadPoolExecutor(1) as pool:
         release = threading.Event()
         future = pool.submit(release.wait, 30)
@@ -592,3 +601,4 @@ def test_sigint_to_another_thread_interrupts_the_wait_on_workers():
         finally:
             release.set()
             timer.cancel()
+            signal.signal(signal.SIGINT, previous)
