@@ -702,7 +702,7 @@ def step_block(runs: list[Run]) -> str:
     columns = [(rule, key) for rule in STEP_RULES for key in STATIONARITY_TERMS]
     data = {column: step_averages(runs, *column) for column in columns}
     workers = sorted({n for by in data.values() for n in by})
-    seeds = {rule: step_averages(runs, rule, STATIONARITY_TERMS[0]) for rule in STEP_RULES}
+    seeds = {rule: data[(rule, STATIONARITY_TERMS[0])] for rule in STEP_RULES}
     rows = [[n, f"{theorem_lr(n):g}", " / ".join(str(len(seeds[r].get(n, []))) for r in STEP_RULES),
              *(mean_std(data[c].get(n, []), 3, "g") for c in columns)]
             for n in workers]  # fmt: skip

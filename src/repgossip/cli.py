@@ -7,7 +7,6 @@ or hung peer of the distributed engine in exit code 4.
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import os
 import re
@@ -312,7 +311,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     its code, repgossip.params), which are keys when it is selected. With a NAME (an algorithm,
     dataset, model, partition or topology, built in or a plug-in), that component's alone; with a
     key's name, that key alone (a component's: with each component that declares it)."""
-    from repgossip.components import REGISTRIES, builtin_params, params_of
+    from repgossip.components import REGISTRIES, builtin_params, owners, params_of
     from repgossip.params import describe
     from repgossip.registry import is_plugin_ref
     from repgossip.schema import DEFAULTS, key_doc
@@ -325,11 +324,12 @@ def cmd_keys(args: argparse.Namespace) -> int:
     elif (
         args.kind is None
         and not any(args.name in r for r in REGISTRIES.values())
-        and (args.name in DEFAULTS or _component_key(args.name))
+        and (args.name in DEFAULTS or owners(args.name))
     ):  # a key, not a component: where it comes from, its default and doc
         if args.name in DEFAULTS:
             print(f"key of every run:\n  {args.name} = {DEFAULTS[args.name]}  {key_doc(args.name)}")
-        listed = _component_key(args.name)
+        listed = [(kind, name, tuple(p for p in params_of(kind, name) if p.name == args.name))
+                  for kind, name in owners(args.name)]  # fmt: skip
     else:  # a plug-in reference is an algorithm's unless --kind says otherwise
         kinds = [args.kind] if args.kind else [k for k, r in REGISTRIES.items() if args.name in r]
         if not kinds and not is_plugin_ref(args.name):
@@ -348,23 +348,14 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def _refuse_unknown_key_or_component(name: str) -> None:
     """`keys NAME` where NAME is no key and no component: the closest key if one is near (a
     misspelt key), else the algorithms (a misspelt component's most likely kind)."""
-    from repgossip.components import REGISTRIES, builtin_params
-    from repgossip.schema import KEYS
+    from repgossip.components import REGISTRIES
+    from repgossip.config import builtin_param_names, closest_key
     from repgossip.text import shown
 
-    keys = [*KEYS, *(p.name for _, _, params in builtin_params() for p in params)]
-    close = difflib.get_close_matches(name, keys, n=1) if len(name) < 100 else []
+    close = closest_key(name, builtin_param_names())
     if close:
-        raise UsageError(f"no key or component {shown(name)}; did you mean '{close[0]}'?")
+        raise UsageError(f"no key or component {shown(name)}; did you mean '{close}'?")
     REGISTRIES["algorithm"].get(name)  # one line with the valid choices
-
-
-def _component_key(key: str) -> list[tuple[str, str, tuple[Any, ...]]]:
-    """Each built-in component that declares a parameter named `key`, with that parameter."""
-    from repgossip.components import builtin_params
-
-    return [(kind, name, tuple(p for p in params if p.name == key))
-            for kind, name, params in builtin_params() if any(p.name == key for p in params)]  # fmt: skip
 
 
 def _describe(item: Any) -> str:

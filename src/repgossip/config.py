@@ -91,9 +91,15 @@ def suggest_key(key: str, also: Iterable[str] = ()) -> str:
     """The one-line error for an unknown key, with the closest valid key (of KEYS and `also`, the
     selected components' parameters) when there is one."""
     valid = [*KEYS, *also]
-    close = difflib.get_close_matches(key, valid, n=1) if len(key) < 100 else []
-    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+    close = closest_key(key, also)
+    hint = f"; did you mean '{close}'?" if close else f"; valid keys: {', '.join(valid)}"
     return f"unknown config key {shown(key)}{hint}"
+
+
+def closest_key(key: str, also: Iterable[str] = ()) -> str | None:
+    """The key of KEYS and `also` closest to `key` (a misspelling of it), or None."""
+    close = difflib.get_close_matches(key, [*KEYS, *also], n=1) if len(key) < 100 else []
+    return close[0] if close else None
 
 
 def coerce(key: str, value: Any) -> Any:

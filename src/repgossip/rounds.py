@@ -98,12 +98,13 @@ def block_mean(exp: Experiment, block: torch.Tensor) -> torch.Tensor:
 
 
 def consensus(exp: Experiment, part: str, mean: torch.Tensor | None = None) -> float:
-    """Mean over all workers of ||x_i - x_bar||^2 of the `part` block (x_bar: `mean`, if the caller
-    has it, is `shared_mean(exp, part)`): each worker's term on its own, all of them summed
-    exactly (math.fsum), so no process layout changes a bit."""
-    rows = exp.population.params[:, exp.population.layout.part(part)]
-    mean = shared_mean(exp, part) if mean is None else mean
-    deviations = exp.engine.assemble(squared_deviations(rows, mean).cpu())
+    """Mean over all workers of ||x_i - x_bar||^2 of the `part` block (`mean`, if the caller has
+    it, is the average of every column, `block_mean(exp, params)`): each worker's term on its
+    own, all of them summed exactly (math.fsum), so no process layout changes a bit."""
+    columns = exp.population.layout.part(part)
+    rows = exp.population.params[:, columns]
+    average = shared_mean(exp, part) if mean is None else mean[columns]
+    deviations = exp.engine.assemble(squared_deviations(rows, average).cpu())
     return math.fsum(deviations.tolist()) / exp.cfg.workers
 
 
@@ -115,8 +116,10 @@ def evaluate(exp: Experiment, round_done: int) -> tuple[dict[str, float], dict[s
         None if type(algorithm).predictions is Algorithm.predictions else algorithm.predictions
     )
     gossiped = algorithm.shared or "all"
-    means = {gossiped: shared_mean(exp, gossiped)}  # each part's average, computed once
-    local = _evaluate_workers(exp, predict, means[gossiped])
+    # every column's average, summed once: a part's average is its slice, bit for bit (the sum
+    # runs column by column), so consensus, the average body and eval_model share one collective
+    mean = block_mean(exp, exp.population.params)
+    local = _evaluate_workers(exp, predict, mean)
     keys = ("test_loss", "train_loss", "correct", "count", "metric")
     names = [k for k in keys if len(local[k])]
     table = exp.engine.assemble(torch.from_numpy(np.stack([local[k] for k in names], axis=1)))
@@ -124,11 +127,11 @@ def evaluate(exp: Experiment, round_done: int) -> tuple[dict[str, float], dict[s
     record = {
         "train_loss": float(stats["train_loss"].mean()),
         "test_loss_mean": float(stats["test_loss"].mean()),
-        "consensus_dist": consensus(exp, gossiped, means[gossiped]),
+        "consensus_dist": consensus(exp, gossiped, mean),
     }
     per_worker = {"per_worker_test_loss": stats["test_loss"].tolist()}
     if exp.federation.body_metrics is not None or exp.cfg.stationarity:
-        mean_body = means["body"] if "body" in means else shared_mean(exp, "body")
+        mean_body = mean[exp.population.layout.part("body")]
     if exp.federation.body_metrics is not None:  # the task's own (synthetic: subspace_dist)
         record.update(exp.federation.body_metrics(mean_body, exp.population.model.body))
     if exp.cfg.stationarity:
@@ -145,18 +148,19 @@ def evaluate(exp: Experiment, round_done: int) -> tuple[dict[str, float], dict[s
 
 
 def _evaluate_workers(
-    exp: Experiment, predict: evaluation.Predict | None, shared_average: torch.Tensor
+    exp: Experiment, predict: evaluation.Predict | None, mean: torch.Tensor
 ) -> dict[str, np.ndarray]:
     """evaluation.evaluate of the algorithm's evaluated copy; under eval_model=average with every
     block its gossip mixes set to the plain average over all workers for the measurement (the
-    shared part's parameters, whose average is `shared_average`, and its BatchNorm statistics
-    when `share_bn_stats` shares them), then put back bit for bit, so training goes on from
-    where it was."""
+    shared part's parameters, sliced from `mean`, every column's average, and its BatchNorm
+    statistics when `share_bn_stats` shares them), then put back bit for bit, so training goes
+    on from where it was."""
     pop, model = exp.population, exp.algorithm.evaluated_model
     if exp.cfg.eval_model == "own":
         return evaluation.evaluate(pop, model, predict)
     shared = str(exp.algorithm.shared)  # checked at build: the default gossip of the main copy
-    averaged = [(pop.params[:, pop.layout.part(shared)], shared_average)]
+    columns = pop.layout.part(shared)
+    averaged = [(pop.params[:, columns], mean[columns])]
     averaged += [(block, block_mean(exp, block)) for block in pop.shared_buffer_blocks(shared)]
     own = [block.clone() for block, _ in averaged]
     try:
