@@ -125,6 +125,14 @@ def test_an_algorithm_without_a_gossiped_evaluated_copy_is_refused(
     assert f"algorithm '{algorithm}' {why}" in err and "use own" in err
 
 
+def test_a_directed_graph_is_refused(tmp_path, capsys):
+    code = main(["run", "--set", "eval_model=average", "dataset=synthetic", "rounds=1",
+                 "topology=directed_ring", "--out", str(tmp_path / "r")])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "directed graph" in err
+    assert not (tmp_path / "r").exists()
+
+
 def test_an_unknown_value_names_the_choices(tmp_path, capsys):
     code = main(["run", "--set", "eval_model=mean", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip()

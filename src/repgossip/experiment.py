@@ -166,7 +166,7 @@ def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
     if graph.directed:
         _check_push_sum(algorithm, cfg)
     if cfg.eval_model == "average":
-        _check_averaged_evaluation(algorithm, cfg)
+        _check_averaged_evaluation(algorithm, cfg, graph.directed)
     federation = load_federation(cfg, supplied.data)
     cfg = recorded_config(cfg, federation)
     mixing = cfg.mixing if supplied.mixing is None else supplied.mixing
@@ -199,11 +199,16 @@ def build_parts(cfg: Config, supplied: Supplied | None = None) -> Parts:
     return Parts(algorithm, federation, schedule, model, cfg)
 
 
-def _check_averaged_evaluation(algorithm: Algorithm, cfg: Config) -> None:
+def _check_averaged_evaluation(algorithm: Algorithm, cfg: Config, directed: bool) -> None:
     """eval_model=average averages the part an algorithm gossips within the copy it evaluates, as
     the default gossip mixes it: one without a gossiped part (local), evaluating another copy
     (ditto's personal model, which is never gossiped) or communicating its own way (dispfl's
-    masks) has no such average to evaluate."""
+    masks) has no such average to evaluate, nor has push-sum on a directed graph."""
+    if directed:
+        raise UsageError(
+            "eval_model=average on a directed graph: push-sum's workers hold de-biased values, "
+            "whose plain mean is not the average its gossip conserves; use own"
+        )
     label = f"eval_model=average: algorithm '{cfg.algorithm}'"
     if type(algorithm).communicate is not Algorithm.communicate:
         raise UsageError(

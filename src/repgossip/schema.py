@@ -280,7 +280,7 @@ KEY_DOCS: tuple[tuple[str, str, str], ...] = (
         "workers: DePRL, each head on the workers' average body, the averaged representation of "
         "its theorem; D-PSGD, the average model). Training is the same under both. average needs "
         'an algorithm that gossips the model it evaluates with the default gossip (not local, '
-        'ditto or dispfl)',
+        'ditto or dispfl), on an undirected graph',
     ),
     (
         '`worker_dropout_prob`',
